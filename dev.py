@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""certgate's project tasks. Needs only Python >= 3.11 and pip.
+
+    python3 dev.py demo [--serve]   # set up, then run the end-to-end demo
+    python3 dev.py test             # set up, then ruff + mypy --strict + pytest
+    python3 dev.py bench            # set up, then the benchmarks
+
+Set-up is a virtual environment in .venv with certgate installed in editable
+mode; it is redone when pyproject.toml changes. Debian packages the tests
+use (curl) are installed with apt-get when missing and running as root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PY = VENV / "bin" / "python"
+DEBIAN_PACKAGES = {"curl": "curl"}  # command -> package
+
+
+def sh(*cmd: str | Path, check: bool = True) -> int:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    return subprocess.run([str(c) for c in cmd], cwd=ROOT, check=check).returncode
+
+
+def ensure_venv(extra: str) -> None:
+    stamp = VENV / f".certgate-{extra}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest and PY.exists():
+        return
+    if not PY.exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    sh(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f".[{extra}]")
+    stamp.write_text(digest)
+
+
+def ensure_debian_packages() -> None:
+    missing = [pkg for cmd, pkg in DEBIAN_PACKAGES.items() if shutil.which(cmd) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(
+            f"!!! cannot install {missing} (not root or no apt-get): tests needing them will SKIP",
+            flush=True,
+        )
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env)
+
+
+def test(args: list[str]) -> int:
+    ensure_venv("dev")
+    ensure_debian_packages()
+    sh(PY, "-m", "ruff", "check", ".")
+    sh(PY, "-m", "mypy")
+    code = sh(PY, "-m", "pytest", *args, check=False)
+    if code == 5:
+        print("pytest collected no tests: failing", flush=True)
+        return 1
+    return code
+
+
+def demo(args: list[str]) -> int:
+    ensure_venv("demo")
+    return sh(PY, ROOT / "examples" / "demo.py", *args, check=False)
+
+
+def bench(args: list[str]) -> int:
+    ensure_venv("dev")
+    return sh(PY, ROOT / "bench" / "bench_gate.py", *args, check=False)
+
+
+def main() -> int:
+    tasks = {"test": test, "demo": demo, "bench": bench}
+    if len(sys.argv) < 2 or sys.argv[1] not in tasks:
+        print(__doc__)
+        return 2
+    try:
+        return tasks[sys.argv[1]](sys.argv[2:])
+    except subprocess.CalledProcessError as exc:
+        return exc.returncode or 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""ASGI middleware: certgate in front of Starlette, FastAPI or any ASGI app.
+
+```python
+from certgate import CertGate
+from certgate.asgi import CertGateMiddleware
+
+app = CertGateMiddleware(app, CertGate.from_toml("certgate.toml"))
+# or, with Starlette/FastAPI:
+app.add_middleware(CertGateMiddleware, gate=CertGate.from_toml("certgate.toml"))
+```
+
+For every HTTP request and WebSocket handshake it
+
+* reads the socket peer: ``scope["certgate.socket_peer"]`` when
+  :mod:`certgate.servers.uvicorn` recorded it (uvicorn's proxy-headers
+  middleware later rewrites ``scope["client"]`` from ``X-Forwarded-For``),
+  else ``scope["client"]``;
+* removes every configured certificate header when that peer is not a trusted
+  proxy, so neither certgate nor the app ever sees a forged one;
+* asks :class:`~certgate.gate.CertGate` for a decision; on allow it stores the
+  :class:`~certgate.identity.ClientIdentity` in ``scope["certgate.identity"]``
+  and calls the app; on reject it answers with the reason (403, or 400/503)
+  as ``application/problem+json`` - a WebSocket is refused before accept.
+
+Lifespan and other scope types pass through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .decision import Decision
+from .facts import RequestFacts
+from .gate import CertGate
+from .identity import ClientIdentity
+from .problem import problem_body, problem_headers
+from .reasons import Reason
+from .sources import asgi_tls
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+IDENTITY_KEY = "certgate.identity"
+DECISION_KEY = "certgate.decision"
+SOCKET_PEER_KEY = "certgate.socket_peer"
+
+
+def identity_from_scope(scope: Scope) -> ClientIdentity | None:
+    """The verified identity of this request, or ``None`` (exempt path, or
+    certgate not installed)."""
+    identity = scope.get(IDENTITY_KEY)
+    return identity if isinstance(identity, ClientIdentity) else None
+
+
+def socket_peer(scope: Scope) -> str | None:
+    """The IP of the TCP peer, preferring the address recorded before any
+    proxy-headers middleware rewrote ``scope["client"]``."""
+    recorded = scope.get(SOCKET_PEER_KEY)
+    client = recorded if recorded is not None else scope.get("client")
+    if isinstance(client, list | tuple) and client and isinstance(client[0], str):
+        return client[0]
+    return None
+
+
+class CertGateMiddleware:
+    """Pure ASGI middleware around :class:`~certgate.gate.CertGate`."""
+
+    def __init__(self, app: ASGIApp, gate: CertGate) -> None:
+        self.app = app
+        self.gate = gate
+        self._wanted = frozenset(name.encode("latin-1") for name in gate.header_names)
+        # "cf_client_cert_der_base64" becomes the same WSGI environ key as the
+        # dashed name in any WSGI bridge behind us: never let it through.
+        self._aliases = frozenset(name.replace(b"-", b"_") for name in self._wanted if b"-" in name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        scope, facts = self._facts(scope)
+        decision = await self.gate.adecide(facts)
+        if decision.reason is not None:
+            await self._reject(scope, receive, send, decision.reason)
+            return
+        scope[DECISION_KEY] = decision
+        if decision.identity is not None:
+            scope[IDENTITY_KEY] = decision.identity
+        await self.app(scope, receive, send)
+
+    def _facts(self, scope: Scope) -> tuple[Scope, RequestFacts]:
+        peer = socket_peer(scope)
+        trusted = self.gate.peer_is_trusted(peer)
+        wanted = self._wanted
+        host: str | None = None
+        found: dict[str, list[str]] = {}
+        aliased = False
+        raw_headers = scope.get("headers") or ()
+        for name, value in raw_headers:
+            if name == b"host":
+                # Two Host headers: refuse to pick one ("\0" is never a valid host).
+                host = "\0" if host is not None else value.decode("latin-1")
+            elif name in wanted:
+                found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+            elif name in self._aliases:
+                aliased = True
+        if aliased or (found and not trusted):
+            drop = self._aliases if trusted else wanted | self._aliases
+            scope = dict(scope)
+            scope["headers"] = [(n, v) for n, v in raw_headers if n not in drop]
+            if not trusted:
+                found = {}
+        transport = None
+        if not trusted and self.gate.transport:
+            transport = asgi_tls.from_scope(scope)
+        path = scope.get("path")
+        facts = RequestFacts(
+            host=host,
+            path=path if isinstance(path, str) else "",
+            peer=peer,
+            headers=found,
+            transport=transport,
+        )
+        return scope, facts
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, reason: Reason) -> None:
+        body = problem_body(reason)
+        headers = [(k.encode(), v.encode()) for k, v in problem_headers(reason)]
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": reason.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        # WebSocket: refuse the handshake; never accept.
+        message = await receive()
+        if message.get("type") != "websocket.connect":
+            return
+        extensions = scope.get("extensions") or {}
+        if "websocket.http.response" in extensions:
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": reason.status,
+                    "headers": headers,
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": reason.value})
+
+
+__all__ = [
+    "DECISION_KEY",
+    "IDENTITY_KEY",
+    "SOCKET_PEER_KEY",
+    "CertGateMiddleware",
+    "Decision",
+    "identity_from_scope",
+    "socket_peer",
+]

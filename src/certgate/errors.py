@@ -1,0 +1,32 @@
+"""Exception types raised by certgate.
+
+:class:`Rejected` is raised inside certgate's pipeline and always turned into
+a 4xx/503 answer by the adapters; it never escapes an ASGI or WSGI app.
+:class:`ConfigError` is raised at start-up (or by the CLI) for a bad
+configuration: certgate refuses to start rather than run half-configured.
+"""
+
+from __future__ import annotations
+
+from .reasons import Reason
+
+
+class CertgateError(Exception):
+    """Base class of every exception certgate raises on purpose."""
+
+
+class ConfigError(CertgateError):
+    """The configuration is unusable. The message says what to fix."""
+
+
+class Rejected(CertgateError):
+    """A request (or a certificate) was refused for ``reason``.
+
+    ``detail`` is for logs and the operator CLI only. It is never sent to the
+    client, because it may describe the tenant's trust configuration.
+    """
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail

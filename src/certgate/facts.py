@@ -1,0 +1,52 @@
+"""The plain facts about a request that certgate decides on.
+
+Adapters (ASGI, WSGI, CLI) turn their framework's request into
+:class:`RequestFacts`; :class:`~certgate.gate.CertGate` never sees a scope or
+an environ. This is what makes the core testable without a server, and what
+new sources and servers plug into.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """A certificate chain as it reached the server, not yet decoded.
+
+    ``material`` is the exact presented bytes (header value, PEM text, DER),
+    hashed into the cache key so a warm request never decodes anything.
+    ``decode`` returns the DER certificates, leaf first, or raises
+    :class:`~certgate.errors.Rejected`. ``expected_sha256`` is a fingerprint
+    forwarded next to the certificate, checked against the leaf.
+    ``verdict`` is a rejection the source already reached (for example the
+    TLS server reported a verification error).
+    """
+
+    source: str
+    material: bytes
+    decode: Callable[[], Sequence[bytes]]
+    expected_sha256: str | None = None
+    verdict: Rejected | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What certgate knows about one request.
+
+    ``host``: the raw Host header (``None`` if absent). ``path``: the decoded
+    request path. ``peer``: the IP of the socket peer (not a forwarded
+    address). ``headers``: lowercase name -> every value received, holding only
+    the header names certgate asked for. ``transport``: the certificate from
+    the TLS connection, if any.
+    """
+
+    host: str | None
+    path: str
+    peer: str | None
+    headers: Mapping[str, Sequence[str]]
+    transport: Presented | None

@@ -1,0 +1,393 @@
+"""certgate's framework-agnostic core: facts in, decision out.
+
+:class:`CertGate` takes :class:`~certgate.facts.RequestFacts` and returns a
+:class:`~certgate.decision.Decision`. It does not know about ASGI, WSGI,
+Flask or Starlette; the adapters in :mod:`certgate.asgi` and
+:mod:`certgate.wsgi` translate requests into facts and decisions into
+responses.
+
+The order of checks:
+
+1. exempt path -> allowed without identity;
+2. pick the certificate: from a **trusted proxy** peer, only the configured
+   header sources count (the transport certificate on such a connection is
+   the proxy's own); from any other peer, only the TLS transport counts
+   (its forwarded headers were already stripped by the adapter);
+3. no certificate -> ``no_certificate``;
+4. find the tenant: by the ``Host`` header, or by a custom resolver;
+5. verify (cache first) against that tenant's trust, at the time of the
+   request; check a forwarded fingerprint against the leaf.
+
+Any unexpected exception inside this pipeline is logged and turned into a
+rejection: certgate fails closed, never open and never with a 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from asgiref.sync import async_to_sync, sync_to_async
+
+from .cache import ValidationCache
+from .decision import Decision
+from .errors import ConfigError, Rejected
+from .exempt import ExemptPaths
+from .facts import Presented, RequestFacts
+from .hosts import normalize_host
+from .identity import ClientIdentity
+from .proxies import TrustedProxies
+from .reasons import Reason
+from .registry import AsyncTrustRegistry, TrustRegistry
+from .sources.base import HeaderSource, header_source
+from .tenant import Tenant
+from .verifier import ChainVerifier
+
+logger = logging.getLogger("certgate")
+
+TenantResolver = Callable[[RequestFacts], str | None]
+"""Returns the id of the tenant a request is addressed to, or ``None``."""
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    presented: Presented
+    by_id: bool
+    key: str
+
+
+class CertGate:
+    """Verifies client certificates against the trust of the addressed tenant.
+
+    ``registry`` finds tenants (see :mod:`certgate.registry`).
+    ``trusted_proxies`` lists the CIDR ranges of socket peers whose
+    ``header_sources`` headers are believed; both are empty by default, so
+    out of the box only the TLS transport certificate counts.
+    ``transport`` enables the TLS transport source. ``exempt_paths`` are
+    served without a certificate. ``tenant_resolver`` replaces Host-based
+    tenant selection (it returns a tenant id). ``cache_size`` bounds the
+    verification cache (0 disables it).
+    """
+
+    def __init__(
+        self,
+        registry: TrustRegistry | AsyncTrustRegistry,
+        *,
+        trusted_proxies: Iterable[str] = (),
+        header_sources: Iterable[HeaderSource | str] = (),
+        transport: bool = True,
+        exempt_paths: Iterable[str] = (),
+        tenant_resolver: TenantResolver | None = None,
+        cache_size: int = 10_000,
+        max_chain_depth: int = 8,
+        min_rsa_bits: int = 2048,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.registry = registry
+        self.proxies = TrustedProxies(trusted_proxies)
+        self.header_sources: tuple[HeaderSource, ...] = tuple(
+            header_source(s) if isinstance(s, str) else s for s in header_sources
+        )
+        if self.header_sources and not self.proxies:
+            raise ConfigError(
+                "header sources are configured but trusted_proxies is empty: the headers "
+                "would never be believed. List the CIDR ranges of the proxies that set them."
+            )
+        if self.proxies and not self.header_sources:
+            raise ConfigError(
+                "trusted_proxies is set but no header source is configured: requests from "
+                "those proxies could never carry a client certificate. Add header_sources."
+            )
+        self.transport = transport
+        self.exempt = ExemptPaths(exempt_paths)
+        self.tenant_resolver = tenant_resolver
+        self.cache = ValidationCache(cache_size)
+        self.verifier = ChainVerifier(max_chain_depth=max_chain_depth, min_rsa_bits=min_rsa_bits)
+        self.clock = clock
+        names: list[str] = []
+        for source in self.header_sources:
+            names.extend(n.lower() for n in source.header_names)
+        self.header_names: tuple[str, ...] = tuple(dict.fromkeys(names))
+        """Every forwarded-certificate header certgate reads (and strips from
+        untrusted peers), lowercase."""
+        self._lookup_host, self._lookup_id, self._alookup_host, self._alookup_id = _bind_registry(
+            registry
+        )
+
+    @classmethod
+    def from_toml(cls, path: str | Any, **overrides: Any) -> CertGate:
+        """Build a gate from a TOML file (see the README for the format)."""
+        from .config import load_config  # noqa: PLC0415
+
+        config = load_config(path)
+        kwargs: dict[str, Any] = dict(config.gate_kwargs)
+        kwargs.update(overrides)
+        return cls(config.registry, **kwargs)
+
+    # -- public API -------------------------------------------------------
+
+    def peer_is_trusted(self, peer: str | None) -> bool:
+        """Whether ``peer`` (the socket peer's IP) may set certificate headers."""
+        return self.proxies.contains(peer)
+
+    def decide(self, facts: RequestFacts) -> Decision:
+        """Decide on a request, calling the registry synchronously."""
+        try:
+            step = self._begin(facts)
+            if isinstance(step, Decision):
+                return self._log(step, facts)
+            try:
+                tenant = self._lookup_id(step.key) if step.by_id else self._lookup_host(step.key)
+            except Exception as exc:
+                return self._log(self._registry_failure(exc, facts), facts)
+            return self._log(self._finish(step, tenant), facts)
+        except Exception as exc:
+            return self._log(self._internal_failure(exc, facts), facts)
+
+    async def adecide(self, facts: RequestFacts) -> Decision:
+        """Decide on a request without blocking the event loop on the registry."""
+        try:
+            step = self._begin(facts)
+            if isinstance(step, Decision):
+                return self._log(step, facts)
+            lookup = self._alookup_id if step.by_id else self._alookup_host
+            try:
+                tenant = await lookup(step.key)
+            except Exception as exc:
+                return self._log(self._registry_failure(exc, facts), facts)
+            return self._log(self._finish(step, tenant), facts)
+        except Exception as exc:
+            return self._log(self._internal_failure(exc, facts), facts)
+
+    def check(
+        self,
+        host: str,
+        ders: Sequence[bytes],
+        *,
+        at: datetime | None = None,
+        source: str = "cli",
+    ) -> Decision:
+        """Verify a certificate chain for ``host`` at ``at`` (default: now).
+
+        For operators and tests: no proxy logic, no cache.
+        """
+        tenant: Tenant | None = None
+        try:
+            tenant = self._lookup_host(normalize_host(host))
+            if tenant is None:
+                raise Rejected(Reason.UNKNOWN_TENANT, f"no tenant for host {host!r}")
+            identity = self.verifier.verify(tenant, ders, source=source, now=at or self.clock())
+        except Rejected as exc:
+            fingerprint = hashlib.sha256(ders[0]).hexdigest() if ders else None
+            return Decision(
+                reason=exc.reason,
+                detail=exc.detail,
+                source=source,
+                tenant_id=tenant.id if tenant else None,
+                fingerprint=fingerprint,
+            )
+        return Decision(
+            identity=identity,
+            tenant_id=tenant.id,
+            source=source,
+            fingerprint=identity.fingerprint_sha256,
+        )
+
+    # -- pipeline ---------------------------------------------------------
+
+    def _begin(self, facts: RequestFacts) -> Decision | _Pending:
+        if self.exempt and self.exempt.matches(facts.path):
+            return Decision(exempt=True)
+        presented: Presented | None = None
+        try:
+            presented = self._select(facts)
+            if presented is None:
+                raise Rejected(Reason.NO_CERTIFICATE)
+            if presented.verdict is not None:
+                raise presented.verdict
+            if self.tenant_resolver is not None:
+                tenant_id = self.tenant_resolver(facts)
+                if tenant_id is None:
+                    raise Rejected(Reason.UNKNOWN_TENANT, "resolver returned no tenant")
+                return _Pending(presented, True, tenant_id)
+            return _Pending(presented, False, normalize_host(facts.host))
+        except Rejected as exc:
+            return Decision(
+                reason=exc.reason, detail=exc.detail, source=presented.source if presented else None
+            )
+
+    def _select(self, facts: RequestFacts) -> Presented | None:
+        if self.proxies.contains(facts.peer):
+            for source in self.header_sources:
+                presented = source.extract(facts.headers)
+                if presented is not None:
+                    return presented
+            return None
+        return facts.transport if self.transport else None
+
+    def _finish(self, step: _Pending, tenant: Tenant | None) -> Decision:
+        presented = step.presented
+        if tenant is None:
+            what = "tenant id" if step.by_id else "host"
+            return Decision(
+                reason=Reason.UNKNOWN_TENANT,
+                source=presented.source,
+                detail=f"no tenant for {what} {step.key!r}",
+            )
+        try:
+            identity = self._verify(tenant, presented)
+        except Rejected as exc:
+            return Decision(
+                reason=exc.reason,
+                detail=exc.detail,
+                tenant_id=tenant.id,
+                source=presented.source,
+                fingerprint=_fingerprint(presented),
+            )
+        return Decision(
+            identity=identity,
+            tenant_id=tenant.id,
+            source=presented.source,
+            fingerprint=identity.fingerprint_sha256,
+        )
+
+    def _verify(self, tenant: Tenant, presented: Presented) -> ClientIdentity:
+        now = self.clock()
+        stamp = now.timestamp()
+        digest = hashlib.sha256(presented.source.encode())
+        digest.update(b"\0")
+        digest.update(presented.material)
+        key = tenant.trust_id + digest.digest()
+        identity = self.cache.get(key, stamp)
+        if identity is None:
+            ders = presented.decode()
+            if presented.expected_sha256 is not None and ders:
+                actual = hashlib.sha256(ders[0]).hexdigest()
+                if actual != presented.expected_sha256:
+                    raise Rejected(Reason.FINGERPRINT_MISMATCH, "forwarded SHA-256 differs")
+            identity = self.verifier.verify(tenant, ders, source=presented.source, now=now)
+            expires = min(cert.not_valid_after_utc for cert in identity.chain).timestamp()
+            self.cache.put(key, identity, expires)
+        elif (
+            presented.expected_sha256 is not None
+            and identity.fingerprint_sha256 != presented.expected_sha256
+        ):
+            raise Rejected(Reason.FINGERPRINT_MISMATCH, "forwarded SHA-256 differs")
+        return identity
+
+    def _registry_failure(self, exc: Exception, facts: RequestFacts) -> Decision:
+        if isinstance(exc, Rejected):  # a registry may refuse on purpose
+            return Decision(reason=exc.reason, detail=exc.detail)
+        logger.error(
+            "certgate: trust registry failed, request refused (host=%.255r): %r",
+            facts.host,
+            exc,
+            exc_info=exc,
+        )
+        return Decision(reason=Reason.TRUST_STORE_UNAVAILABLE, detail=type(exc).__name__)
+
+    def _internal_failure(self, exc: Exception, facts: RequestFacts) -> Decision:
+        if isinstance(exc, Rejected):  # e.g. raised by a custom tenant resolver
+            return Decision(reason=exc.reason, detail=exc.detail)
+        logger.error(
+            "certgate: internal error, request refused (path=%.255r peer=%s): %r",
+            facts.path,
+            facts.peer,
+            exc,
+            exc_info=exc,
+        )
+        return Decision(
+            reason=Reason.UNTRUSTED_CHAIN, detail=f"internal error: {type(exc).__name__}"
+        )
+
+    def _log(self, decision: Decision, facts: RequestFacts) -> Decision:
+        if decision.reason is None:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "certgate: allowed tenant=%s source=%s fingerprint=%s exempt=%s path=%s",
+                    decision.tenant_id,
+                    decision.source,
+                    decision.fingerprint,
+                    decision.exempt,
+                    facts.path,
+                )
+            return decision
+        level = logging.INFO if decision.reason is Reason.NO_CERTIFICATE else logging.WARNING
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "certgate: rejected reason=%s tenant=%s source=%s fingerprint=%s "
+                "host=%.255r peer=%s path=%.255r detail=%s",
+                decision.reason.value,
+                decision.tenant_id,
+                decision.source,
+                decision.fingerprint,
+                facts.host,
+                facts.peer,
+                facts.path,
+                decision.detail,
+                extra={
+                    "certgate": {
+                        "reason": decision.reason.value,
+                        "tenant": decision.tenant_id,
+                        "source": decision.source,
+                        "fingerprint": decision.fingerprint,
+                        "peer": facts.peer,
+                    }
+                },
+            )
+        return decision
+
+
+def _fingerprint(presented: Presented) -> str | None:
+    """SHA-256 of the presented leaf for logs, if it decodes."""
+    try:
+        ders = presented.decode()
+    except Rejected:
+        return None
+    return hashlib.sha256(ders[0]).hexdigest() if ders else None
+
+
+_Sync = Callable[[str], Tenant | None]
+_Async = Callable[[str], Awaitable[Tenant | None]]
+
+
+def _bind_registry(registry: object) -> tuple[_Sync, _Sync, _Async, _Async]:
+    """Sync and async callables for both lookups, whatever the registry is."""
+    by_host = getattr(registry, "tenant_for_host", None)
+    by_id = getattr(registry, "tenant_by_id", None)
+    if not callable(by_host) or not callable(by_id):
+        raise ConfigError(
+            "registry must implement tenant_for_host(host) and tenant_by_id(tenant_id)"
+        )
+    import inspect  # noqa: PLC0415
+
+    if inspect.iscoroutinefunction(by_host):
+        a_host, a_id = cast("_Async", by_host), cast("_Async", by_id)
+        return async_to_sync(a_host), async_to_sync(a_id), a_host, a_id
+    s_host, s_id = cast("_Sync", by_host), cast("_Sync", by_id)
+    if getattr(registry, "blocking", True):
+        return (
+            s_host,
+            s_id,
+            sync_to_async(s_host, thread_sensitive=False),
+            sync_to_async(s_id, thread_sensitive=False),
+        )
+
+    async def inline_host(host: str) -> Tenant | None:
+        return s_host(host)
+
+    async def inline_id(tenant_id: str) -> Tenant | None:
+        return s_id(tenant_id)
+
+    return s_host, s_id, inline_host, inline_id

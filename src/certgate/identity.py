@@ -1,0 +1,197 @@
+"""The identity certgate attaches to a request whose certificate it verified.
+
+A :class:`ClientIdentity` is only ever built from a chain that
+``cryptography``'s verifier accepted against the addressed tenant's roots, at
+the time of the request. Its fields describe the leaf certificate; ``chain``
+is the verified path, leaf first, ending at the tenant's root.
+
+The object is immutable. Fields derived from the certificate (names, SANs,
+dates) are computed on first access and then kept, so a request that only
+needs ``tenant_id`` does not pay for parsing what it never reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+_LEGACY_NAMES = {
+    NameOID.EMAIL_ADDRESS: "emailAddress",
+    NameOID.SERIAL_NUMBER: "serialNumber",
+    NameOID.GIVEN_NAME: "GN",
+    NameOID.SURNAME: "SN",
+    NameOID.TITLE: "title",
+}
+
+
+def rfc4514_dn(name: x509.Name) -> str:
+    """RFC 4514 string, most specific RDN first (``CN=dev1,O=Acme,C=US``)."""
+    return name.rfc4514_string()
+
+
+def legacy_dn(name: x509.Name) -> str:
+    """OpenSSL "oneline" form, in certificate order (``/C=US/O=Acme/CN=dev1``).
+
+    ``/`` and ``\\`` inside values are escaped with a backslash so the string
+    splits unambiguously.
+    """
+    parts: list[str] = []
+    for rdn in name.rdns:
+        atoms = []
+        for attr in rdn:
+            key = _LEGACY_NAMES.get(attr.oid) or attr.rfc4514_attribute_name
+            value = attr.value if isinstance(attr.value, str) else attr.value.hex()
+            atoms.append(f"{key}={value.replace(chr(92), chr(92) * 2).replace('/', chr(92) + '/')}")
+        parts.append("+".join(atoms))
+    return "".join("/" + part for part in parts)
+
+
+@dataclass(frozen=True)
+class SubjectAltNames:
+    """The leaf's Subject Alternative Names, by kind (empty when absent)."""
+
+    dns: tuple[str, ...] = ()
+    uri: tuple[str, ...] = ()
+    email: tuple[str, ...] = ()
+    ip: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    """A verified client certificate, bound to the tenant it was verified for.
+
+    ``source`` names where the certificate came from (``asgi_tls``,
+    ``wsgi_environ``, ``cloudflare``, ...). ``certificate`` is the leaf;
+    ``chain`` the verified path, leaf first, ending at one of the tenant's
+    roots.
+    """
+
+    tenant_id: str
+    source: str
+    certificate: x509.Certificate = field(repr=False)
+    chain: tuple[x509.Certificate, ...] = field(repr=False, compare=False)
+    der: bytes = field(repr=False)
+    fingerprint_sha256: str
+
+    @classmethod
+    def build(
+        cls,
+        tenant_id: str,
+        source: str,
+        leaf: x509.Certificate,
+        leaf_der: bytes,
+        chain: tuple[x509.Certificate, ...],
+    ) -> ClientIdentity:
+        return cls(
+            tenant_id=tenant_id,
+            source=source,
+            certificate=leaf,
+            chain=chain,
+            der=leaf_der,
+            fingerprint_sha256=hashlib.sha256(leaf_der).hexdigest(),
+        )
+
+    @functools.cached_property
+    def fingerprint_sha1(self) -> str:
+        """SHA-1 of the leaf DER, lowercase hex (for matching legacy systems only)."""
+        return hashlib.sha1(self.der, usedforsecurity=False).hexdigest()
+
+    @functools.cached_property
+    def subject(self) -> str:
+        """Subject DN, RFC 4514 (``CN=dev1,O=Acme``)."""
+        return rfc4514_dn(self.certificate.subject)
+
+    @functools.cached_property
+    def issuer(self) -> str:
+        """Issuer DN, RFC 4514."""
+        return rfc4514_dn(self.certificate.issuer)
+
+    @functools.cached_property
+    def subject_legacy(self) -> str:
+        """Subject DN in the legacy ``/C=US/O=Acme/CN=dev1`` form."""
+        return legacy_dn(self.certificate.subject)
+
+    @functools.cached_property
+    def issuer_legacy(self) -> str:
+        """Issuer DN in the legacy ``/C=US/O=Acme/CN=Acme CA`` form."""
+        return legacy_dn(self.certificate.issuer)
+
+    @functools.cached_property
+    def common_name(self) -> str | None:
+        """The subject's (last) commonName, or ``None``."""
+        values = self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if not values:
+            return None
+        value = values[-1].value
+        return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+    @functools.cached_property
+    def serial(self) -> str:
+        """Serial number, lowercase hex without leading zeros."""
+        return format(self.certificate.serial_number, "x")
+
+    @functools.cached_property
+    def not_before(self) -> datetime:
+        """Start of validity, timezone-aware (UTC)."""
+        return self.certificate.not_valid_before_utc
+
+    @functools.cached_property
+    def not_after(self) -> datetime:
+        """End of validity, timezone-aware (UTC)."""
+        return self.certificate.not_valid_after_utc
+
+    @functools.cached_property
+    def sans(self) -> SubjectAltNames:
+        """DNS, URI, email and IP Subject Alternative Names."""
+        try:
+            ext = self.certificate.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value
+        except x509.ExtensionNotFound:
+            return SubjectAltNames()
+        return SubjectAltNames(
+            dns=tuple(ext.get_values_for_type(x509.DNSName)),
+            uri=tuple(ext.get_values_for_type(x509.UniformResourceIdentifier)),
+            email=tuple(ext.get_values_for_type(x509.RFC822Name)),
+            ip=tuple(str(ip) for ip in ext.get_values_for_type(x509.IPAddress)),
+        )
+
+    @functools.cached_property
+    def spiffe_id(self) -> str | None:
+        """The SPIFFE ID: the URI SAN when the leaf has exactly one URI SAN and
+        it uses the ``spiffe://`` scheme (as the X.509-SVID spec requires)."""
+        uris = self.sans.uri
+        if len(uris) == 1 and uris[0].lower().startswith("spiffe://"):
+            return uris[0]
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (no certificate bodies, no key material)."""
+        return {
+            "tenant_id": self.tenant_id,
+            "source": self.source,
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "subject_legacy": self.subject_legacy,
+            "issuer_legacy": self.issuer_legacy,
+            "common_name": self.common_name,
+            "serial": self.serial,
+            "fingerprint_sha256": self.fingerprint_sha256,
+            "fingerprint_sha1": self.fingerprint_sha1,
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+            "sans": {
+                "dns": list(self.sans.dns),
+                "uri": list(self.sans.uri),
+                "email": list(self.sans.email),
+                "ip": list(self.sans.ip),
+            },
+            "spiffe_id": self.spiffe_id,
+            "chain": [rfc4514_dn(cert.subject) for cert in self.chain],
+        }

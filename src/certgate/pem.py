@@ -1,0 +1,119 @@
+"""Decoding of certificate encodings met in TLS stacks and forwarded headers.
+
+Everything here is strict about structure and lenient about whitespace: PEM
+folded with tabs or spaces (nginx ``$ssl_client_cert``), or with its newlines
+lost, still decodes; anything that is not valid base64 or not a single DER
+``SEQUENCE`` raises :class:`~certgate.errors.Rejected` with
+``malformed_certificate``. Nothing here checks trust: that is
+:mod:`certgate.verifier`'s job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from cryptography import x509
+
+from .errors import Rejected
+from .reasons import Reason
+
+MAX_CERTIFICATE_BYTES = 16 * 1024
+"""Largest DER certificate accepted (real client certificates are 0.5-2 KiB)."""
+
+MAX_PRESENTED_CERTIFICATES = 8
+"""Most certificates accepted from one request (leaf plus intermediates)."""
+
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL)
+_WHITESPACE = re.compile(r"\s+")
+
+
+def b64_to_der(value: str | bytes) -> bytes:
+    """Decode standard base64 (whitespace ignored) into DER bytes.
+
+    Raises ``Rejected(malformed_certificate)`` on bad base64 or an empty or
+    oversized result.
+    """
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    compact = _WHITESPACE.sub("", text)
+    if not compact or len(compact) > MAX_CERTIFICATE_BYTES * 4 // 3 + 4:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, "empty or oversized base64 certificate")
+    try:
+        der = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, f"invalid base64: {exc}") from None
+    _check_der_envelope(der)
+    return der
+
+
+def pem_to_ders(text: str) -> list[bytes]:
+    """Decode every ``CERTIFICATE`` block of ``text``, in order.
+
+    Raises ``Rejected(malformed_certificate)`` when there is no block, a block
+    is not base64 DER, or there are more than
+    :data:`MAX_PRESENTED_CERTIFICATES` blocks.
+    """
+    blocks = _PEM_BLOCK.findall(text)
+    if not blocks:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, "no PEM CERTIFICATE block")
+    if len(blocks) > MAX_PRESENTED_CERTIFICATES:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, f"{len(blocks)} certificates presented")
+    return [b64_to_der(block) for block in blocks]
+
+
+def pem_to_der(text: str) -> bytes:
+    """Decode exactly one PEM certificate."""
+    ders = pem_to_ders(text)
+    if len(ders) != 1:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, "expected exactly one PEM certificate")
+    return ders[0]
+
+
+def split_concatenated_der(blob: bytes) -> list[bytes]:
+    """Split DER certificates that were concatenated back to back (HAProxy's
+    ``ssl_c_chain_der``) by reading each outer ``SEQUENCE`` length."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(blob):
+        end = pos + _der_total_length(blob, pos)
+        out.append(blob[pos:end])
+        pos = end
+        if len(out) > MAX_PRESENTED_CERTIFICATES:
+            raise Rejected(Reason.MALFORMED_CERTIFICATE, "too many concatenated certificates")
+    return out
+
+
+def load_certificate(der: bytes) -> x509.Certificate:
+    """Parse DER into a certificate, mapping any parse failure to
+    ``Rejected(malformed_certificate)``."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, f"unparseable DER: {exc}") from None
+
+
+def _check_der_envelope(der: bytes) -> None:
+    if len(der) > MAX_CERTIFICATE_BYTES:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, f"certificate of {len(der)} bytes")
+    if _der_total_length(der, 0) != len(der):
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, "trailing or missing bytes after DER")
+
+
+def _der_total_length(buf: bytes, pos: int) -> int:
+    """Length of the DER SEQUENCE starting at ``buf[pos]`` including its header."""
+    if len(buf) - pos < 2 or buf[pos] != 0x30:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, "not a DER SEQUENCE")
+    first = buf[pos + 1]
+    if first < 0x80:
+        header, length = 2, first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or len(buf) - pos < 2 + count:
+            raise Rejected(Reason.MALFORMED_CERTIFICATE, "bad DER length")
+        header = 2 + count
+        length = int.from_bytes(buf[pos + 2 : pos + header], "big")
+    total = header + length
+    if total > len(buf) - pos or total > MAX_CERTIFICATE_BYTES:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, "truncated or oversized DER")
+    return total

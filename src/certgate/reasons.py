@@ -1,0 +1,89 @@
+"""The stable, machine-readable reasons certgate gives when it refuses a request.
+
+Every rejection carries exactly one :class:`Reason`. The string values are part
+of certgate's public API: they appear in the ``reason`` member of the
+``application/problem+json`` body, in log records and in the CLI output, and
+they never change meaning between releases. New reasons may be added.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+
+class _Meta(NamedTuple):
+    status: int
+    summary: str
+
+
+class Reason(enum.StrEnum):
+    """Why certgate refused a request. The value is the wire code."""
+
+    NO_CERTIFICATE = "no_certificate"
+    """No client certificate reached certgate from any configured source."""
+
+    MALFORMED_CERTIFICATE = "malformed_certificate"
+    """Certificate bytes could not be decoded (bad base64, PEM or DER), or the
+    presented chain was too large."""
+
+    MALFORMED_HEADER = "malformed_header"
+    """A forwarded certificate header was syntactically wrong or repeated."""
+
+    UNTRUSTED_CHAIN = "untrusted_chain"
+    """The certificate does not chain to a root CA of the addressed tenant, or
+    the path violates the X.509 policy (signature algorithm, critical
+    extensions, name constraints, path length, ...)."""
+
+    EXPIRED = "expired"
+    """The client certificate's notAfter is in the past."""
+
+    NOT_YET_VALID = "not_yet_valid"
+    """The client certificate's notBefore is in the future."""
+
+    WRONG_USAGE = "wrong_usage"
+    """The certificate is not for client authentication: its extended key usage
+    lacks clientAuth, or it is a CA certificate."""
+
+    WEAK_KEY = "weak_key"
+    """The client certificate's public key is too weak (RSA below 2048 bits,
+    DSA, or an EC curve other than P-256/P-384/P-521)."""
+
+    FINGERPRINT_MISMATCH = "fingerprint_mismatch"
+    """A forwarded fingerprint (e.g. ``Cf-Client-Cert-Sha256``) does not match
+    the forwarded certificate."""
+
+    UNKNOWN_TENANT = "unknown_tenant"
+    """No tenant is configured for the addressed host (or resolver key)."""
+
+    INVALID_HOST = "invalid_host"
+    """The Host header is missing or is not a valid host name."""
+
+    TRUST_STORE_UNAVAILABLE = "trust_store_unavailable"
+    """The trust registry failed while looking up the tenant (fail closed)."""
+
+    @property
+    def status(self) -> int:
+        """The HTTP status code certgate answers with for this reason."""
+        return _META[self].status
+
+    @property
+    def summary(self) -> str:
+        """A short human-readable description, safe to show to clients."""
+        return _META[self].summary
+
+
+_META: dict[Reason, _Meta] = {
+    Reason.NO_CERTIFICATE: _Meta(403, "A client certificate is required"),
+    Reason.MALFORMED_CERTIFICATE: _Meta(403, "The client certificate could not be decoded"),
+    Reason.MALFORMED_HEADER: _Meta(403, "A forwarded client-certificate header is malformed"),
+    Reason.UNTRUSTED_CHAIN: _Meta(403, "The client certificate is not trusted for this host"),
+    Reason.EXPIRED: _Meta(403, "The client certificate has expired"),
+    Reason.NOT_YET_VALID: _Meta(403, "The client certificate is not yet valid"),
+    Reason.WRONG_USAGE: _Meta(403, "The certificate is not a client-authentication certificate"),
+    Reason.WEAK_KEY: _Meta(403, "The client certificate's key is too weak"),
+    Reason.FINGERPRINT_MISMATCH: _Meta(403, "The forwarded certificate fingerprint does not match"),
+    Reason.UNKNOWN_TENANT: _Meta(403, "This host does not accept client certificates"),
+    Reason.INVALID_HOST: _Meta(400, "The Host header is missing or invalid"),
+    Reason.TRUST_STORE_UNAVAILABLE: _Meta(503, "The trust store is temporarily unavailable"),
+}

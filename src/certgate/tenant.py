@@ -1,0 +1,124 @@
+"""Tenants: who a request is addressed to, and which CAs that tenant trusts.
+
+A :class:`Tenant` is immutable. Changing a tenant's trust means building a new
+``Tenant``; its :attr:`Tenant.trust_id` changes with it, which is what keeps
+cached verification results of the old trust from being used for the new one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.verification import Store
+
+from .errors import ConfigError
+from .hosts import normalize_pattern
+
+_TRUST_ID_VERSION = b"certgate-trust-v1"
+
+
+def vet_ca_certificate(cert: x509.Certificate, role: str, tenant_id: str) -> None:
+    """Refuse a certificate that is not a CA as a root or intermediate.
+
+    A leaf registered as a "root" would otherwise be accepted as a client
+    certificate on its own (the verifier treats anything in the store as a
+    trust anchor). Checked: Basic Constraints present with ``cA=TRUE``, and
+    Key Usage, when present, includes ``keyCertSign``.
+    """
+    subject = cert.subject.rfc4514_string()
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    if bc is None or not bc.ca:
+        raise ConfigError(
+            f"tenant {tenant_id!r}: {role} {subject!r} is not a CA certificate "
+            "(Basic Constraints cA=TRUE is required)"
+        )
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not ku.key_cert_sign:
+        raise ConfigError(
+            f"tenant {tenant_id!r}: {role} {subject!r} has Key Usage without keyCertSign"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Tenant:
+    """One customer: an id, the hosts it answers on and the CAs it trusts.
+
+    ``hosts`` are exact names or ``*.example.com`` patterns (one label);
+    ``roots`` are the trust anchors (several during a rotation);
+    ``intermediates`` are optional CA certificates used to build paths when
+    clients do not send them. Every root and intermediate is vetted as a CA.
+    """
+
+    id: str
+    hosts: tuple[str, ...]
+    roots: tuple[x509.Certificate, ...]
+    intermediates: tuple[x509.Certificate, ...] = ()
+    trust_id: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.id or not isinstance(self.id, str):
+            raise ConfigError("a tenant needs a non-empty string id")
+        if not self.roots:
+            raise ConfigError(f"tenant {self.id!r} has no root CA")
+        object.__setattr__(self, "hosts", tuple(normalize_pattern(h) for h in self.hosts))
+        object.__setattr__(self, "roots", tuple(self.roots))
+        object.__setattr__(self, "intermediates", tuple(self.intermediates))
+        for root in self.roots:
+            vet_ca_certificate(root, "root", self.id)
+        for inter in self.intermediates:
+            vet_ca_certificate(inter, "intermediate", self.id)
+        digest = hashlib.sha256(_TRUST_ID_VERSION)
+        digest.update(self.id.encode())
+        for group in (self.roots, self.intermediates):
+            digest.update(b"|%d|" % len(group))
+            for cert in group:
+                der = cert.public_bytes(Encoding.DER)
+                digest.update(b"%d:" % len(der))
+                digest.update(der)
+        object.__setattr__(self, "trust_id", digest.digest())
+
+    @classmethod
+    def from_pem(
+        cls,
+        id: str,
+        hosts: Iterable[str],
+        roots: str | bytes | Sequence[str | bytes],
+        intermediates: str | bytes | Sequence[str | bytes] = (),
+    ) -> Tenant:
+        """Build a tenant from PEM text (one string may hold several certificates)."""
+        return cls(
+            id=id,
+            hosts=tuple(hosts),
+            roots=tuple(_load_pems(roots, id, "roots")),
+            intermediates=tuple(_load_pems(intermediates, id, "intermediates")),
+        )
+
+    @functools.cached_property
+    def store(self) -> Store:
+        """The tenant's roots as a ``cryptography`` verification store (built once)."""
+        return Store(list(self.roots))
+
+
+def _load_pems(
+    value: str | bytes | Sequence[str | bytes], tenant_id: str, what: str
+) -> list[x509.Certificate]:
+    items: Sequence[str | bytes] = [value] if isinstance(value, str | bytes) else value
+    certs: list[x509.Certificate] = []
+    for item in items:
+        data = item.encode() if isinstance(item, str) else item
+        try:
+            certs.extend(x509.load_pem_x509_certificates(data))
+        except ValueError as exc:
+            raise ConfigError(f"tenant {tenant_id!r}: cannot read {what} PEM: {exc}") from None
+    return certs

@@ -1,0 +1,198 @@
+"""X.509 path validation of client certificates, on ``cryptography``'s verifier.
+
+What is verified (by ``cryptography.x509.verification``, never by hand):
+
+* the leaf chains to one of the **tenant's** roots, through intermediates the
+  client sent or the tenant configured (client-sent certificates are only
+  ever *intermediates*: nothing a client sends becomes a trust anchor);
+* every certificate on the path is valid at the validation time, which is the
+  time of the request;
+* signature algorithms, key sizes of issuers, CA Basic Constraints and Key
+  Usage, path length and name constraints, unknown critical extensions
+  (webpki CA policy);
+* the leaf is an end-entity (``cA=FALSE``) and its Extended Key Usage
+  contains clientAuth or is absent.
+
+What certgate adds on top:
+
+* Subject Alternative Name and Authority Key Identifier are *optional* on the
+  leaf (cfssl's and openssl's client profiles omit them), unlike the webpki
+  default;
+* the leaf key must be RSA >= 2048 bits (configurable upwards), EC P-256,
+  P-384 or P-521, Ed25519 or Ed448; ``cryptography`` checks issuer keys only;
+* failures are classified into a :class:`~certgate.reasons.Reason`.
+
+What is **not** verified here: revocation (CRL/OCSP) and any authorization
+rule about *which* certificate of the tenant may call which route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    VerificationError,
+)
+
+from .errors import Rejected
+from .identity import ClientIdentity
+from .pem import MAX_PRESENTED_CERTIFICATES, load_certificate
+from .reasons import Reason
+from .tenant import Tenant
+
+ALLOWED_EC_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+
+
+def client_ee_policy() -> ExtensionPolicy:
+    """The webpki end-entity policy with SAN and AKI made optional.
+
+    The EKU check (clientAuth or no EKU) and the ``cA=FALSE`` check of the
+    webpki default stay in force: only the two presence requirements that
+    real client certificates do not meet are relaxed.
+    """
+    return (
+        ExtensionPolicy.webpki_defaults_ee()
+        .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+        .may_be_present(x509.AuthorityKeyIdentifier, Criticality.NON_CRITICAL, None)
+    )
+
+
+def _diagnostic_ee_policy() -> ExtensionPolicy:
+    # Used only after a failure, to tell "wrong usage" from "untrusted": the
+    # same policy minus the EKU check.
+    return client_ee_policy().may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, None)
+
+
+class ChainVerifier:
+    """Verifies presented chains against a tenant's trust.
+
+    Stateless apart from its (immutable) policies, so one instance serves
+    every tenant and every thread.
+    """
+
+    def __init__(self, *, max_chain_depth: int = 8, min_rsa_bits: int = 2048) -> None:
+        if not 1 <= max_chain_depth <= 16:
+            raise ValueError("max_chain_depth must be between 1 and 16")
+        if min_rsa_bits < 2048:
+            raise ValueError("min_rsa_bits cannot be lowered below 2048")
+        self.max_chain_depth = max_chain_depth
+        self.min_rsa_bits = min_rsa_bits
+        self._ca_policy = ExtensionPolicy.webpki_defaults_ca()
+        self._ee_policy = client_ee_policy()
+        self._diag_policy = _diagnostic_ee_policy()
+
+    def verify(
+        self,
+        tenant: Tenant,
+        ders: Sequence[bytes],
+        *,
+        source: str,
+        now: datetime,
+    ) -> ClientIdentity:
+        """Verify ``ders`` (leaf first, then any intermediates the client sent)
+        for ``tenant`` at ``now``. Returns the identity or raises
+        :class:`~certgate.errors.Rejected`."""
+        if not ders:
+            raise Rejected(Reason.NO_CERTIFICATE)
+        if len(ders) > MAX_PRESENTED_CERTIFICATES:
+            raise Rejected(Reason.MALFORMED_CERTIFICATE, f"{len(ders)} certificates presented")
+        leaf = load_certificate(ders[0])
+        intermediates = [load_certificate(der) for der in ders[1:]]
+        intermediates.extend(tenant.intermediates)
+        self.check_leaf_key(leaf)
+        try:
+            verified = self._verify(tenant, leaf, intermediates, now, self._ee_policy)
+        except VerificationError as exc:
+            raise self._classify(tenant, leaf, intermediates, now, str(exc)) from None
+        return ClientIdentity.build(tenant.id, source, leaf, ders[0], tuple(verified.chain))
+
+    def check_leaf_key(self, leaf: x509.Certificate) -> None:
+        """Raise ``Rejected(weak_key)`` unless the leaf key meets the minimum."""
+        try:
+            key = leaf.public_key()
+        except (ValueError, TypeError) as exc:  # unsupported or broken key
+            raise Rejected(Reason.WEAK_KEY, f"unusable public key: {exc}") from None
+        if isinstance(key, rsa.RSAPublicKey):
+            if key.key_size < self.min_rsa_bits:
+                raise Rejected(Reason.WEAK_KEY, f"RSA key of {key.key_size} bits")
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            if key.curve.name not in ALLOWED_EC_CURVES:
+                raise Rejected(Reason.WEAK_KEY, f"EC curve {key.curve.name} not allowed")
+        elif not isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            raise Rejected(Reason.WEAK_KEY, f"key type {type(key).__name__} not allowed")
+
+    def _verify(
+        self,
+        tenant: Tenant,
+        leaf: x509.Certificate,
+        intermediates: list[x509.Certificate],
+        at: datetime,
+        ee_policy: ExtensionPolicy,
+    ) -> x509.verification.VerifiedClient:
+        verifier = (
+            PolicyBuilder()
+            .store(tenant.store)
+            .time(at)
+            .max_chain_depth(self.max_chain_depth)
+            .extension_policies(ca_policy=self._ca_policy, ee_policy=ee_policy)
+            .build_client_verifier()
+        )
+        return verifier.verify(leaf, intermediates)
+
+    def _classify(
+        self,
+        tenant: Tenant,
+        leaf: x509.Certificate,
+        intermediates: list[x509.Certificate],
+        now: datetime,
+        detail: str,
+    ) -> Rejected:
+        """Name the reason for a failed verification.
+
+        A CA certificate presented as a client certificate is ``wrong_usage``.
+        Otherwise a specific reason (expired, not yet valid, wrong EKU) is
+        given only when the chain *would* verify against this tenant's roots
+        with that one defect removed - for time, when the chain verifies at
+        the moment the leaf expired (or became valid); everything else is
+        ``untrusted_chain``. So a certificate from another tenant's CA is
+        never described as merely "expired".
+        """
+        if _is_ca(leaf):
+            return Rejected(Reason.WRONG_USAGE, "a CA certificate is not a client certificate")
+        time_reason: Reason | None = None
+        at = now
+        if now > leaf.not_valid_after_utc:
+            time_reason, at = Reason.EXPIRED, leaf.not_valid_after_utc
+        elif now < leaf.not_valid_before_utc:
+            time_reason, at = Reason.NOT_YET_VALID, leaf.not_valid_before_utc + timedelta(seconds=1)
+        try:
+            self._verify(tenant, leaf, intermediates, at, self._diag_policy)
+        except VerificationError:
+            return Rejected(Reason.UNTRUSTED_CHAIN, detail)
+        if time_reason is not None:
+            return Rejected(time_reason, detail)
+        if _lacks_client_auth(leaf):
+            return Rejected(Reason.WRONG_USAGE, detail)
+        return Rejected(Reason.UNTRUSTED_CHAIN, detail)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _lacks_client_auth(leaf: x509.Certificate) -> bool:
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH not in eku

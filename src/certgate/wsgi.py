@@ -1,0 +1,128 @@
+"""WSGI middleware: certgate in front of Flask, Werkzeug or any WSGI app.
+
+```python
+from certgate import CertGate
+from certgate.wsgi import CertGateWSGIMiddleware
+
+app.wsgi_app = CertGateWSGIMiddleware(app.wsgi_app, CertGate.from_toml("certgate.toml"))
+```
+
+The socket peer is read from the server's socket (``gunicorn.socket`` /
+``werkzeug.socket``), else from the ``REMOTE_ADDR`` that Werkzeug's
+``ProxyFix`` saved before rewriting it, else from ``REMOTE_ADDR``. From a peer
+that is not a trusted proxy every configured certificate header
+(``HTTP_...``; WSGI folds ``-`` and ``_`` together, so both spellings go) is
+deleted from the environ before anything reads it.
+
+On allow the identity is in ``environ["certgate.identity"]``; on reject the
+app is not called and the client gets the reason as
+``application/problem+json``. Safe under threaded servers: the gate's shared
+state (cache, registry index) is locked or immutable.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterable, MutableMapping
+from types import TracebackType
+from typing import Any, Protocol
+
+from .facts import RequestFacts
+from .gate import CertGate
+from .identity import ClientIdentity
+from .problem import problem_body, problem_headers, status_line
+from .sources import wsgi_environ
+
+Environ = MutableMapping[str, Any]
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+class StartResponse(Protocol):
+    def __call__(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: _ExcInfo | None = ...,
+        /,
+    ) -> Callable[[bytes], object]: ...
+
+
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+IDENTITY_KEY = "certgate.identity"
+DECISION_KEY = "certgate.decision"
+
+
+def identity_from_environ(environ: Environ) -> ClientIdentity | None:
+    """The verified identity of this request, or ``None``."""
+    identity = environ.get(IDENTITY_KEY)
+    return identity if isinstance(identity, ClientIdentity) else None
+
+
+def socket_peer(environ: Environ) -> str | None:
+    """The IP address of the TCP peer of this request."""
+    for key in wsgi_environ.SOCKET_KEYS:
+        sock = environ.get(key)
+        if isinstance(sock, socket.socket):
+            try:
+                name = sock.getpeername()
+            except OSError:
+                break
+            if isinstance(name, tuple) and name and isinstance(name[0], str):
+                return name[0]
+            break
+    orig = environ.get("werkzeug.proxy_fix.orig")
+    if isinstance(orig, dict) and isinstance(orig.get("REMOTE_ADDR"), str):
+        return str(orig["REMOTE_ADDR"])
+    addr = environ.get("REMOTE_ADDR")
+    return addr if isinstance(addr, str) and addr else None
+
+
+def environ_key(header: str) -> str:
+    """``Cf-Client-Cert-Der-Base64`` -> ``HTTP_CF_CLIENT_CERT_DER_BASE64``."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+class CertGateWSGIMiddleware:
+    """WSGI middleware around :class:`~certgate.gate.CertGate`."""
+
+    def __init__(self, app: WSGIApp, gate: CertGate) -> None:
+        self.app = app
+        self.gate = gate
+        self._keys = tuple((name, environ_key(name)) for name in gate.header_names)
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        facts = self.facts(environ)
+        decision = self.gate.decide(facts)
+        if decision.reason is not None:
+            start_response(status_line(decision.reason), problem_headers(decision.reason))
+            return [problem_body(decision.reason)]
+        environ[DECISION_KEY] = decision
+        if decision.identity is not None:
+            environ[IDENTITY_KEY] = decision.identity
+        return self.app(environ, start_response)
+
+    def facts(self, environ: Environ) -> RequestFacts:
+        """Collect the request facts (and strip forged headers) from ``environ``."""
+        peer = socket_peer(environ)
+        trusted = self.gate.peer_is_trusted(peer)
+        headers: dict[str, list[str]] = {}
+        for name, key in self._keys:
+            if trusted:
+                value = environ.get(key)
+                if isinstance(value, str):
+                    headers[name] = [value]
+            else:
+                environ.pop(key, None)
+        transport = None
+        if not trusted and self.gate.transport:
+            transport = wsgi_environ.from_environ(environ)
+        host = environ.get("HTTP_HOST")
+        path = environ.get("PATH_INFO")
+        return RequestFacts(
+            host=host if isinstance(host, str) else None,
+            path=path if isinstance(path, str) else "",
+            peer=peer,
+            headers=headers,
+            transport=transport,
+        )
