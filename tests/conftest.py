@@ -97,8 +97,8 @@ def make_gate(pki: PKI) -> Callable[..., CertGate]:
     return factory
 
 
-def utc(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=dt.UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, tzinfo=dt.UTC)
 
 
 def now() -> dt.datetime:
