@@ -6,6 +6,10 @@ kind of roots, intermediates and client certificates a tenant's PKI issues -
 in a few milliseconds, including deliberately broken ones (expired, wrong
 EKU, weak key, ...) to exercise every rejection.
 
+CAs are back-dated by a year by default, so that a client certificate
+back-dated to have expired yesterday still chains to a CA that was valid when
+it expired (certgate reports ``expired`` only for such chains).
+
 ```python
 from certgate.devpki import CA
 root = CA.root("Acme Root CA")
@@ -177,6 +181,8 @@ class CA(IssuedCert):
         path_length: int | None = 0,
         permitted_dns: Sequence[str] | None = None,
         key_usage: bool = True,
+        signature_hash: hashes.HashAlgorithm | None = None,
+        extra_extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
     ) -> CA:
         """An intermediate CA signed by this CA."""
         key = make_key(key_type, rsa_bits)
@@ -199,7 +205,9 @@ class CA(IssuedCert):
                 ),
                 critical=True,
             )
-        cert = builder.sign(self.key, _sign_hash(self.key, None))
+        for extension, critical in extra_extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        cert = builder.sign(self.key, _sign_hash(self.key, signature_hash))
         return CA(cert=cert, key=key, issuers=self._issuers_for_child())
 
     def issue(
