@@ -1,0 +1,152 @@
+"""A throwaway multi-tenant mTLS environment on disk, for the demo, the
+example servers and the end-to-end tests.
+
+    python examples/devenv.py DIR      # writes the PKI and DIR/certgate.toml
+
+Tenants (hosts -> trust):
+
+* ``acme``    ``pay.acme.test``, ``*.acme.test`` -> Acme Root CA. Devices are
+  issued by the *Acme Issuing CA* intermediate, which is NOT configured on
+  the tenant: devices send it in their TLS chain.
+* ``globex``  ``api.globex.test`` -> Globex Root CA (devices issued by the root).
+* ``initech`` ``initech.test`` -> Initech Root CA, with the *Initech Issuing
+  CA* intermediate configured on the tenant: devices send only their leaf.
+
+Client identities written: ``acme-device``, ``globex-device``,
+``initech-device``, ``acme-expired`` (expired yesterday) and
+``rogue-device`` (issued by a CA no tenant trusts). Each has ``NAME.pem``,
+``NAME.key`` and ``NAME-chain.pem`` (leaf + intermediates).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from certgate.devpki import CA
+
+HOSTS = {
+    "acme": ["pay.acme.test", "*.acme.test"],
+    "globex": ["api.globex.test"],
+    "initech": ["initech.test"],
+}
+SERVER_NAMES = [
+    "localhost",
+    "127.0.0.1",
+    "pay.acme.test",
+    "*.acme.test",
+    "api.globex.test",
+    "initech.test",
+]
+
+
+@dataclass(frozen=True)
+class DevEnv:
+    directory: Path
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "certgate.toml"
+
+    @property
+    def bundle(self) -> Path:
+        """Every tenant CA: what the TLS server loads for the handshake."""
+        return self.directory / "tenants-bundle.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.directory / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.directory / "server.key"
+
+    @property
+    def server_ca(self) -> Path:
+        """The CA clients use to verify the server."""
+        return self.directory / "server-ca.pem"
+
+    def client(self, name: str) -> tuple[Path, Path]:
+        """(chain PEM, key) of a client identity, for ``load_cert_chain``."""
+        return self.directory / f"{name}-chain.pem", self.directory / f"{name}.key"
+
+
+def make_dev_environment(
+    directory: str | Path, *, exempt: tuple[str, ...] = ("/healthz",)
+) -> DevEnv:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    acme_root = CA.root("Acme Root CA", organization="Acme")
+    acme_issuing = acme_root.intermediate("Acme Issuing CA", organization="Acme")
+    globex_root = CA.root("Globex Root CA", organization="Globex")
+    initech_root = CA.root("Initech Root CA", organization="Initech")
+    initech_issuing = initech_root.intermediate("Initech Issuing CA", organization="Initech")
+    rogue_root = CA.root("Rogue Root CA", organization="Rogue")
+    server_root = CA.root("certgate dev server CA")
+
+    for name, ca in [
+        ("acme-root", acme_root),
+        ("acme-issuing", acme_issuing),
+        ("globex-root", globex_root),
+        ("initech-root", initech_root),
+        ("initech-issuing", initech_issuing),
+        ("server-ca", server_root),
+    ]:
+        (out / f"{name}.pem").write_bytes(ca.cert_pem)
+
+    acme_issuing.issue(
+        "sensor-17", organization="Acme", uri=["spiffe://acme.test/device/sensor-17"]
+    ).write_files(out, "acme-device")
+    globex_root.issue("till-3", organization="Globex").write_files(out, "globex-device")
+    initech_issuing.issue("printer-9", organization="Initech").write_files(out, "initech-device")
+    acme_issuing.issue(
+        "sensor-old",
+        organization="Acme",
+        not_before=now - dt.timedelta(days=90),
+        not_after=now - dt.timedelta(days=1),
+    ).write_files(out, "acme-expired")
+    rogue_root.issue("intruder", organization="Rogue").write_files(out, "rogue-device")
+    server_root.server(SERVER_NAMES).write_files(out, "server")
+
+    bundle = b"".join(
+        ca.cert_pem for ca in (acme_root, acme_issuing, globex_root, initech_root, initech_issuing)
+    )
+    (out / "tenants-bundle.pem").write_bytes(bundle)
+    exempt_list = ", ".join(f'"{p}"' for p in exempt)
+    (out / "certgate.toml").write_text(f"""\
+# Written by examples/devenv.py - a throwaway development PKI.
+[certgate]
+exempt_paths = [{exempt_list}]
+
+[[tenants]]
+id = "acme"
+hosts = ["pay.acme.test", "*.acme.test"]
+roots = ["acme-root.pem"]
+# no intermediates: Acme devices send the Acme Issuing CA in their chain
+
+[[tenants]]
+id = "globex"
+hosts = ["api.globex.test"]
+roots = ["globex-root.pem"]
+
+[[tenants]]
+id = "initech"
+hosts = ["initech.test"]
+roots = ["initech-root.pem"]
+intermediates = ["initech-issuing.pem"]
+""")
+    return DevEnv(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python examples/devenv.py DIR")
+    env = make_dev_environment(sys.argv[1])
+    print(f"wrote {env.config} and the dev PKI in {env.directory}")

@@ -1,0 +1,136 @@
+"""The ``certgate`` command.
+
+``certgate check CERT [--chain PEM]... --host HOST --config TOML [--at ISO8601]``
+    Verify a client certificate the way the middleware would for a request
+    to HOST. Prints the decision, tenant, reason and identity fields.
+    Exit 0 allowed, 1 rejected, 2 bad usage or bad configuration.
+
+``certgate bundle --config TOML``
+    Print the PEM of every tenant root and intermediate: the CA file a TLS
+    server loads so that the handshake accepts any tenant's clients (certgate
+    then re-verifies each request against the addressed tenant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import load_config
+from .decision import Decision
+from .errors import ConfigError, Rejected
+from .gate import CertGate
+from .pem import load_certificate, pem_to_ders
+from .servers.tls import trust_bundle_pem
+
+EXIT_ALLOWED, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # exit 2, as argparse does, but via our path
+        self.print_usage(sys.stderr)
+        raise SystemExit(f"certgate: error: {message}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="certgate", description="mutual-TLS client certificates, per tenant")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="verify a client certificate for a host")
+    check.add_argument("cert", help="client certificate: PEM (may include the chain) or DER")
+    check.add_argument(
+        "--chain",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="intermediate certificates the client sends (repeatable)",
+    )
+    check.add_argument("--host", required=True, help="the Host the request is addressed to")
+    check.add_argument("--config", required=True, help="certgate TOML configuration")
+    check.add_argument("--at", help="validation time, ISO 8601 (default: now)")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    bundle = sub.add_parser("bundle", help="print all tenant CAs as one PEM bundle")
+    bundle.add_argument("--config", required=True, help="certgate TOML configuration")
+    return parser
+
+
+def _read_certs(path: str) -> list[bytes]:
+    data = Path(path).read_bytes()
+    if b"-----BEGIN" in data:
+        return pem_to_ders(data.decode("latin-1"))
+    load_certificate(data)  # DER: raise a clear error now if it is not one
+    return [data]
+
+
+def _parse_time(text: str) -> dt.datetime:
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _report(decision: Decision, host: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "decision": "allowed" if decision.allowed else "rejected",
+        "host": host,
+        "tenant": decision.tenant_id,
+        "reason": decision.reason.value if decision.reason else None,
+        "detail": decision.detail or None,
+        "fingerprint_sha256": decision.fingerprint,
+    }
+    if decision.identity is not None:
+        out["identity"] = decision.identity.as_dict()
+    return out
+
+
+def _print_text(report: dict[str, Any]) -> None:
+    for key in ("decision", "host", "tenant", "reason", "detail", "fingerprint_sha256"):
+        if report.get(key) is not None:
+            print(f"{key + ':':<20} {report[key]}")
+    for key, value in (report.get("identity") or {}).items():
+        if key in ("tenant_id", "fingerprint_sha256"):
+            continue
+        if isinstance(value, dict):
+            text = ", ".join(f"{k}={v}" for k, v in value.items() if v) or "-"
+        elif isinstance(value, list):
+            text = " <- ".join(value)
+        else:
+            text = "-" if value is None else str(value)
+        print(f"{key + ':':<20} {text}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        return EXIT_USAGE if exc.code not in (0, None) else 0
+    try:
+        if args.command == "bundle":
+            sys.stdout.write(trust_bundle_pem(load_config(args.config).registry.tenants()))
+            return EXIT_ALLOWED
+        gate = CertGate.from_toml(args.config)
+        ders = _read_certs(args.cert)
+        for chain_file in args.chain:
+            ders.extend(_read_certs(chain_file))
+        at = _parse_time(args.at) if args.at else None
+    except ConfigError as exc:
+        print(f"certgate: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError, Rejected) as exc:
+        print(f"certgate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    decision = gate.check(args.host, ders, at=at)
+    report = _report(decision, args.host)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_text(report)
+    return EXIT_ALLOWED if decision.allowed else EXIT_REJECTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

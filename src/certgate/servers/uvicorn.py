@@ -1,0 +1,194 @@
+"""uvicorn: fill the ASGI ``tls`` extension from the TLS connection.
+
+uvicorn does not implement the ``tls`` extension (uvicorn #400, #745,
+#2306). These protocol classes subclass uvicorn's own and, once per
+connection, wrap the app so that every HTTP and WebSocket scope on that
+connection gets ``scope["extensions"]["tls"]`` with ``client_cert_chain``
+(PEM, leaf first, the client's intermediates included where the ``ssl``
+module exposes them), and ``scope["certgate.socket_peer"]``: the TCP peer
+*before* uvicorn's proxy-headers middleware rewrites ``scope["client"]``
+from ``X-Forwarded-For``.
+
+Three ways to use it::
+
+    # 1. certgate's run(): TLS-aware protocols and deferred time checks
+    from certgate.servers.uvicorn import run
+    run(app, host="0.0.0.0", port=8443, ssl_certfile="server.pem",
+        ssl_keyfile="server.key", ssl_ca_certs="tenants-bundle.pem")
+
+    # 2. the uvicorn command line, through certgate's wrapper (same flags)
+    python -m certgate.servers.uvicorn app:app --ssl-certfile server.pem \\
+        --ssl-keyfile server.key --ssl-ca-certs tenants-bundle.pem --ssl-cert-reqs 1
+
+    # 3. plain uvicorn, naming the protocol classes
+    uvicorn app:app --http certgate.servers.uvicorn:AutoTLSProtocol \\
+        --ws certgate.servers.uvicorn:AutoWebSocketsTLSProtocol --ssl-cert-reqs 1 ...
+
+With (3) the handshake checks validity times itself, so an expired client
+certificate gets a TLS alert instead of a 403 ``expired``. HTTP/2 (``zttp``)
+is not covered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cryptography import x509
+
+from ..asgi import SOCKET_PEER_KEY, ASGIApp, Receive, Scope, Send
+from ..sources.ssl_socket import peer_chain_der
+from .tls import defer_time_checks
+
+_TLS_VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+
+def tls_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, Any]:
+    """The ASGI ``tls`` extension dict for one TLS connection."""
+    chain = peer_chain_der(ssl_object) or []
+    name: str | None = None
+    if chain:
+        try:
+            name = x509.load_der_x509_certificate(chain[0]).subject.rfc4514_string()
+        except ValueError:
+            name = None
+    version = ssl_object.version()
+    return {
+        "server_cert": None,
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der) for der in chain],
+        "client_cert_name": name,
+        "client_cert_error": None,
+        "tls_version": _TLS_VERSIONS.get(version or ""),
+        "cipher_suite": None,
+    }
+
+
+class _ConnectionApp:
+    """Wraps the app for one connection, adding the connection's TLS facts."""
+
+    __slots__ = ("app", "tls")
+
+    def __init__(self, app: ASGIApp, tls: dict[str, Any] | None) -> None:
+        self.app = app
+        self.tls = tls
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope[SOCKET_PEER_KEY] = scope.get("client")
+            if self.tls is not None:
+                extensions = dict(scope.get("extensions") or {})
+                extensions["tls"] = self.tls
+                scope["extensions"] = extensions
+        await self.app(scope, receive, send)
+
+
+class TLSScopeMixin:
+    """Mix into a uvicorn protocol class ahead of it: ``class P(TLSScopeMixin, H11Protocol)``."""
+
+    app: Any
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        ssl_object = transport.get_extra_info("ssl_object")
+        tls = tls_extension(ssl_object) if ssl_object is not None else None
+        self.app = _ConnectionApp(self.app, tls)
+
+
+def _subclass(module: str, name: str) -> type[asyncio.Protocol] | None:
+    try:
+        base = getattr(__import__(module, fromlist=[name]), name)
+    except ImportError:  # the optional dependency is not installed
+        return None
+    cls: type[asyncio.Protocol] = type(
+        f"TLS{name}", (TLSScopeMixin, base), {"__module__": __name__}
+    )
+    return cls
+
+
+H11TLSProtocol = _subclass("uvicorn.protocols.http.h11_impl", "H11Protocol")
+HttpToolsTLSProtocol = _subclass("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol")
+AutoTLSProtocol = HttpToolsTLSProtocol or H11TLSProtocol
+
+WebSocketsSansIOTLSProtocol = _subclass(
+    "uvicorn.protocols.websockets.websockets_sansio_impl", "WebSocketsSansIOProtocol"
+)
+WebSocketsTLSProtocol = _subclass(
+    "uvicorn.protocols.websockets.websockets_impl", "WebSocketProtocol"
+)
+WSProtoTLSProtocol = _subclass("uvicorn.protocols.websockets.wsproto_impl", "WSProtocol")
+AutoWebSocketsTLSProtocol = WebSocketsSansIOTLSProtocol or WSProtoTLSProtocol
+
+
+def ssl_context_factory(
+    config: Any, default_factory: Callable[[], ssl.SSLContext]
+) -> ssl.SSLContext:
+    """uvicorn ``ssl_context_factory`` that defers time checks to certgate."""
+    context = default_factory()
+    if context.verify_mode != ssl.CERT_NONE:
+        defer_time_checks(context)
+    return context
+
+
+def config(app: Any, **kwargs: Any) -> Any:
+    """A ``uvicorn.Config`` with certgate's protocols and context factory.
+
+    ``ssl_cert_reqs`` defaults to ``CERT_OPTIONAL`` (certgate answers 403
+    without a certificate). Any uvicorn ``Config`` argument may be passed.
+    """
+    import uvicorn  # noqa: PLC0415 - optional dependency
+
+    if AutoTLSProtocol is None:
+        raise RuntimeError("uvicorn's HTTP protocols could not be imported")
+    kwargs.setdefault("http", AutoTLSProtocol)
+    if AutoWebSocketsTLSProtocol is not None:
+        kwargs.setdefault("ws", AutoWebSocketsTLSProtocol)
+    kwargs.setdefault("ssl_cert_reqs", ssl.CERT_OPTIONAL)
+    kwargs.setdefault("ssl_context_factory", ssl_context_factory)
+    return uvicorn.Config(app, **kwargs)
+
+
+def run(app: Any, **kwargs: Any) -> None:
+    """``uvicorn.run`` with certgate's TLS-aware protocols (see :func:`config`)."""
+    import uvicorn  # noqa: PLC0415
+
+    uvicorn.Server(config(app, **kwargs)).run()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m certgate.servers.uvicorn``: uvicorn's CLI, certgate's protocols.
+
+    Adds ``--http``/``--ws`` defaults naming the TLS-aware classes, and defers
+    validity-time checks of the handshake to certgate.
+    """
+    import importlib  # noqa: PLC0415
+
+    import click  # noqa: PLC0415 - uvicorn's own dependency
+    import uvicorn.config  # noqa: PLC0415
+
+    command = importlib.import_module("uvicorn.main").main
+    assert isinstance(command, click.Command)
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--http" or a.startswith("--http=") for a in args):
+        args += ["--http", f"{__name__}:AutoTLSProtocol"]
+    if AutoWebSocketsTLSProtocol is not None and not any(
+        a == "--ws" or a.startswith("--ws=") for a in args
+    ):
+        args += ["--ws", f"{__name__}:AutoWebSocketsTLSProtocol"]
+    original = uvicorn.config.create_ssl_context
+
+    def create_ssl_context(*a: Any, **k: Any) -> ssl.SSLContext:
+        context = original(*a, **k)
+        if context.verify_mode != ssl.CERT_NONE:
+            defer_time_checks(context)
+        return context
+
+    uvicorn.config.create_ssl_context = create_ssl_context  # this process only
+    command.main(args=args, prog_name="python -m certgate.servers.uvicorn")
+
+
+if __name__ == "__main__":
+    main()
