@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, WebSocket
 
 from certgate import CertGate, ClientIdentity
 from certgate.asgi import CertGateMiddleware
-from certgate.starlette import client_identity
+from certgate.starlette import client_identity, get_identity
 
 
 def create_app(config: str | None = None) -> FastAPI:
@@ -32,6 +32,14 @@ def create_app(config: str | None = None) -> FastAPI:
     @app.get("/whoami")
     def whoami(identity: ClientIdentity = Depends(client_identity)) -> dict[str, Any]:  # noqa: B008
         return identity.as_dict()
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        # certgate refused the handshake already unless the certificate is valid
+        identity = get_identity(websocket)
+        await websocket.accept()
+        await websocket.send_json({"tenant_id": identity.tenant_id if identity else None})
+        await websocket.close()
 
     @app.get("/healthz")
     def healthz() -> dict[str, bool]:

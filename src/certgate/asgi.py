@@ -59,8 +59,10 @@ def identity_from_scope(scope: Scope) -> ClientIdentity | None:
 def socket_peer(scope: Scope) -> str | None:
     """The IP of the TCP peer, preferring the address recorded before any
     proxy-headers middleware rewrote ``scope["client"]``."""
-    recorded = scope.get(SOCKET_PEER_KEY)
-    client = recorded if recorded is not None else scope.get("client")
+    # Once recorded, the recorded value wins even when it is None (a unix
+    # socket): ``scope["client"]`` may since have been rewritten from
+    # X-Forwarded-For, so falling back to it would trust a forged address.
+    client = scope[SOCKET_PEER_KEY] if SOCKET_PEER_KEY in scope else scope.get("client")
     if isinstance(client, list | tuple) and client and isinstance(client[0], str):
         return client[0]
     return None

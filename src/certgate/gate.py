@@ -242,6 +242,7 @@ class CertGate:
             return Decision(
                 reason=Reason.UNKNOWN_TENANT,
                 source=presented.source,
+                fingerprint=_fingerprint(presented),
                 detail=f"no tenant for {what} {step.key!r}",
             )
         try:

@@ -20,8 +20,10 @@ import re
 from .errors import ConfigError, Rejected
 from .reasons import Reason
 
-_FAST = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,251}[a-z0-9])?")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+# Plain ASCII names that the slow path would return unchanged: every label
+# valid (at most 63 characters, no leading or trailing hyphen).
+_FAST = re.compile(rf"(?:{_LABEL.pattern}\.)*{_LABEL.pattern}")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
@@ -33,7 +35,7 @@ def normalize_host(raw: str | None) -> str:
     if raw is None:
         raise Rejected(Reason.INVALID_HOST, "no Host header")
     host = raw.strip().lower()
-    if _FAST.fullmatch(host) and ".." not in host:
+    if len(host) <= 253 and _FAST.fullmatch(host):
         return host  # the common case: plain ASCII name, no port
     try:
         return _normalize_slow(host)
@@ -84,6 +86,8 @@ def _is_ip(text: str) -> bool:
 def _normalize_slow(host: str) -> str:
     if not host:
         raise Rejected(Reason.INVALID_HOST, "empty Host header")
+    if "\0" in host:
+        raise Rejected(Reason.INVALID_HOST, "several Host headers, or a NUL byte in Host")
     if host.startswith("["):
         end = host.find("]")
         if end < 0:

@@ -115,9 +115,6 @@ AutoTLSProtocol = HttpToolsTLSProtocol or H11TLSProtocol
 WebSocketsSansIOTLSProtocol = _subclass(
     "uvicorn.protocols.websockets.websockets_sansio_impl", "WebSocketsSansIOProtocol"
 )
-WebSocketsTLSProtocol = _subclass(
-    "uvicorn.protocols.websockets.websockets_impl", "WebSocketProtocol"
-)
 WSProtoTLSProtocol = _subclass("uvicorn.protocols.websockets.wsproto_impl", "WSProtocol")
 AutoWebSocketsTLSProtocol = WebSocketsSansIOTLSProtocol or WSProtoTLSProtocol
 

@@ -40,6 +40,8 @@ def single_value(headers: Mapping[str, Sequence[str]], name: str) -> str | None:
     if len(values) > 1:
         raise Rejected(Reason.MALFORMED_HEADER, f"{name} sent {len(values)} times")
     value = values[0].strip()
+    if "," in value:
+        raise Rejected(Reason.MALFORMED_HEADER, f"{name} folded into a comma-separated list")
     return value or None
 
 
