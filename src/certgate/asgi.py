@@ -113,7 +113,8 @@ class CertGateMiddleware:
             drop = self._aliases if trusted else wanted | self._aliases
             scope = dict(scope)
             scope["headers"] = [(n, v) for n, v in raw_headers if n not in drop]
-            if not trusted:
+            if not trusted and found:
+                self.gate.note_stripped(peer, found)
                 found = {}
         transport = None
         if not trusted and self.gate.transport:

@@ -140,6 +140,16 @@ class CertGate:
         """Whether ``peer`` (the socket peer's IP) may set certificate headers."""
         return self.proxies.contains(peer)
 
+    def note_stripped(self, peer: str | None, names: Iterable[str]) -> None:
+        """Log that certificate headers from an untrusted peer were removed
+        (a forgery attempt, or a proxy missing from ``trusted_proxies``)."""
+        logger.warning(
+            "certgate: removed forwarded certificate header(s) %s from untrusted peer %s",
+            ", ".join(sorted(set(names))),
+            peer,
+            extra={"certgate": {"stripped": sorted(set(names)), "peer": peer}},
+        )
+
     def decide(self, facts: RequestFacts) -> Decision:
         """Decide on a request, calling the registry synchronously."""
         try:

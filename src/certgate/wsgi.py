@@ -107,13 +107,16 @@ class CertGateWSGIMiddleware:
         peer = socket_peer(environ)
         trusted = self.gate.peer_is_trusted(peer)
         headers: dict[str, list[str]] = {}
+        stripped: list[str] = []
         for name, key in self._keys:
             if trusted:
                 value = environ.get(key)
                 if isinstance(value, str):
                     headers[name] = [value]
-            else:
-                environ.pop(key, None)
+            elif environ.pop(key, None) is not None:
+                stripped.append(name)
+        if stripped:
+            self.gate.note_stripped(peer, stripped)
         transport = None
         if not trusted and self.gate.transport:
             transport = wsgi_environ.from_environ(environ)
