@@ -75,9 +75,12 @@ class CertGateMiddleware:
         self.app = app
         self.gate = gate
         self._wanted = frozenset(name.encode("latin-1") for name in gate.header_names)
+        strip = frozenset(name.encode("latin-1") for name in gate.strip_names)
         # "cf_client_cert_der_base64" becomes the same WSGI environ key as the
-        # dashed name in any WSGI bridge behind us: never let it through.
-        self._aliases = frozenset(name.replace(b"-", b"_") for name in self._wanted if b"-" in name)
+        # dashed name in any WSGI bridge behind us: never let it through, even
+        # from a trusted proxy.
+        self._aliases = frozenset(name.replace(b"-", b"_") for name in strip if b"-" in name)
+        self._strip = strip | self._aliases
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -99,23 +102,24 @@ class CertGateMiddleware:
         wanted = self._wanted
         host: str | None = None
         found: dict[str, list[str]] = {}
-        aliased = False
+        removed: list[str] = []
         raw_headers = scope.get("headers") or ()
         for name, value in raw_headers:
             if name == b"host":
                 # Two Host headers: refuse to pick one ("\0" is never a valid host).
                 host = "\0" if host is not None else value.decode("latin-1")
-            elif name in wanted:
-                found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
-            elif name in self._aliases:
-                aliased = True
-        if aliased or (found and not trusted):
-            drop = self._aliases if trusted else wanted | self._aliases
+            elif trusted:
+                if name in wanted:
+                    found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+                elif name in self._aliases:
+                    removed.append(name.decode("latin-1"))
+            elif name in self._strip:
+                removed.append(name.decode("latin-1"))
+        if removed:
+            drop = self._aliases if trusted else self._strip
             scope = dict(scope)
             scope["headers"] = [(n, v) for n, v in raw_headers if n not in drop]
-            if not trusted and found:
-                self.gate.note_stripped(peer, found)
-                found = {}
+            self.gate.note_stripped(peer, removed)
         transport = None
         if not trusted and self.gate.transport:
             transport = asgi_tls.from_scope(scope)

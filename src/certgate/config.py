@@ -6,6 +6,7 @@ trusted_proxies = []             # CIDRs of proxies allowed to set cert headers
 header_sources  = []             # e.g. ["cloudflare"]; needs trusted_proxies
 transport       = true           # use the certificate of the TLS connection
 exempt_paths    = ["/healthz"]   # exact paths, or prefixes ending in "/*"
+strip_known_headers = true       # remove every well-known proxy cert header from untrusted peers
 cache_size      = 10000          # verified chains kept (0 = no cache)
 max_chain_depth = 8
 min_rsa_bits    = 2048
@@ -41,6 +42,7 @@ _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "header_sources": list,
     "transport": bool,
     "exempt_paths": list,
+    "strip_known_headers": bool,
     "cache_size": int,
     "max_chain_depth": int,
     "min_rsa_bits": int,

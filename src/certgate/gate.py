@@ -44,6 +44,7 @@ from .proxies import TrustedProxies
 from .reasons import Reason
 from .registry import AsyncTrustRegistry, TrustRegistry
 from .sources.base import HeaderSource, header_source
+from .sources.known_headers import KNOWN_CERTIFICATE_HEADERS
 from .tenant import Tenant
 from .verifier import ChainVerifier
 
@@ -74,7 +75,9 @@ class CertGate:
     ``header_sources`` headers are believed; both are empty by default, so
     out of the box only the TLS transport certificate counts.
     ``transport`` enables the TLS transport source. ``exempt_paths`` are
-    served without a certificate. ``tenant_resolver`` replaces Host-based
+    served without a certificate. ``strip_known_headers`` removes the
+    certificate headers of every well-known proxy (not only the configured
+    ones) from requests of untrusted peers. ``tenant_resolver`` replaces Host-based
     tenant selection (it returns a tenant id). ``cache_size`` bounds the
     verification cache (0 disables it).
     """
@@ -87,6 +90,7 @@ class CertGate:
         header_sources: Iterable[HeaderSource | str] = (),
         transport: bool = True,
         exempt_paths: Iterable[str] = (),
+        strip_known_headers: bool = True,
         tenant_resolver: TenantResolver | None = None,
         cache_size: int = 10_000,
         max_chain_depth: int = 8,
@@ -118,8 +122,13 @@ class CertGate:
         for source in self.header_sources:
             names.extend(n.lower() for n in source.header_names)
         self.header_names: tuple[str, ...] = tuple(dict.fromkeys(names))
-        """Every forwarded-certificate header certgate reads (and strips from
-        untrusted peers), lowercase."""
+        """The forwarded-certificate headers certgate reads, lowercase."""
+        strip = set(self.header_names)
+        if strip_known_headers:
+            strip |= KNOWN_CERTIFICATE_HEADERS
+        self.strip_names: frozenset[str] = frozenset(strip)
+        """Every header removed from requests of untrusted peers: the ones read,
+        plus (by default) every well-known proxy certificate header."""
         self._lookup_host, self._lookup_id, self._alookup_host, self._alookup_id = _bind_registry(
             registry
         )

@@ -58,6 +58,8 @@ def normalize_pattern(pattern: str) -> str:
             f"host pattern {pattern!r}: use an exact name or '*.example.com' "
             "(one leading wildcard label, no port)"
         )
+    if ":" in body and not body.startswith("["):
+        body = f"[{body}]"  # a bare IPv6 address (checked above): Host-header form
     try:
         name = normalize_host(body)
     except Rejected as exc:

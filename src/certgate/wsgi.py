@@ -90,6 +90,7 @@ class CertGateWSGIMiddleware:
         self.app = app
         self.gate = gate
         self._keys = tuple((name, environ_key(name)) for name in gate.header_names)
+        self._strip_keys = frozenset(environ_key(name) for name in gate.strip_names)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         facts = self.facts(environ)
@@ -107,16 +108,17 @@ class CertGateWSGIMiddleware:
         peer = socket_peer(environ)
         trusted = self.gate.peer_is_trusted(peer)
         headers: dict[str, list[str]] = {}
-        stripped: list[str] = []
-        for name, key in self._keys:
-            if trusted:
+        if trusted:
+            for name, key in self._keys:
                 value = environ.get(key)
                 if isinstance(value, str):
                     headers[name] = [value]
-            elif environ.pop(key, None) is not None:
-                stripped.append(name)
-        if stripped:
-            self.gate.note_stripped(peer, stripped)
+        else:
+            stripped = [key for key in environ if key in self._strip_keys]
+            if stripped:
+                for key in stripped:
+                    del environ[key]
+                self.gate.note_stripped(peer, stripped)
         transport = None
         if not trusted and self.gate.transport:
             transport = wsgi_environ.from_environ(environ)
