@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from .errors import ConfigError
 from .identity import ClientIdentity
 
 
@@ -22,7 +23,7 @@ class ValidationCache:
 
     def __init__(self, maxsize: int = 10_000) -> None:
         if maxsize < 0:
-            raise ValueError("maxsize must be >= 0")
+            raise ConfigError(f"cache_size must be >= 0, not {maxsize}")
         self.maxsize = maxsize
         self._data: OrderedDict[bytes, tuple[ClientIdentity, float]] = OrderedDict()
         self._lock = threading.Lock()

@@ -62,7 +62,8 @@ class TomlRegistry(InMemoryRegistry):
     """An in-memory registry filled from the ``[[tenants]]`` of a TOML file.
 
     :meth:`reload` re-reads the file and swaps the tenants in atomically; on a
-    bad file it raises and keeps serving the previous tenants.
+    bad file it raises and keeps serving the previous tenants. It reloads
+    ``[[tenants]]`` only: a change to ``[certgate]`` settings needs a restart.
     """
 
     def __init__(self, path: str | os.PathLike[str], data: Mapping[str, Any] | None = None) -> None:

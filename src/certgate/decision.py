@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .identity import ClientIdentity
 from .reasons import Reason
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """Either an allow (``identity`` set, or ``exempt``) or a rejection
-    (``reason`` set). ``detail`` is for logs only, never for clients."""
+    (``reason`` set). ``detail`` is for logs only, never for clients.
+
+    An immutable ``NamedTuple`` (one is built per request)."""
 
     identity: ClientIdentity | None = None
     reason: Reason | None = None

@@ -15,8 +15,11 @@ class CertgateError(Exception):
     """Base class of every exception certgate raises on purpose."""
 
 
-class ConfigError(CertgateError):
-    """The configuration is unusable. The message says what to fix."""
+class ConfigError(CertgateError, ValueError):
+    """The configuration is unusable. The message says what to fix.
+
+    Also a ``ValueError``: a bad argument to a certgate constructor is one.
+    """
 
 
 class Rejected(CertgateError):

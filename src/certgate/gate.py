@@ -25,11 +25,12 @@ rejection: certgate fails closed, never open and never with a 500.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
 
@@ -60,8 +61,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
+class _Pending(NamedTuple):
     presented: Presented
     by_id: bool
     key: str
@@ -129,6 +129,9 @@ class CertGate:
         self.strip_names: frozenset[str] = frozenset(strip)
         """Every header removed from requests of untrusted peers: the ones read,
         plus (by default) every well-known proxy certificate header."""
+        self._inline_registry = not getattr(registry, "blocking", True) and not (
+            inspect.iscoroutinefunction(getattr(registry, "tenant_for_host", None))
+        )
         self._lookup_host, self._lookup_id, self._alookup_host, self._alookup_id = _bind_registry(
             registry
         )
@@ -179,9 +182,12 @@ class CertGate:
             step = self._begin(facts)
             if isinstance(step, Decision):
                 return self._log(step, facts)
-            lookup = self._alookup_id if step.by_id else self._alookup_host
             try:
-                tenant = await lookup(step.key)
+                if self._inline_registry:  # in-memory: no coroutine, no thread hop
+                    tenant = (self._lookup_id if step.by_id else self._lookup_host)(step.key)
+                else:
+                    lookup = self._alookup_id if step.by_id else self._alookup_host
+                    tenant = await lookup(step.key)
             except Exception as exc:
                 return self._log(self._registry_failure(exc, facts), facts)
             return self._log(self._finish(step, tenant), facts)
@@ -282,22 +288,38 @@ class CertGate:
         )
 
     def _verify(self, tenant: Tenant, presented: Presented) -> ClientIdentity:
-        now = self.clock()
-        stamp = now.timestamp()
-        digest = hashlib.sha256(presented.source.encode())
-        digest.update(b"\0")
-        digest.update(presented.material)
-        key = tenant.trust_id + digest.digest()
-        identity = self.cache.get(key, stamp)
+        # The validation time is read per request; on the (hot) cache-hit path
+        # only a float is needed, so the datetime is built on a miss.
+        if self.clock is utc_now:
+            stamp = time.time()
+            now = None
+        else:
+            now = self.clock()
+            stamp = now.timestamp()
+        caching = self.cache.maxsize > 0
+        key = b""
+        identity = None
+        if caching:
+            key = (
+                tenant.trust_id
+                + presented.source.encode()
+                + b"\0"
+                + hashlib.sha256(presented.material).digest()
+            )
+            identity = self.cache.get(key, stamp)
         if identity is None:
             ders = presented.decode()
-            if presented.expected_sha256 is not None and ders:
-                actual = hashlib.sha256(ders[0]).hexdigest()
-                if actual != presented.expected_sha256:
-                    raise Rejected(Reason.FINGERPRINT_MISMATCH, "forwarded SHA-256 differs")
-            identity = self.verifier.verify(tenant, ders, source=presented.source, now=now)
-            expires = min(cert.not_valid_after_utc for cert in identity.chain).timestamp()
-            self.cache.put(key, identity, expires)
+            leaf_sha256 = hashlib.sha256(ders[0]).hexdigest() if ders else None
+            if presented.expected_sha256 is not None and leaf_sha256 != presented.expected_sha256:
+                raise Rejected(Reason.FINGERPRINT_MISMATCH, "forwarded SHA-256 differs")
+            if now is None:
+                now = datetime.fromtimestamp(stamp, UTC)
+            identity = self.verifier.verify(
+                tenant, ders, source=presented.source, now=now, leaf_sha256=leaf_sha256
+            )
+            if caching:
+                expires = min(cert.not_valid_after_utc for cert in identity.chain).timestamp()
+                self.cache.put(key, identity, expires)
         elif (
             presented.expected_sha256 is not None
             and identity.fingerprint_sha256 != presented.expected_sha256
@@ -390,8 +412,6 @@ def _bind_registry(registry: object) -> tuple[_Sync, _Sync, _Async, _Async]:
         raise ConfigError(
             "registry must implement tenant_for_host(host) and tenant_by_id(tenant_id)"
         )
-    import inspect  # noqa: PLC0415
-
     if inspect.iscoroutinefunction(by_host):
         a_host, a_id = cast("_Async", by_host), cast("_Async", by_id)
         return async_to_sync(a_host), async_to_sync(a_id), a_host, a_id

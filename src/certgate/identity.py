@@ -87,15 +87,23 @@ class ClientIdentity:
         leaf: x509.Certificate,
         leaf_der: bytes,
         chain: tuple[x509.Certificate, ...],
+        *,
+        fingerprint: str | None = None,
     ) -> ClientIdentity:
-        return cls(
+        """Build from a verified chain (``fingerprint``: the leaf's hex SHA-256,
+        if already known)."""
+        # Same result as cls(...), without the frozen dataclass's per-field
+        # object.__setattr__ calls: this runs on every cold verification.
+        identity = object.__new__(cls)
+        identity.__dict__.update(
             tenant_id=tenant_id,
             source=source,
             certificate=leaf,
             chain=chain,
             der=leaf_der,
-            fingerprint_sha256=hashlib.sha256(leaf_der).hexdigest(),
+            fingerprint_sha256=fingerprint or hashlib.sha256(leaf_der).hexdigest(),
         )
+        return identity
 
     @functools.cached_property
     def fingerprint_sha1(self) -> str:

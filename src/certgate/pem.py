@@ -10,7 +10,6 @@ lost, still decodes; anything that is not valid base64 or not a single DER
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 
@@ -26,7 +25,6 @@ MAX_PRESENTED_CERTIFICATES = 8
 """Most certificates accepted from one request (leaf plus intermediates)."""
 
 _PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL)
-_WHITESPACE = re.compile(r"\s+")
 
 
 def b64_to_der(value: str | bytes) -> bytes:
@@ -36,15 +34,26 @@ def b64_to_der(value: str | bytes) -> bytes:
     oversized result.
     """
     text = value.decode("latin-1") if isinstance(value, bytes) else value
-    compact = _WHITESPACE.sub("", text)
-    if not compact or len(compact) > MAX_CERTIFICATE_BYTES * 4 // 3 + 4:
+    if not text or len(text) > MAX_CERTIFICATE_BYTES * 2:
         raise Rejected(Reason.MALFORMED_CERTIFICATE, "empty or oversized base64 certificate")
     try:
-        der = base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise Rejected(Reason.MALFORMED_CERTIFICATE, f"invalid base64: {exc}") from None
+        # strict_mode (Python 3.11+) validates the alphabet and padding in C;
+        # b64decode(validate=True) does it with a regex, 10x slower.
+        der = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        der = _b64_folded(text)  # PEM bodies and folded headers carry whitespace
     _check_der_envelope(der)
     return der
+
+
+def _b64_folded(text: str) -> bytes:
+    compact = "".join(text.split())
+    if not compact:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, "empty base64 certificate")
+    try:
+        return binascii.a2b_base64(compact, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, f"invalid base64: {exc}") from None
 
 
 def pem_to_ders(text: str) -> list[bytes]:
@@ -89,7 +98,7 @@ def load_certificate(der: bytes) -> x509.Certificate:
     ``Rejected(malformed_certificate)``."""
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise Rejected(Reason.MALFORMED_CERTIFICATE, f"unparseable DER: {exc}") from None
 
 

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
@@ -41,7 +42,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from .errors import Rejected
+from .errors import ConfigError, Rejected
 from .identity import ClientIdentity
 from .pem import MAX_PRESENTED_CERTIFICATES, load_certificate
 from .reasons import Reason
@@ -79,14 +80,17 @@ class ChainVerifier:
 
     def __init__(self, *, max_chain_depth: int = 8, min_rsa_bits: int = 2048) -> None:
         if not 1 <= max_chain_depth <= 16:
-            raise ValueError("max_chain_depth must be between 1 and 16")
+            raise ConfigError(f"max_chain_depth must be between 1 and 16, not {max_chain_depth}")
         if min_rsa_bits < 2048:
-            raise ValueError("min_rsa_bits cannot be lowered below 2048")
+            raise ConfigError(f"min_rsa_bits cannot be lowered below 2048 (got {min_rsa_bits})")
         self.max_chain_depth = max_chain_depth
         self.min_rsa_bits = min_rsa_bits
         self._ca_policy = ExtensionPolicy.webpki_defaults_ca()
         self._ee_policy = client_ee_policy()
         self._diag_policy = _diagnostic_ee_policy()
+        # Per-tenant PolicyBuilders holding store, depth and policies, keyed by
+        # trust_id (so a tenant whose trust changed gets a new one).
+        self._builders: dict[bytes, PolicyBuilder] = {}
 
     def verify(
         self,
@@ -95,10 +99,12 @@ class ChainVerifier:
         *,
         source: str,
         now: datetime,
+        leaf_sha256: str | None = None,
     ) -> ClientIdentity:
         """Verify ``ders`` (leaf first, then any intermediates the client sent)
         for ``tenant`` at ``now``. Returns the identity or raises
-        :class:`~certgate.errors.Rejected`."""
+        :class:`~certgate.errors.Rejected`. ``leaf_sha256``: the hex SHA-256 of
+        ``ders[0]`` if the caller already computed it."""
         if not ders:
             raise Rejected(Reason.NO_CERTIFICATE)
         if len(ders) > MAX_PRESENTED_CERTIFICATES:
@@ -110,15 +116,23 @@ class ChainVerifier:
         try:
             verified = self._verify(tenant, leaf, intermediates, now, self._ee_policy)
         except VerificationError as exc:
-            raise self._classify(tenant, leaf, intermediates, now, str(exc)) from None
-        return ClientIdentity.build(tenant.id, source, leaf, ders[0], tuple(verified.chain))
+            try:
+                rejection = self._classify(tenant, leaf, intermediates, now, str(exc))
+            except ValueError as parse_error:  # e.g. duplicate or malformed extensions
+                rejection = Rejected(Reason.MALFORMED_CERTIFICATE, f"{exc}; {parse_error}")
+            raise rejection from None
+        return ClientIdentity.build(
+            tenant.id, source, leaf, ders[0], tuple(verified.chain), fingerprint=leaf_sha256
+        )
 
     def check_leaf_key(self, leaf: x509.Certificate) -> None:
         """Raise ``Rejected(weak_key)`` unless the leaf key meets the minimum."""
         try:
             key = leaf.public_key()
-        except (ValueError, TypeError) as exc:  # unsupported or broken key
-            raise Rejected(Reason.WEAK_KEY, f"unusable public key: {exc}") from None
+        except UnsupportedAlgorithm as exc:  # e.g. an EC curve OpenSSL does not know
+            raise Rejected(Reason.WEAK_KEY, f"unsupported public key: {exc}") from None
+        except (ValueError, TypeError) as exc:  # broken key encoding
+            raise Rejected(Reason.MALFORMED_CERTIFICATE, f"unparseable public key: {exc}") from None
         if isinstance(key, rsa.RSAPublicKey):
             if key.key_size < self.min_rsa_bits:
                 raise Rejected(Reason.WEAK_KEY, f"RSA key of {key.key_size} bits")
@@ -136,15 +150,26 @@ class ChainVerifier:
         at: datetime,
         ee_policy: ExtensionPolicy,
     ) -> x509.verification.VerifiedClient:
-        verifier = (
+        if ee_policy is self._ee_policy:
+            builder = self._builders.get(tenant.trust_id)
+            if builder is None:
+                builder = self._builder(tenant, ee_policy)
+                if len(self._builders) >= 4096:  # bounded; rebuilt on demand
+                    self._builders.clear()
+                self._builders[tenant.trust_id] = builder
+        else:
+            builder = self._builder(tenant, ee_policy)
+        # The time is set per verification: it is the time of the request.
+        return builder.time(at).build_client_verifier().verify(leaf, intermediates)
+
+    def _builder(self, tenant: Tenant, ee_policy: ExtensionPolicy) -> PolicyBuilder:
+        """Everything but the time, which changes with every request."""
+        return (
             PolicyBuilder()
             .store(tenant.store)
-            .time(at)
             .max_chain_depth(self.max_chain_depth)
             .extension_policies(ca_policy=self._ca_policy, ee_policy=ee_policy)
-            .build_client_verifier()
         )
-        return verifier.verify(leaf, intermediates)
 
     def _classify(
         self,
