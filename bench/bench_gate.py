@@ -401,7 +401,7 @@ def asgi_sampler(
 # --------------------------------------------------------------------------
 # (a) warm: WSGI
 
-_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 
 
 def _write(data: bytes) -> object:

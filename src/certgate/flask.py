@@ -57,7 +57,7 @@ class CertGateFlask:
                 )
             gate = CertGate.from_toml(path)
         self.gate = gate
-        app.wsgi_app = CertGateWSGIMiddleware(  # type: ignore[method-assign, assignment]
+        app.wsgi_app = CertGateWSGIMiddleware(  # type: ignore[method-assign]
             cast("WSGIApp", app.wsgi_app), gate
         )
         app.extensions["certgate"] = self

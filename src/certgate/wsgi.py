@@ -34,7 +34,7 @@ from .problem import problem_body, problem_headers, status_line
 from .sources import wsgi_environ
 
 Environ = MutableMapping[str, Any]
-_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 
 
 class StartResponse(Protocol):
