@@ -1,0 +1,163 @@
+"""The FastAPI/Starlette and Flask helpers, in process.
+
+Certificates arrive as Cloudflare headers from a trusted proxy address so no
+TLS server is needed here (test_e2e.py covers the TLS transport).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+from flask import Flask
+from starlette.requests import Request
+
+from certgate import CertGate, ClientIdentity
+from certgate.asgi import CertGateMiddleware
+from certgate.flask import CertGateFlask, current_identity, get_identity, require_identity
+from certgate.starlette import client_identity
+from certgate.starlette import get_identity as starlette_identity
+from tests.conftest import PKI
+
+PROXY = "10.0.0.1"
+
+
+def _gate(pki: PKI) -> CertGate:
+    return CertGate(
+        pki.registry(),
+        trusted_proxies=["10.0.0.0/8"],
+        header_sources=["cloudflare"],
+        exempt_paths=["/open", "/open/*"],
+    )
+
+
+def _cf(pki: PKI, tenant: str) -> dict[str, str]:
+    der = pki[tenant].issuer.issue(f"fw-{tenant}").der
+    return {"Cf-Client-Cert-Der-Base64": base64.b64encode(der).decode()}
+
+
+def _fastapi(pki: PKI) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(CertGateMiddleware, gate=_gate(pki))
+
+    @app.get("/whoami")
+    def whoami(identity: ClientIdentity = Depends(client_identity)) -> dict[str, Any]:  # noqa: B008
+        return {"tenant": identity.tenant_id, "cn": identity.common_name}
+
+    @app.get("/open")
+    def open_route(identity: ClientIdentity = Depends(client_identity)) -> dict[str, Any]:  # noqa: B008
+        return {"tenant": identity.tenant_id}
+
+    @app.get("/open/maybe")
+    def maybe(request: Request) -> dict[str, Any]:
+        identity = starlette_identity(request)
+        return {"identity": None if identity is None else identity.tenant_id}
+
+    return app
+
+
+def _get(app: FastAPI, path: str, host: str, headers: dict[str, str]) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=(PROXY, 4444))
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}") as client:
+            return await client.get(path, headers=headers)
+
+    return asyncio.run(go())
+
+
+def test_fastapi_dependency_gives_the_identity(pki: PKI) -> None:
+    app = _fastapi(pki)
+    response = _get(app, "/whoami", "initech.test", _cf(pki, "initech"))
+    assert response.status_code == 200
+    assert response.json() == {"tenant": "initech", "cn": "fw-initech"}
+
+
+def test_fastapi_rejection_never_reaches_the_route(pki: PKI) -> None:
+    response = _get(_fastapi(pki), "/whoami", "initech.test", _cf(pki, "globex"))
+    assert response.status_code == 403
+    assert response.json()["reason"] == "untrusted_chain"
+
+
+def test_fastapi_dependency_refuses_an_exempt_request(pki: PKI) -> None:
+    response = _get(_fastapi(pki), "/open", "initech.test", {})
+    assert response.status_code == 403
+    assert response.json() == {"detail": "client certificate required"}
+
+
+def test_starlette_get_identity_is_none_on_exempt_paths(pki: PKI) -> None:
+    response = _get(_fastapi(pki), "/open/maybe", "initech.test", {})
+    assert response.json() == {"identity": None}
+
+
+def _flask(pki: PKI) -> Flask:
+    app = Flask(__name__)
+    CertGateFlask(app, _gate(pki))
+
+    @app.get("/whoami")
+    def whoami() -> dict[str, Any]:
+        identity = require_identity()
+        assert current_identity is not None
+        return {"tenant": identity.tenant_id, "proxy": current_identity.tenant_id}
+
+    @app.get("/open")
+    def open_route() -> dict[str, Any]:
+        return {"identity": None if get_identity() is None else "set"}
+
+    @app.get("/open/required")
+    def required() -> dict[str, Any]:
+        return {"tenant": require_identity().tenant_id}
+
+    return app
+
+
+def test_flask_identity_helpers(pki: PKI) -> None:
+    client = _flask(pki).test_client()
+    ok = client.get(
+        "/whoami",
+        headers={"Host": "api.globex.test", **_cf(pki, "globex")},
+        environ_base={"REMOTE_ADDR": PROXY},
+    )
+    assert ok.status_code == 200
+    assert ok.json == {"tenant": "globex", "proxy": "globex"}
+    refused = client.get(
+        "/whoami",
+        headers={"Host": "api.globex.test", **_cf(pki, "initech")},
+        environ_base={"REMOTE_ADDR": PROXY},
+    )
+    assert refused.status_code == 403
+    assert refused.json == {
+        "type": "urn:certgate:reason:untrusted_chain",
+        "title": "The client certificate is not trusted for this host",
+        "status": 403,
+        "reason": "untrusted_chain",
+    }
+    assert client.get("/open", headers={"Host": "api.globex.test"}).json == {"identity": None}
+    assert client.get("/open/required", headers={"Host": "api.globex.test"}).status_code == 403
+
+
+def test_flask_reads_the_config_path(pki: PKI, tmp_path: Path) -> None:
+    root = pki["globex"].roots[0]
+    (tmp_path / "root.pem").write_bytes(root.cert_pem)
+    (tmp_path / "certgate.toml").write_text(
+        '[[tenants]]\nid = "globex"\nhosts = ["api.globex.test"]\nroots = ["root.pem"]\n'
+    )
+    app = Flask(__name__)
+    app.config["CERTGATE_CONFIG"] = str(tmp_path / "certgate.toml")
+    extension = CertGateFlask(app)
+    assert app.extensions["certgate"] is extension
+    assert extension.gate is not None
+    assert extension.gate.registry.tenant_for_host("api.globex.test") is not None
+    response = app.test_client().get("/anything", headers={"Host": "api.globex.test"})
+    assert response.status_code == 403
+    assert response.json is not None
+    assert response.json["reason"] == "no_certificate"
+
+
+def test_flask_without_gate_or_config_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="CERTGATE_CONFIG"):
+        CertGateFlask(Flask(__name__))
