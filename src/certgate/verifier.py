@@ -50,9 +50,6 @@ from .tenant import Tenant
 
 ALLOWED_EC_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 
-# What cryptography raises for certificate fields it cannot parse (lazily).
-_PARSE_ERRORS = (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
-
 
 def client_ee_policy() -> ExtensionPolicy:
     """The webpki end-entity policy with SAN and AKI made optional.
@@ -121,12 +118,13 @@ class ChainVerifier:
         except VerificationError as exc:
             try:
                 rejection = self._classify(tenant, leaf, intermediates, now, str(exc))
-            except _PARSE_ERRORS as parse_error:  # duplicate or malformed extensions
+            except Exception as parse_error:  # noqa: BLE001 - duplicate or malformed extensions
                 rejection = Rejected(Reason.MALFORMED_CERTIFICATE, f"{exc}; {parse_error!r}")
             raise rejection from None
-        except _PARSE_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001
             # cryptography parses fields lazily; a field it cannot parse (a
-            # mangled subject, say) surfaces here rather than at load time.
+            # mangled subject, say) surfaces here rather than at load time, as
+            # ValueError, DuplicateExtension or, in some releases, KeyError.
             raise Rejected(Reason.MALFORMED_CERTIFICATE, f"unparseable field: {exc!r}") from None
         return ClientIdentity.build(
             tenant.id, source, leaf, ders[0], tuple(verified.chain), fingerprint=leaf_sha256
