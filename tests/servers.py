@@ -125,6 +125,45 @@ def uvicorn_cmd(env: DevEnv, port: int, *extra: str) -> list[str]:
     ]
 
 
+def uvicorn_run_cmd(env: DevEnv, port: int) -> list[str]:
+    """The FastAPI example through certgate.servers.uvicorn.run()."""
+    return [
+        sys.executable,
+        str(ROOT / "examples" / "fastapi_app" / "serve.py"),
+        "--env",
+        str(env.directory),
+        "--port",
+        str(port),
+    ]
+
+
+def plain_uvicorn_cmd(env: DevEnv, port: int) -> list[str]:
+    """Plain ``uvicorn`` CLI naming certgate's protocol classes (no deferred time checks)."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "examples.fastapi_app.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--http",
+        "certgate.servers.uvicorn:AutoTLSProtocol",
+        "--ws",
+        "certgate.servers.uvicorn:AutoWebSocketsTLSProtocol",
+        "--ssl-certfile",
+        str(env.server_cert),
+        "--ssl-keyfile",
+        str(env.server_key),
+        "--ssl-ca-certs",
+        str(env.bundle),
+        "--ssl-cert-reqs",
+        "1",
+    ]
+
+
 def werkzeug_cmd(env: DevEnv, port: int) -> list[str]:
     return [
         sys.executable,

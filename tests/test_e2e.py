@@ -10,17 +10,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
 import shutil
 import ssl
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from examples.devenv import DevEnv, make_dev_environment
 
-from tests.servers import Server, free_port, gunicorn_cmd, serve, uvicorn_cmd, werkzeug_cmd
+from tests.servers import (
+    Server,
+    free_port,
+    gunicorn_cmd,
+    plain_uvicorn_cmd,
+    serve,
+    uvicorn_cmd,
+    uvicorn_run_cmd,
+    werkzeug_cmd,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -38,6 +49,7 @@ SERVERS = {
     "uvicorn-httptools": lambda env, port: uvicorn_cmd(
         env, port, "--http", "certgate.servers.uvicorn:HttpToolsTLSProtocol"
     ),
+    "uvicorn-run": uvicorn_run_cmd,
     "werkzeug": werkzeug_cmd,
     "gunicorn": gunicorn_cmd,
 }
@@ -163,6 +175,45 @@ def test_curl_client(server: Server) -> None:
         timeout=20,
     )
     assert json.loads(refused.stdout)["reason"] == "untrusted_chain"
+
+
+def test_concurrent_clients_of_many_tenants(server: Server) -> None:
+    """Parallel TLS connections from devices of different tenants to different
+    hosts: every answer is the one that request would get alone."""
+    plan = [
+        ("acme-device", "pay.acme.test", "acme"),
+        ("globex-device", "api.globex.test", "globex"),
+        ("initech-device", "initech.test", "initech"),
+        ("acme-device", "api.globex.test", None),
+        ("globex-device", "initech.test", None),
+        ("initech-device", "eu.acme.test", None),
+    ] * 8
+    random.Random(7).shuffle(plan)
+
+    def one(item: tuple[str, str, str | None]) -> bool:
+        identity, host, expected = item
+        response = server.get(identity, host)
+        if expected is None:
+            return response.status_code == 403 and _reason(response) == "untrusted_chain"
+        return response.status_code == 200 and response.json()["tenant_id"] == expected
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(one, plan))
+    assert all(outcomes), [p for p, ok in zip(plan, outcomes, strict=True) if not ok]
+
+
+def test_plain_uvicorn_cli_with_certgate_protocols(env: DevEnv) -> None:
+    """`uvicorn --http certgate.servers.uvicorn:AutoTLSProtocol`: the tls
+    extension is filled; without certgate's context hook the handshake checks
+    validity times itself, so an expired certificate fails in TLS (documented)."""
+    port = free_port()
+    with serve(plain_uvicorn_cmd(env, port), env, port) as server:
+        response = server.get("acme-device", "pay.acme.test")
+        assert response.status_code == 200
+        assert response.json()["source"] == "asgi_tls"
+        assert _reason(server.get("acme-device", "api.globex.test")) == "untrusted_chain"
+        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+            server.get("acme-expired", "pay.acme.test")
 
 
 # -- uvicorn specifics ---------------------------------------------------------
