@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +30,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from examples.devenv import DevEnv, make_dev_environment  # noqa: E402
+from examples.devenv import (  # noqa: E402
+    DevEnv,
+    fastapi_uvicorn_cmd,
+    free_port,
+    make_dev_environment,
+    running,
+)
 
 
 @dataclass(frozen=True)
@@ -104,56 +107,12 @@ def _der_b64(pem_path: Path) -> str:
     return base64.b64encode(der).decode()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def fastapi_server(env: DevEnv, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "certgate.servers.uvicorn",
-        "examples.fastapi_app.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ssl-certfile",
-        str(env.server_cert),
-        "--ssl-keyfile",
-        str(env.server_key),
-        "--ssl-ca-certs",
-        str(env.bundle),
-        "--ssl-cert-reqs",
-        "1",
-        "--log-level",
-        "warning",
-    ]
-    environ = {**os.environ, "CERTGATE_CONFIG": str(env.config), "PYTHONPATH": str(ROOT)}
-    log = (env.directory / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited with code {proc.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit("the server did not start within 30 s")
-            time.sleep(0.1)
+    cmd = fastapi_uvicorn_cmd(env, port, "--log-level", "warning")
+    log = env.directory / "server.log"
+    with running(cmd, port, log, {"CERTGATE_CONFIG": str(env.config)}) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def run_case(env: DevEnv, port: int, case: Case) -> tuple[str, str]:

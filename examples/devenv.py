@@ -20,8 +20,14 @@ Client identities written: ``acme-device``, ``globex-device``,
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +80,65 @@ class DevEnv:
     def client(self, name: str) -> tuple[Path, Path]:
         """(chain PEM, key) of a client identity, for ``load_cert_chain``."""
         return self.directory / f"{name}-chain.pem", self.directory / f"{name}.key"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fastapi_uvicorn_cmd(
+    env: DevEnv, port: int, *extra: str, launcher: str = "certgate.servers.uvicorn"
+) -> list[str]:
+    """Serve the FastAPI example over TLS with uvicorn's CLI flags.
+
+    ``launcher``: ``certgate.servers.uvicorn`` (uvicorn's CLI with certgate's
+    protocols and deferred time checks) or ``uvicorn`` (plain uvicorn).
+    """
+    return [
+        sys.executable, "-m", launcher, "examples.fastapi_app.app:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--ssl-certfile", str(env.server_cert), "--ssl-keyfile", str(env.server_key),
+        "--ssl-ca-certs", str(env.bundle), "--ssl-cert-reqs", "1",
+        *extra,
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def running(
+    cmd: Sequence[str], port: int, log: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd`` from the repository root until the block ends; wait (30 s at
+    most) until it accepts connections on ``port``. Output goes to ``log``."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            list(cmd), cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited ({proc.returncode}): {log.read_text()}")
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start within 30 s: {log.read_text()}")
+                time.sleep(0.1)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
 
 def make_dev_environment(

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from examples.devenv import DevEnv
+from examples.devenv import DevEnv, fastapi_uvicorn_cmd, free_port, running
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["Server", "free_port", "serve"]
 
 
 @dataclass
@@ -71,58 +64,13 @@ def serve(
     cmd: Sequence[str], env: DevEnv, port: int, extra_env: dict[str, str] | None = None
 ) -> Iterator[Server]:
     log = env.directory / f"server-{port}.log"
-    environ = {
-        **os.environ,
-        "CERTGATE_CONFIG": str(env.config),
-        "PYTHONPATH": str(ROOT),
-        **(extra_env or {}),
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            list(cmd), cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited ({proc.returncode}): {log.read_text()}")
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start: {log.read_text()}")
-                time.sleep(0.1)
-            yield Server(port=port, env=env, log=log, proc=proc)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    variables = {"CERTGATE_CONFIG": str(env.config), **(extra_env or {})}
+    with running(cmd, port, log, variables) as proc:
+        yield Server(port=port, env=env, log=log, proc=proc)
 
 
 def uvicorn_cmd(env: DevEnv, port: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "certgate.servers.uvicorn",
-        "examples.fastapi_app.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ssl-certfile",
-        str(env.server_cert),
-        "--ssl-keyfile",
-        str(env.server_key),
-        "--ssl-ca-certs",
-        str(env.bundle),
-        "--ssl-cert-reqs",
-        "1",
-        *extra,
-    ]
+    return fastapi_uvicorn_cmd(env, port, *extra)
 
 
 def uvicorn_run_cmd(env: DevEnv, port: int) -> list[str]:
@@ -139,29 +87,12 @@ def uvicorn_run_cmd(env: DevEnv, port: int) -> list[str]:
 
 def plain_uvicorn_cmd(env: DevEnv, port: int) -> list[str]:
     """Plain ``uvicorn`` CLI naming certgate's protocol classes (no deferred time checks)."""
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "examples.fastapi_app.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--http",
-        "certgate.servers.uvicorn:AutoTLSProtocol",
-        "--ws",
-        "certgate.servers.uvicorn:AutoWebSocketsTLSProtocol",
-        "--ssl-certfile",
-        str(env.server_cert),
-        "--ssl-keyfile",
-        str(env.server_key),
-        "--ssl-ca-certs",
-        str(env.bundle),
-        "--ssl-cert-reqs",
-        "1",
-    ]
+    return fastapi_uvicorn_cmd(
+        env, port,
+        "--http", "certgate.servers.uvicorn:AutoTLSProtocol",
+        "--ws", "certgate.servers.uvicorn:AutoWebSocketsTLSProtocol",
+        launcher="uvicorn",
+    )  # fmt: skip
 
 
 def werkzeug_cmd(env: DevEnv, port: int) -> list[str]:

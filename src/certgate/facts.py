@@ -35,6 +35,15 @@ class Presented(NamedTuple):
     expected_sha256: str | None = None
     verdict: Rejected | None = None
 
+    @classmethod
+    def refused(cls, source: str, rejection: Rejected) -> Presented:
+        """A presentation the source already judged (decoding re-raises)."""
+
+        def fail() -> Sequence[bytes]:
+            raise rejection
+
+        return cls(source=source, material=b"", decode=fail, verdict=rejection)
+
 
 class RequestFacts(NamedTuple):
     """What certgate knows about one request.

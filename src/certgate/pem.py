@@ -79,6 +79,16 @@ def pem_to_der(text: str) -> bytes:
     return ders[0]
 
 
+def pem_list_to_ders(pems: list[str], what: str) -> list[bytes]:
+    """Decode one PEM certificate per entry (a TLS chain as servers export it)."""
+    if len(pems) > MAX_PRESENTED_CERTIFICATES:
+        raise Rejected(
+            Reason.MALFORMED_CERTIFICATE,
+            f"more than {MAX_PRESENTED_CERTIFICATES} certificates in {what}",
+        )
+    return [pem_to_der(pem) for pem in pems]
+
+
 def split_concatenated_der(blob: bytes) -> list[bytes]:
     """Split DER certificates that were concatenated back to back (HAProxy's
     ``ssl_c_chain_der``) by reading each outer ``SEQUENCE`` length."""

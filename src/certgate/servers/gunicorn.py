@@ -22,14 +22,11 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from .tls import defer_time_checks
+from .tls import defer_time_checks_if_verifying
 
 
 def ssl_context(
     config: Any, default_ssl_context_factory: Callable[[], ssl.SSLContext]
 ) -> ssl.SSLContext:
     """gunicorn's ``ssl_context`` server hook."""
-    context = default_ssl_context_factory()
-    if context.verify_mode != ssl.CERT_NONE:
-        defer_time_checks(context)
-    return context
+    return defer_time_checks_if_verifying(default_ssl_context_factory())

@@ -39,6 +39,13 @@ def defer_time_checks(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
+def defer_time_checks_if_verifying(context: ssl.SSLContext) -> ssl.SSLContext:
+    """:func:`defer_time_checks` on a context that asks for client certificates."""
+    if context.verify_mode != ssl.CERT_NONE:
+        defer_time_checks(context)
+    return context
+
+
 def trust_bundle_pem(tenants: Iterable[Tenant]) -> str:
     """PEM of every root and intermediate of ``tenants``, de-duplicated."""
     seen: dict[bytes, str] = {}

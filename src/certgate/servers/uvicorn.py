@@ -41,7 +41,7 @@ from cryptography import x509
 
 from ..asgi import SOCKET_PEER_KEY, ASGIApp, Receive, Scope, Send
 from ..sources.ssl_socket import peer_chain_der
-from .tls import defer_time_checks
+from .tls import defer_time_checks_if_verifying
 
 _TLS_VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
@@ -123,10 +123,7 @@ def ssl_context_factory(
     config: Any, default_factory: Callable[[], ssl.SSLContext]
 ) -> ssl.SSLContext:
     """uvicorn ``ssl_context_factory`` that defers time checks to certgate."""
-    context = default_factory()
-    if context.verify_mode != ssl.CERT_NONE:
-        defer_time_checks(context)
-    return context
+    return defer_time_checks_if_verifying(default_factory())
 
 
 def config(app: Any, **kwargs: Any) -> Any:
@@ -178,10 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     original = uvicorn.config.create_ssl_context
 
     def create_ssl_context(*a: Any, **k: Any) -> ssl.SSLContext:
-        context = original(*a, **k)
-        if context.verify_mode != ssl.CERT_NONE:
-            defer_time_checks(context)
-        return context
+        return defer_time_checks_if_verifying(original(*a, **k))
 
     uvicorn.config.create_ssl_context = create_ssl_context  # this process only
     command.main(args=args, prog_name="python -m certgate.servers.uvicorn")

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import Rejected
 from ..facts import Presented
-from ..pem import MAX_PRESENTED_CERTIFICATES, pem_to_der
+from ..pem import MAX_PRESENTED_CERTIFICATES, pem_list_to_ders
 from ..reasons import Reason
 
 SOURCE = "asgi_tls"
@@ -30,34 +30,27 @@ def from_scope(scope: Mapping[str, Any]) -> Presented | None:
     error = tls.get("client_cert_error")
     chain = tls.get("client_cert_chain")
     if error:
-        return _verdict(Rejected(Reason.UNTRUSTED_CHAIN, f"server reported: {str(error)[:200]}"))
+        return Presented.refused(
+            SOURCE, Rejected(Reason.UNTRUSTED_CHAIN, f"server reported: {str(error)[:200]}")
+        )
     if not chain:
         return None
     if isinstance(chain, str | bytes) or not hasattr(chain, "__iter__"):
-        return _verdict(Rejected(Reason.MALFORMED_CERTIFICATE, "client_cert_chain is not a list"))
+        return Presented.refused(
+            SOURCE, Rejected(Reason.MALFORMED_CERTIFICATE, "client_cert_chain is not a list")
+        )
     items = list(chain)[: MAX_PRESENTED_CERTIFICATES + 1]
     pems: list[str] = []
     for item in items:
         text = item.decode("latin-1") if isinstance(item, bytes) else item
         if not isinstance(text, str):
-            return _verdict(Rejected(Reason.MALFORMED_CERTIFICATE, "non-PEM chain entry"))
+            return Presented.refused(
+                SOURCE, Rejected(Reason.MALFORMED_CERTIFICATE, "non-PEM chain entry")
+            )
         pems.append(text)
     material = "\n".join(pems).encode("latin-1", "replace")
     return Presented(
         source=SOURCE,
         material=material,
-        decode=lambda: _decode(pems),
+        decode=lambda: pem_list_to_ders(pems, "the TLS chain"),
     )
-
-
-def _decode(pems: list[str]) -> list[bytes]:
-    if len(pems) > MAX_PRESENTED_CERTIFICATES:
-        raise Rejected(Reason.MALFORMED_CERTIFICATE, "too many certificates in the TLS chain")
-    return [pem_to_der(pem) for pem in pems]
-
-
-def _verdict(rejection: Rejected) -> Presented:
-    def fail() -> list[bytes]:
-        raise rejection
-
-    return Presented(source=SOURCE, material=b"", decode=fail, verdict=rejection)

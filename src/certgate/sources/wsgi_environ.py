@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import Rejected
 from ..facts import Presented
-from ..pem import MAX_PRESENTED_CERTIFICATES, pem_to_der
+from ..pem import MAX_PRESENTED_CERTIFICATES, pem_list_to_ders
 from ..reasons import Reason
 from .ssl_socket import peer_chain_der
 
@@ -52,31 +52,23 @@ def from_environ(environ: Mapping[str, Any]) -> Presented | None:
         return None
     pems: list[str] = [leaf] if isinstance(leaf, str) else []
     if not pems:
-        return _malformed("SSL_CLIENT_CERT is not a string")
+        return Presented.refused(
+            SOURCE, Rejected(Reason.MALFORMED_CERTIFICATE, "SSL_CLIENT_CERT is not a string")
+        )
     for index in range(MAX_PRESENTED_CERTIFICATES + 1):
         extra = environ.get(f"SSL_CLIENT_CERT_CHAIN_{index}")
         if not extra:
             break
         if not isinstance(extra, str):
-            return _malformed(f"SSL_CLIENT_CERT_CHAIN_{index} is not a string")
+            return Presented.refused(
+                SOURCE,
+                Rejected(
+                    Reason.MALFORMED_CERTIFICATE, f"SSL_CLIENT_CERT_CHAIN_{index} is not a string"
+                ),
+            )
         pems.append(extra)
     return Presented(
         source=SOURCE,
         material="\n".join(pems).encode("latin-1", "replace"),
-        decode=lambda: _decode(pems),
+        decode=lambda: pem_list_to_ders(pems, "SSL_CLIENT_CERT_CHAIN_n"),
     )
-
-
-def _decode(pems: list[str]) -> list[bytes]:
-    if len(pems) > MAX_PRESENTED_CERTIFICATES:
-        raise Rejected(Reason.MALFORMED_CERTIFICATE, "too many SSL_CLIENT_CERT_CHAIN_n entries")
-    return [pem_to_der(pem) for pem in pems]
-
-
-def _malformed(detail: str) -> Presented:
-    rejection = Rejected(Reason.MALFORMED_CERTIFICATE, detail)
-
-    def fail() -> list[bytes]:
-        raise rejection
-
-    return Presented(source=SOURCE, material=b"", decode=fail, verdict=rejection)
