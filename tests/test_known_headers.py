@@ -130,3 +130,47 @@ def test_removal_is_logged(gates: dict[str, CertGate], caplog: pytest.LogCapture
         _run_asgi(gates["default"], "203.0.113.9")
     messages = [r.getMessage() for r in caplog.records if r.name == "certgate"]
     assert any("x-ssl-client-verify" in m and "203.0.113.9" in m for m in messages)
+
+
+def test_exempt_requests_never_carry_an_identity_set_upstream(
+    gates: dict[str, CertGate], pki: Any
+) -> None:
+    """Only certgate puts an identity on a request: one planted by anything in
+    front of it is removed on exempt paths, where certgate verified nothing."""
+    from certgate.asgi import IDENTITY_KEY as ASGI_KEY
+    from certgate.wsgi import IDENTITY_KEY as WSGI_KEY
+
+    planted = gates["default"].check("pay.acme.test", pki["acme"].client().chain_ders).identity
+    assert planted is not None
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        seen.append(scope)
+
+    scope: Scope = {
+        "type": "http",
+        "path": "/healthz",
+        "headers": [],
+        "client": ("1.2.3.4", 1),
+        ASGI_KEY: planted,
+    }
+
+    async def noop() -> Message:
+        return {}
+
+    async def send(message: Message) -> None:
+        return None
+
+    asyncio.run(CertGateMiddleware(app, gates["default"])(scope, noop, send))
+    assert ASGI_KEY not in seen[0]
+
+    environs: list[Environ] = []
+
+    def wsgi_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        environs.append(environ)
+        return [b""]
+
+    environ: Environ = {"PATH_INFO": "/healthz", "REMOTE_ADDR": "1.2.3.4", WSGI_KEY: planted}
+    start: Callable[..., Any] = lambda *args: None  # noqa: E731
+    CertGateWSGIMiddleware(wsgi_app, gates["default"])(environ, start)
+    assert WSGI_KEY not in environs[0]

@@ -94,6 +94,8 @@ class CertGateMiddleware:
         scope[DECISION_KEY] = decision
         if decision.identity is not None:
             scope[IDENTITY_KEY] = decision.identity
+        elif IDENTITY_KEY in scope:  # exempt: never let an identity set upstream through
+            del scope[IDENTITY_KEY]
         await self.app(scope, receive, send)
 
     def _facts(self, scope: Scope) -> tuple[Scope, RequestFacts]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -137,7 +138,7 @@ class CertGate:
         )
 
     @classmethod
-    def from_toml(cls, path: str | Any, **overrides: Any) -> CertGate:
+    def from_toml(cls, path: str | os.PathLike[str], **overrides: Any) -> CertGate:
         """Build a gate from a TOML file (see the README for the format)."""
         from .config import load_config  # noqa: PLC0415
 

@@ -101,6 +101,8 @@ class CertGateWSGIMiddleware:
         environ[DECISION_KEY] = decision
         if decision.identity is not None:
             environ[IDENTITY_KEY] = decision.identity
+        else:  # exempt: never let an identity set upstream through
+            environ.pop(IDENTITY_KEY, None)
         return self.app(environ, start_response)
 
     def facts(self, environ: Environ) -> RequestFacts:
