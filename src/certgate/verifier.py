@@ -74,8 +74,10 @@ def _diagnostic_ee_policy() -> ExtensionPolicy:
 class ChainVerifier:
     """Verifies presented chains against a tenant's trust.
 
-    Stateless apart from its (immutable) policies, so one instance serves
-    every tenant and every thread.
+    Holds immutable policies and a bounded memo of per-tenant
+    ``PolicyBuilder``s (store, depth, policies - everything but the time).
+    One instance serves every tenant and every thread: the memo's dict
+    operations are atomic, and a race at worst builds a builder twice.
     """
 
     def __init__(self, *, max_chain_depth: int = 8, min_rsa_bits: int = 2048) -> None:
