@@ -192,6 +192,9 @@ def header_names(scope: Scope) -> list[bytes]:
 
 
 def cf_gate(make_gate: GateFactory, **kwargs: Any) -> CertGate:
+    # These scopes model a server that reports the real TCP peer in
+    # scope["client"]; test_unreported_peer_is_never_trusted covers the default.
+    kwargs.setdefault("trust_reported_peer", True)
     return make_gate(trusted_proxies=["10.0.0.0/8"], header_sources=["cloudflare"], **kwargs)
 
 
@@ -468,8 +471,26 @@ def test_recorded_none_peer_is_not_replaced_by_client(pki: PKI, make_gate: GateF
     mw = CertGateMiddleware(app, cf_gate(make_gate))
     scope = http_scope(client=TRUSTED, headers=cf_headers(pki["globex"].client()))
     scope[SOCKET_PEER_KEY] = None
-    assert socket_peer(scope) is None
+    assert socket_peer(scope, trust_reported=True) is None
     assert_rejected(run_http(mw, scope), app, Reason.NO_CERTIFICATE)
+
+
+def test_unreported_peer_is_never_trusted(
+    pki: PKI, make_gate: GateFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without certgate's uvicorn protocols, scope["client"] may have been
+    rewritten from X-Forwarded-For: by default it is not believed, headers
+    are stripped, and the operator is told why (once)."""
+    app = RecordingApp()
+    gate = cf_gate(make_gate, trust_reported_peer=False)
+    mw = CertGateMiddleware(app, gate)
+    with caplog.at_level(logging.WARNING, logger="certgate"):
+        for _ in range(2):
+            scope = http_scope(client=TRUSTED, headers=cf_headers(pki["globex"].client()))
+            assert_rejected(run_http(mw, scope), app, Reason.NO_CERTIFICATE)
+    hints = [r for r in caplog.records if "socket peer is unknown" in r.getMessage()]
+    assert len(hints) == 1
+    assert "trust_reported_peer" in hints[0].getMessage()
 
 
 @pytest.mark.parametrize(
@@ -486,7 +507,10 @@ def test_recorded_none_peer_is_not_replaced_by_client(pki: PKI, make_gate: GateF
     ],
 )
 def test_socket_peer(scope: Scope, peer: str | None) -> None:
-    assert socket_peer(scope) == peer
+    assert socket_peer(scope, trust_reported=True) == peer
+    recorded = scope.get(SOCKET_PEER_KEY)
+    expected_default = recorded[0] if isinstance(recorded, tuple) else None
+    assert socket_peer(scope) == expected_default
 
 
 # -- (h) underscore aliases -----------------------------------------------------------

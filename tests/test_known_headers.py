@@ -41,6 +41,7 @@ def _run_asgi(gate: CertGate, peer: str) -> list[tuple[bytes, bytes]]:
         "path": "/healthz",
         "headers": [(b"host", b"pay.acme.test"), *FORGED],
         "client": (peer, 5000),
+        "certgate.socket_peer": (peer, 5000),  # as certgate's uvicorn adapter records it
     }
     asyncio.run(CertGateMiddleware(app, gate)(scope, receive, send))
     assert len(seen) == 1
@@ -74,7 +75,10 @@ def gates(make_gate: Callable[..., CertGate]) -> dict[str, CertGate]:
     return {
         "default": make_gate(exempt_paths=["/healthz"]),
         "proxied": make_gate(
-            exempt_paths=["/healthz"], trusted_proxies=["10.0.0.0/8"], header_sources=["cloudflare"]
+            exempt_paths=["/healthz"],
+            trusted_proxies=["10.0.0.0/8"],
+            header_sources=["cloudflare"],
+            trust_reported_peer=True,
         ),
         "off": make_gate(exempt_paths=["/healthz"], strip_known_headers=False),
     }

@@ -89,6 +89,7 @@ def setup(pki: PKI) -> Setup:
         trusted_proxies=["10.0.0.0/8"],
         header_sources=["cloudflare"],
         exempt_paths=["/healthz", "/public/*"],
+        trust_reported_peer=True,  # the harness reports the real peer
     )
     calls: list[str] = []
 

@@ -143,7 +143,20 @@ def wsgi(app: CertGateWSGIMiddleware) -> WSGIApplication:
 
 
 def cf_gate(make_gate: GateFactory, **kwargs: Any) -> CertGate:
+    # These environs model a server that reports the real TCP peer in
+    # REMOTE_ADDR; test_reported_peer_needs_opt_in covers the default.
+    kwargs.setdefault("trust_reported_peer", True)
     return make_gate(trusted_proxies=["10.0.0.0/8"], header_sources=["cloudflare"], **kwargs)
+
+
+def test_reported_peer_needs_opt_in(pki: PKI, make_gate: GateFactory) -> None:
+    """With no server socket in the environ, REMOTE_ADDR may have been
+    rewritten (mod_remoteip, custom middleware): not believed by default."""
+    app = RecordingApp()
+    mw = CertGateWSGIMiddleware(app, cf_gate(make_gate, trust_reported_peer=False))
+    environ = make_environ(remote_addr=TRUSTED, **cf_env(pki["globex"].client()))
+    assert_rejected(call(mw, environ), app, Reason.NO_CERTIFICATE)
+    assert CF_KEY not in environ
 
 
 def assert_rejected(response: Response, app: RecordingApp, reason: Reason) -> None:
@@ -309,7 +322,9 @@ def test_proxyfix_forged_forwarded_for_does_not_trust_header(
     seen = app.environ
     assert seen["REMOTE_ADDR"] == "10.0.0.1"  # ProxyFix did rewrite it ...
     assert seen["werkzeug.proxy_fix.orig"]["REMOTE_ADDR"] == UNTRUSTED
-    assert socket_peer(seen) == UNTRUSTED  # ... but certgate used the real peer
+    assert (
+        socket_peer(seen, trust_reported=True) == UNTRUSTED
+    )  # ... but certgate used the real peer
     assert CF_KEY not in seen
 
 
@@ -362,7 +377,10 @@ def test_socket_peer_prefers_server_socket(
     assert_rejected(call(mw, environ), app, Reason.NO_CERTIFICATE)
     assert CF_KEY not in environ
     trusting = CertGateWSGIMiddleware(
-        app, make_gate(trusted_proxies=["127.0.0.0/8"], header_sources=["cloudflare"])
+        app,
+        make_gate(
+            trusted_proxies=["127.0.0.0/8"], header_sources=["cloudflare"], trust_reported_peer=True
+        ),
     )
     environ = make_environ(remote_addr=UNTRUSTED, **cf_env(pki["globex"].client()))
     environ["werkzeug.socket"] = server
@@ -370,16 +388,18 @@ def test_socket_peer_prefers_server_socket(
 
 
 def test_socket_peer_fallbacks() -> None:
-    assert socket_peer({"REMOTE_ADDR": "1.2.3.4"}) == "1.2.3.4"
-    assert socket_peer({"REMOTE_ADDR": ""}) is None
-    assert socket_peer({}) is None
-    assert socket_peer({"REMOTE_ADDR": 5}) is None
+    assert socket_peer({"REMOTE_ADDR": "1.2.3.4"}, trust_reported=True) == "1.2.3.4"
+    assert socket_peer({"REMOTE_ADDR": "1.2.3.4"}) is None  # not believed by default
+    assert socket_peer({"REMOTE_ADDR": ""}, trust_reported=True) is None
+    assert socket_peer({}, trust_reported=True) is None
+    assert socket_peer({"REMOTE_ADDR": 5}, trust_reported=True) is None
     orig = {"werkzeug.proxy_fix.orig": {"REMOTE_ADDR": "5.6.7.8"}, "REMOTE_ADDR": "1.2.3.4"}
-    assert socket_peer(orig) == "5.6.7.8"
+    assert socket_peer(orig, trust_reported=True) == "5.6.7.8"
     unconnected = socket.socket()
     with unconnected:
+        # A server socket that cannot name its peer: unknown, never REMOTE_ADDR.
         environ = {"gunicorn.socket": unconnected, "REMOTE_ADDR": "1.2.3.4"}
-        assert socket_peer(environ) == "1.2.3.4"
+        assert socket_peer(environ, trust_reported=True) is None
 
 
 # -- SSL_CLIENT_CERT transport source ----------------------------------------------------

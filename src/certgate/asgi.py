@@ -11,10 +11,11 @@ app.add_middleware(CertGateMiddleware, gate=CertGate.from_toml("certgate.toml"))
 
 For every HTTP request and WebSocket handshake it
 
-* reads the socket peer: ``scope["certgate.socket_peer"]`` when
-  :mod:`certgate.servers.uvicorn` recorded it (uvicorn's proxy-headers
-  middleware later rewrites ``scope["client"]`` from ``X-Forwarded-For``),
-  else ``scope["client"]``;
+* reads the socket peer: ``scope["certgate.socket_peer"]``, recorded by
+  :mod:`certgate.servers.uvicorn` before uvicorn's proxy-headers middleware
+  rewrites ``scope["client"]`` from ``X-Forwarded-For``; ``scope["client"]``
+  only if the gate says ``trust_reported_peer`` (see :func:`socket_peer`);
+  an unknown peer is never a trusted proxy;
 * removes every configured certificate header when that peer is not a trusted
   proxy, so neither certgate nor the app ever sees a forged one;
 * asks :class:`~certgate.gate.CertGate` for a decision; on allow it stores the
@@ -56,13 +57,23 @@ def identity_from_scope(scope: Scope) -> ClientIdentity | None:
     return identity if isinstance(identity, ClientIdentity) else None
 
 
-def socket_peer(scope: Scope) -> str | None:
-    """The IP of the TCP peer, preferring the address recorded before any
-    proxy-headers middleware rewrote ``scope["client"]``."""
-    # Once recorded, the recorded value wins even when it is None (a unix
-    # socket): ``scope["client"]`` may since have been rewritten from
-    # X-Forwarded-For, so falling back to it would trust a forged address.
-    client = scope[SOCKET_PEER_KEY] if SOCKET_PEER_KEY in scope else scope.get("client")
+def socket_peer(scope: Scope, *, trust_reported: bool = False) -> str | None:
+    """The IP of the TCP peer, or ``None`` when it cannot be known.
+
+    ASGI has no standard key for the socket peer, and ``scope["client"]`` is
+    rewritten from ``X-Forwarded-For`` by uvicorn's proxy-headers middleware
+    (on by default) and its equivalents elsewhere. So the peer is taken from
+    ``scope["certgate.socket_peer"]``, recorded by
+    :mod:`certgate.servers.uvicorn` before any such rewriting - even when that
+    is ``None`` (a unix socket). ``scope["client"]`` is used only with
+    ``trust_reported=True``: the operator's statement that nothing rewrites it.
+    """
+    if SOCKET_PEER_KEY in scope:
+        client = scope[SOCKET_PEER_KEY]
+    elif trust_reported:
+        client = scope.get("client")
+    else:
+        return None
     if isinstance(client, list | tuple) and client and isinstance(client[0], str):
         return client[0]
     return None
@@ -99,7 +110,9 @@ class CertGateMiddleware:
         await self.app(scope, receive, send)
 
     def _facts(self, scope: Scope) -> tuple[Scope, RequestFacts]:
-        peer = socket_peer(scope)
+        peer = socket_peer(scope, trust_reported=self.gate.trust_reported_peer)
+        if peer is None and SOCKET_PEER_KEY not in scope:
+            self.gate.note_unknown_peer("no scope['certgate.socket_peer']")
         trusted = self.gate.peer_is_trusted(peer)
         wanted = self._wanted
         host: str | None = None

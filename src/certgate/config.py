@@ -7,6 +7,7 @@ header_sources  = []             # e.g. ["cloudflare"]; needs trusted_proxies
 transport       = true           # use the certificate of the TLS connection
 exempt_paths    = ["/healthz"]   # exact paths, or prefixes ending in "/*"
 strip_known_headers = true       # remove every well-known proxy cert header from untrusted peers
+trust_reported_peer = false      # believe scope["client"] / REMOTE_ADDR as the socket peer
 cache_size      = 10000          # verified chains kept (0 = no cache)
 max_chain_depth = 8
 min_rsa_bits    = 2048
@@ -43,6 +44,7 @@ _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "transport": bool,
     "exempt_paths": list,
     "strip_known_headers": bool,
+    "trust_reported_peer": bool,
     "cache_size": int,
     "max_chain_depth": int,
     "min_rsa_bits": int,

@@ -78,7 +78,12 @@ class CertGate:
     ``transport`` enables the TLS transport source. ``exempt_paths`` are
     served without a certificate. ``strip_known_headers`` removes the
     certificate headers of every well-known proxy (not only the configured
-    ones) from requests of untrusted peers. ``tenant_resolver`` replaces Host-based
+    ones) from requests of untrusted peers. ``trust_reported_peer`` lets the
+    adapters take the peer address the server reports (``scope["client"]``,
+    ``REMOTE_ADDR``) as the socket peer when they cannot see the socket
+    themselves - only correct when nothing rewrites that address from
+    ``X-Forwarded-For`` (see :func:`certgate.asgi.socket_peer`).
+    ``tenant_resolver`` replaces Host-based
     tenant selection (it returns a tenant id). ``cache_size`` bounds the
     verification cache (0 disables it).
     """
@@ -92,6 +97,7 @@ class CertGate:
         transport: bool = True,
         exempt_paths: Iterable[str] = (),
         strip_known_headers: bool = True,
+        trust_reported_peer: bool = False,
         tenant_resolver: TenantResolver | None = None,
         cache_size: int = 10_000,
         max_chain_depth: int = 8,
@@ -114,6 +120,8 @@ class CertGate:
                 "those proxies could never carry a client certificate. Add header_sources."
             )
         self.transport = transport
+        self.trust_reported_peer = trust_reported_peer
+        self._warned_unknown_peer = False
         self.exempt = ExemptPaths(exempt_paths)
         self.tenant_resolver = tenant_resolver
         self.cache = ValidationCache(cache_size)
@@ -152,6 +160,21 @@ class CertGate:
     def peer_is_trusted(self, peer: str | None) -> bool:
         """Whether ``peer`` (the socket peer's IP) may set certificate headers."""
         return self.proxies.contains(peer)
+
+    def note_unknown_peer(self, where: str) -> None:
+        """Warn (once) that forwarded headers are ignored because the socket
+        peer cannot be known."""
+        if self._warned_unknown_peer or not self.proxies:
+            return
+        self._warned_unknown_peer = True
+        logger.warning(
+            "certgate: trusted_proxies is set but the socket peer is unknown (%s), so no "
+            "forwarded certificate header is believed. Under uvicorn use certgate's protocol "
+            "classes (python -m certgate.servers.uvicorn, or certgate.servers.uvicorn.run); if "
+            "the reported client address really is the TCP peer (no X-Forwarded-For "
+            "rewriting), set trust_reported_peer = true.",
+            where,
+        )
 
     def note_stripped(self, peer: str | None, names: Iterable[str]) -> None:
         """Log that certificate headers from an untrusted peer were removed

@@ -8,8 +8,8 @@ app.wsgi_app = CertGateWSGIMiddleware(app.wsgi_app, CertGate.from_toml("certgate
 ```
 
 The socket peer is read from the server's socket (``gunicorn.socket`` /
-``werkzeug.socket``), else from the ``REMOTE_ADDR`` that Werkzeug's
-``ProxyFix`` saved before rewriting it, else from ``REMOTE_ADDR``. From a peer
+``werkzeug.socket``); ``REMOTE_ADDR`` only with ``trust_reported_peer``
+(see :func:`socket_peer`). An unknown peer is never a trusted proxy. From a peer
 that is not a trusted proxy every configured certificate header
 (``HTTP_...``; WSGI folds ``-`` and ``_`` together, so both spellings go) is
 deleted from the environ before anything reads it.
@@ -59,18 +59,26 @@ def identity_from_environ(environ: Environ) -> ClientIdentity | None:
     return identity if isinstance(identity, ClientIdentity) else None
 
 
-def socket_peer(environ: Environ) -> str | None:
-    """The IP address of the TCP peer of this request."""
+def socket_peer(environ: Environ, *, trust_reported: bool = False) -> str | None:
+    """The IP address of the TCP peer of this request, or ``None``.
+
+    Read from the server's socket (``gunicorn.socket``, ``werkzeug.socket``).
+    Without one, ``REMOTE_ADDR`` - or the value Werkzeug's ``ProxyFix`` saved
+    before rewriting it - is used only with ``trust_reported=True``: other
+    rewriters (Apache ``mod_remoteip``, custom middleware) leave no trace.
+    """
     for key in wsgi_environ.SOCKET_KEYS:
         sock = environ.get(key)
         if isinstance(sock, socket.socket):
             try:
                 name = sock.getpeername()
             except OSError:
-                break
+                return None
             if isinstance(name, tuple) and name and isinstance(name[0], str):
                 return name[0]
-            break
+            return None  # unix socket
+    if not trust_reported:
+        return None
     orig = environ.get("werkzeug.proxy_fix.orig")
     if isinstance(orig, dict) and isinstance(orig.get("REMOTE_ADDR"), str):
         return str(orig["REMOTE_ADDR"])
@@ -107,7 +115,9 @@ class CertGateWSGIMiddleware:
 
     def facts(self, environ: Environ) -> RequestFacts:
         """Collect the request facts (and strip forged headers) from ``environ``."""
-        peer = socket_peer(environ)
+        peer = socket_peer(environ, trust_reported=self.gate.trust_reported_peer)
+        if peer is None and not any(k in environ for k in wsgi_environ.SOCKET_KEYS):
+            self.gate.note_unknown_peer("no server socket in the WSGI environ")
         trusted = self.gate.peer_is_trusted(peer)
         headers: dict[str, list[str]] = {}
         if trusted:

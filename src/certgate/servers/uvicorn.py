@@ -97,26 +97,54 @@ class TLSScopeMixin:
         self.app = _ConnectionApp(self.app, tls)
 
 
-def _subclass(module: str, name: str) -> type[asyncio.Protocol] | None:
+def _subclass(module: str, name: str, public_name: str) -> type[asyncio.Protocol] | None:
     try:
         base = getattr(__import__(module, fromlist=[name]), name)
     except ImportError:  # the optional dependency is not installed
         return None
     cls: type[asyncio.Protocol] = type(
-        f"TLS{name}", (TLSScopeMixin, base), {"__module__": __name__}
+        public_name, (TLSScopeMixin, base), {"__module__": _MODULE, "__qualname__": public_name}
     )
     return cls
 
 
-H11TLSProtocol = _subclass("uvicorn.protocols.http.h11_impl", "H11Protocol")
-HttpToolsTLSProtocol = _subclass("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol")
+_MODULE = "certgate.servers.uvicorn"  # also when run as ``python -m``
+
+H11TLSProtocol = _subclass("uvicorn.protocols.http.h11_impl", "H11Protocol", "H11TLSProtocol")
+HttpToolsTLSProtocol = _subclass(
+    "uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol", "HttpToolsTLSProtocol"
+)
 AutoTLSProtocol = HttpToolsTLSProtocol or H11TLSProtocol
 
 WebSocketsSansIOTLSProtocol = _subclass(
-    "uvicorn.protocols.websockets.websockets_sansio_impl", "WebSocketsSansIOProtocol"
+    "uvicorn.protocols.websockets.websockets_sansio_impl",
+    "WebSocketsSansIOProtocol",
+    "WebSocketsSansIOTLSProtocol",
 )
-WSProtoTLSProtocol = _subclass("uvicorn.protocols.websockets.wsproto_impl", "WSProtocol")
+WSProtoTLSProtocol = _subclass(
+    "uvicorn.protocols.websockets.wsproto_impl", "WSProtocol", "WSProtoTLSProtocol"
+)
 AutoWebSocketsTLSProtocol = WebSocketsSansIOTLSProtocol or WSProtoTLSProtocol
+
+
+_HTTP_CLASSES = {c for c in (H11TLSProtocol, HttpToolsTLSProtocol) if c is not None}
+_WS_CLASSES = {c for c in (WebSocketsSansIOTLSProtocol, WSProtoTLSProtocol) if c is not None}
+
+
+def _require_wrapped(option: str, value: object, allowed: set[type[asyncio.Protocol]]) -> None:
+    """Refuse protocol classes that would not record the TLS facts and the
+    socket peer: certgate would then see neither (and refuse every request)."""
+    if value is None or value == "none" or value in allowed:
+        return
+    if isinstance(value, str):
+        module, _, name = value.partition(":")
+        if module == _MODULE and globals().get(name) in allowed:
+            return
+    names = ", ".join(sorted(f"{_MODULE}:{c.__name__}" for c in allowed))
+    raise ValueError(
+        f"{option}={value!r} is not one of certgate's TLS-aware protocol classes ({names}); "
+        "requests on it would carry no client certificate and no socket peer"
+    )
 
 
 def ssl_context_factory(
@@ -139,6 +167,8 @@ def config(app: Any, **kwargs: Any) -> Any:
     kwargs.setdefault("http", AutoTLSProtocol)
     if AutoWebSocketsTLSProtocol is not None:
         kwargs.setdefault("ws", AutoWebSocketsTLSProtocol)
+    for key, allowed in (("http", _HTTP_CLASSES), ("ws", _WS_CLASSES)):
+        _require_wrapped(key, kwargs.get(key), allowed)
     kwargs.setdefault("ssl_cert_reqs", ssl.CERT_OPTIONAL)
     kwargs.setdefault("ssl_context_factory", ssl_context_factory)
     return uvicorn.Config(app, **kwargs)
@@ -166,12 +196,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     assert isinstance(command, click.Command)
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if not any(a == "--http" or a.startswith("--http=") for a in args):
-        args += ["--http", f"{__name__}:AutoTLSProtocol"]
-    if AutoWebSocketsTLSProtocol is not None and not any(
-        a == "--ws" or a.startswith("--ws=") for a in args
+    for option, default, allowed in (
+        ("--http", "AutoTLSProtocol", _HTTP_CLASSES),
+        ("--ws", "AutoWebSocketsTLSProtocol", _WS_CLASSES),
     ):
-        args += ["--ws", f"{__name__}:AutoWebSocketsTLSProtocol"]
+        given = _option_value(args, option)
+        if given is None:
+            if globals()[default] is not None:
+                args += [option, f"{_MODULE}:{default}"]
+        else:
+            try:
+                _require_wrapped(option, given, allowed)
+            except ValueError as exc:
+                raise SystemExit(f"python -m certgate.servers.uvicorn: {exc}") from None
     original = uvicorn.config.create_ssl_context
 
     def create_ssl_context(*a: Any, **k: Any) -> ssl.SSLContext:
@@ -181,5 +218,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     command.main(args=args, prog_name="python -m certgate.servers.uvicorn")
 
 
+def _option_value(args: list[str], option: str) -> str | None:
+    for index, arg in enumerate(args):
+        if arg == option and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 if __name__ == "__main__":
-    main()
+    # Run the canonical module's main so uvicorn imports the same classes.
+    from certgate.servers.uvicorn import main as canonical_main
+
+    canonical_main()
