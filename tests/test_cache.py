@@ -19,7 +19,7 @@ from certgate import (
     RequestFacts,
     Tenant,
 )
-from certgate.cache import ValidationCache
+from certgate.cache import REFUSAL_TTL, ValidationCache
 from certgate.devpki import IssuedCert
 from certgate.sources.asgi_tls import from_scope
 from tests.conftest import PKI, now
@@ -63,7 +63,7 @@ def identities(pki: PKI) -> list[ClientIdentity]:
 
 
 def test_get_put_hits_and_misses(identities: list[ClientIdentity]) -> None:
-    cache = ValidationCache(10)
+    cache: ValidationCache[ClientIdentity] = ValidationCache(10)
     assert cache.get(b"a", 0.0) is None
     assert (cache.hits, cache.misses) == (0, 1)
     cache.put(b"a", identities[0], 100.0)
@@ -75,7 +75,7 @@ def test_get_put_hits_and_misses(identities: list[ClientIdentity]) -> None:
 
 
 def test_entry_is_never_returned_at_or_after_expiry(identities: list[ClientIdentity]) -> None:
-    cache = ValidationCache(10)
+    cache: ValidationCache[ClientIdentity] = ValidationCache(10)
     cache.put(b"a", identities[0], 100.0)
     assert cache.get(b"a", 100.0) is None
     assert len(cache) == 0  # dropped, not just hidden
@@ -85,7 +85,7 @@ def test_entry_is_never_returned_at_or_after_expiry(identities: list[ClientIdent
 
 
 def test_put_again_replaces_entry_and_expiry(identities: list[ClientIdentity]) -> None:
-    cache = ValidationCache(10)
+    cache: ValidationCache[ClientIdentity] = ValidationCache(10)
     cache.put(b"a", identities[0], 100.0)
     cache.put(b"a", identities[1], 50.0)
     assert len(cache) == 1
@@ -94,7 +94,7 @@ def test_put_again_replaces_entry_and_expiry(identities: list[ClientIdentity]) -
 
 
 def test_lru_bound_evicts_least_recently_used(identities: list[ClientIdentity]) -> None:
-    cache = ValidationCache(2)
+    cache: ValidationCache[ClientIdentity] = ValidationCache(2)
     cache.put(b"a", identities[0], 100.0)
     cache.put(b"b", identities[1], 100.0)
     assert cache.get(b"a", 1.0) is identities[0]  # "a" is now the most recent
@@ -106,7 +106,7 @@ def test_lru_bound_evicts_least_recently_used(identities: list[ClientIdentity]) 
 
 
 def test_lru_without_reads_evicts_oldest(identities: list[ClientIdentity]) -> None:
-    cache = ValidationCache(1)
+    cache: ValidationCache[ClientIdentity] = ValidationCache(1)
     cache.put(b"a", identities[0], 100.0)
     cache.put(b"b", identities[1], 100.0)
     assert len(cache) == 1
@@ -115,7 +115,7 @@ def test_lru_without_reads_evicts_oldest(identities: list[ClientIdentity]) -> No
 
 
 def test_clear(identities: list[ClientIdentity]) -> None:
-    cache = ValidationCache(10)
+    cache: ValidationCache[ClientIdentity] = ValidationCache(10)
     cache.put(b"a", identities[0], 100.0)
     cache.put(b"b", identities[1], 100.0)
     cache.clear()
@@ -124,7 +124,7 @@ def test_clear(identities: list[ClientIdentity]) -> None:
 
 
 def test_size_zero_stores_nothing(identities: list[ClientIdentity]) -> None:
-    cache = ValidationCache(0)
+    cache: ValidationCache[ClientIdentity] = ValidationCache(0)
     cache.put(b"a", identities[0], 100.0)
     assert len(cache) == 0
     assert cache.get(b"a", 1.0) is None
@@ -227,7 +227,7 @@ def test_two_tenants_with_the_same_roots_get_their_own_identity(pki: PKI) -> Non
     assert gate.cache.hits == 0
 
 
-def test_rejections_are_not_cached(pki: PKI, make_gate: GateFactory) -> None:
+def test_not_yet_valid_is_never_remembered(pki: PKI, make_gate: GateFactory) -> None:
     client = pki["acme"].client(not_before=now() + dt.timedelta(hours=1))
     not_before = client.cert.not_valid_before_utc
     clock = Clock(not_before - dt.timedelta(minutes=5))
@@ -236,6 +236,7 @@ def test_rejections_are_not_cached(pki: PKI, make_gate: GateFactory) -> None:
     assert gate.decide(facts).reason is Reason.NOT_YET_VALID
     assert gate.decide(facts).reason is Reason.NOT_YET_VALID
     assert len(gate.cache) == 0
+    assert len(gate.refusals) == 0
     clock.now = not_before
     assert gate.decide(facts).reason is None
     assert len(gate.cache) == 1
@@ -249,6 +250,46 @@ def test_tenant_gaining_the_root_is_not_refused_from_a_stale_entry(pki: PKI) -> 
     globex = pki["globex"]
     registry.put(Tenant("globex", globex.hosts, (globex.roots[0].cert, pki["acme"].roots[0].cert)))
     assert gate.decide(facts).reason is None
+
+
+def test_refusals_are_remembered_briefly_and_separately(pki: PKI, make_gate: GateFactory) -> None:
+    clock = Clock(now())
+    gate = make_gate(clock=clock, cache_size=8)
+    foreign = tls_facts(GLOBEX, pki["acme"].client("foreign"))
+    first = gate.decide(foreign)
+    assert first.reason is Reason.UNTRUSTED_CHAIN
+    assert (len(gate.refusals), gate.refusals.hits) == (1, 0)
+    again = gate.decide(foreign)
+    assert again.reason is Reason.UNTRUSTED_CHAIN
+    assert again.detail == first.detail
+    assert gate.refusals.hits == 1
+    assert len(gate.cache) == 0  # refusals never take space from successes
+    clock.now += dt.timedelta(seconds=REFUSAL_TTL)
+    assert gate.decide(foreign).reason is Reason.UNTRUSTED_CHAIN
+    assert gate.refusals.hits == 1  # expired entry: verified again
+
+
+def test_refusal_is_forgotten_when_the_trust_changes(pki: PKI) -> None:
+    registry = pki.registry()
+    gate = CertGate(registry)
+    facts = tls_facts(GLOBEX, pki["acme"].client("soon-trusted"))
+    assert gate.decide(facts).reason is Reason.UNTRUSTED_CHAIN
+    globex = pki["globex"]
+    registry.put(Tenant("globex", globex.hosts, (globex.roots[0].cert, pki["acme"].roots[0].cert)))
+    assert gate.decide(facts).reason is None
+
+
+def test_fingerprint_mismatch_is_not_remembered(pki: PKI) -> None:
+    gate = CertGate(pki.registry(), trusted_proxies=["10.0.0.0/8"], header_sources=["cloudflare"])
+    der = pki["globex"].client("fp").der
+    value = base64.b64encode(der).decode()
+
+    def facts(digest: str) -> RequestFacts:
+        headers = {"cf-client-cert-der-base64": [value], "cf-client-cert-sha256": [digest]}
+        return RequestFacts(host=GLOBEX, path="/", peer="10.0.0.1", headers=headers, transport=None)
+
+    assert gate.decide(facts("0" * 64)).reason is Reason.FINGERPRINT_MISMATCH
+    assert gate.decide(facts(hashlib.sha256(der).hexdigest())).reason is None
 
 
 def test_cache_size_zero_disables_caching(pki: PKI, make_gate: GateFactory) -> None:

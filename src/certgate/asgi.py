@@ -86,12 +86,20 @@ class CertGateMiddleware:
         self.app = app
         self.gate = gate
         self._wanted = frozenset(name.encode("latin-1") for name in gate.header_names)
-        strip = frozenset(name.encode("latin-1") for name in gate.strip_names)
-        # "cf_client_cert_der_base64" becomes the same WSGI environ key as the
-        # dashed name in any WSGI bridge behind us: never let it through, even
-        # from a trusted proxy.
-        self._aliases = frozenset(name.replace(b"-", b"_") for name in strip if b"-" in name)
-        self._strip = strip | self._aliases
+        self._strip = frozenset(name.encode("latin-1") for name in gate.strip_names)
+
+    def _must_drop(self, name: bytes, trusted: bool) -> bool:
+        """Whether a header goes before the app sees it.
+
+        A WSGI bridge behind this middleware (Starlette's WSGIMiddleware,
+        a2wsgi, Django) folds ``-`` and ``_`` into one environ key, so any
+        spelling with an underscore (``x-ssl-client_verify``) counts as the
+        dashed header - and is dropped even from a trusted proxy, which sets
+        the dashed names only.
+        """
+        if b"_" in name:
+            return name.replace(b"_", b"-") in self._strip
+        return not trusted and name in self._strip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -123,17 +131,13 @@ class CertGateMiddleware:
             if name == b"host":
                 # Two Host headers: refuse to pick one ("\0" is never a valid host).
                 host = "\0" if host is not None else value.decode("latin-1")
-            elif trusted:
-                if name in wanted:
-                    found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
-                elif name in self._aliases:
-                    removed.append(name.decode("latin-1"))
-            elif name in self._strip:
+            elif self._must_drop(name, trusted):
                 removed.append(name.decode("latin-1"))
+            elif trusted and name in wanted:
+                found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
         if removed:
-            drop = self._aliases if trusted else self._strip
             scope = dict(scope)
-            scope["headers"] = [(n, v) for n, v in raw_headers if n not in drop]
+            scope["headers"] = [(n, v) for n, v in raw_headers if not self._must_drop(n, trusted)]
             self.gate.note_stripped(peer, removed)
         transport = None
         if not trusted and self.gate.transport:

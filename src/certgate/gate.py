@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
 
-from .cache import ValidationCache
+from .cache import REFUSAL_TTL, ValidationCache
 from .decision import Decision
 from .errors import ConfigError, Rejected
 from .exempt import ExemptPaths
@@ -60,6 +60,21 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+_REMEMBERED_REFUSALS = frozenset(
+    {
+        Reason.UNTRUSTED_CHAIN,
+        Reason.EXPIRED,
+        Reason.WRONG_USAGE,
+        Reason.WEAK_KEY,
+        Reason.MALFORMED_CERTIFICATE,
+    }
+)
+"""Refusals that depend only on the presented bytes, the tenant's trust and a
+time that only moves forward - and so may be remembered briefly.
+``not_yet_valid`` may turn valid any second, and ``fingerprint_mismatch``
+depends on a header outside the cache key."""
 
 
 class _Pending(NamedTuple):
@@ -124,7 +139,10 @@ class CertGate:
         self._warned_unknown_peer = False
         self.exempt = ExemptPaths(exempt_paths)
         self.tenant_resolver = tenant_resolver
-        self.cache = ValidationCache(cache_size)
+        self.cache: ValidationCache[ClientIdentity] = ValidationCache(cache_size)
+        self.refusals: ValidationCache[Rejected] = ValidationCache(
+            max(1, cache_size // 4) if cache_size else 0
+        )
         self.verifier = ChainVerifier(max_chain_depth=max_chain_depth, min_rsa_bits=min_rsa_bits)
         self.clock = clock
         names: list[str] = []
@@ -180,8 +198,8 @@ class CertGate:
         """Log that certificate headers from an untrusted peer were removed
         (a forgery attempt, or a proxy missing from ``trusted_proxies``)."""
         logger.warning(
-            "certgate: removed forwarded certificate header(s) %s from untrusted peer %s",
-            ", ".join(sorted(set(names))),
+            "certgate: removed forwarded certificate header(s) %r from untrusted peer %s",
+            sorted(set(names)),
             peer,
             extra={"certgate": {"stripped": sorted(set(names)), "peer": peer}},
         )
@@ -331,16 +349,17 @@ class CertGate:
                 + hashlib.sha256(presented.material).digest()
             )
             identity = self.cache.get(key, stamp)
+            if identity is None:
+                refusal = self.refusals.get(key, stamp)
+                if refusal is not None:  # a fresh exception: a raised one keeps its traceback
+                    raise Rejected(refusal.reason, refusal.detail)
         if identity is None:
-            ders = presented.decode()
-            leaf_sha256 = hashlib.sha256(ders[0]).hexdigest() if ders else None
-            if presented.expected_sha256 is not None and leaf_sha256 != presented.expected_sha256:
-                raise Rejected(Reason.FINGERPRINT_MISMATCH, "forwarded SHA-256 differs")
-            if now is None:
-                now = datetime.fromtimestamp(stamp, UTC)
-            identity = self.verifier.verify(
-                tenant, ders, source=presented.source, now=now, leaf_sha256=leaf_sha256
-            )
+            try:
+                identity = self._verify_cold(tenant, presented, now, stamp)
+            except Rejected as exc:
+                if caching and exc.reason in _REMEMBERED_REFUSALS:
+                    self.refusals.put(key, exc, stamp + REFUSAL_TTL)
+                raise
             if caching:
                 expires = min(cert.not_valid_after_utc for cert in identity.chain).timestamp()
                 self.cache.put(key, identity, expires)
@@ -351,11 +370,26 @@ class CertGate:
             raise Rejected(Reason.FINGERPRINT_MISMATCH, "forwarded SHA-256 differs")
         return identity
 
+    def _verify_cold(
+        self, tenant: Tenant, presented: Presented, now: datetime | None, stamp: float
+    ) -> ClientIdentity:
+        ders = presented.decode()
+        leaf_sha256 = hashlib.sha256(ders[0]).hexdigest() if ders else None
+        if presented.expected_sha256 is not None and leaf_sha256 != presented.expected_sha256:
+            raise Rejected(Reason.FINGERPRINT_MISMATCH, "forwarded SHA-256 differs")
+        return self.verifier.verify(
+            tenant,
+            ders,
+            source=presented.source,
+            now=now or datetime.fromtimestamp(stamp, UTC),
+            leaf_sha256=leaf_sha256,
+        )
+
     def _registry_failure(self, exc: Exception, facts: RequestFacts) -> Decision:
         if isinstance(exc, Rejected):  # a registry may refuse on purpose
             return Decision(reason=exc.reason, detail=exc.detail)
         logger.error(
-            "certgate: trust registry failed, request refused (host=%.255r): %r",
+            "certgate: trust registry failed, request refused (host=%.255r): %.500r",
             facts.host,
             exc,
             exc_info=exc,
@@ -380,7 +414,7 @@ class CertGate:
         if decision.reason is None:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
-                    "certgate: allowed tenant=%s source=%s fingerprint=%s exempt=%s path=%s",
+                    "certgate: allowed tenant=%s source=%s fingerprint=%s exempt=%s path=%.255r",
                     decision.tenant_id,
                     decision.source,
                     decision.fingerprint,
@@ -393,7 +427,7 @@ class CertGate:
             logger.log(
                 level,
                 "certgate: rejected reason=%s tenant=%s source=%s fingerprint=%s "
-                "host=%.255r peer=%s path=%.255r detail=%s",
+                "host=%.255r peer=%s path=%.255r detail=%.500r",
                 decision.reason.value,
                 decision.tenant_id,
                 decision.source,

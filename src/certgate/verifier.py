@@ -13,6 +13,10 @@ What is verified (by ``cryptography.x509.verification``, never by hand):
 * the leaf is an end-entity (``cA=FALSE``) and its Extended Key Usage
   contains clientAuth or is absent.
 
+Client-sent intermediates are de-duplicated, and self-issued ones and name
+cycles dropped, before path building: that bounds the work a hostile chain
+can cause (see ``_useful_intermediates``).
+
 What certgate adds on top:
 
 * Subject Alternative Name and Authority Key Identifier are *optional* on the
@@ -112,7 +116,7 @@ class ChainVerifier:
         if len(ders) > MAX_PRESENTED_CERTIFICATES:
             raise Rejected(Reason.MALFORMED_CERTIFICATE, f"{len(ders)} certificates presented")
         leaf = load_certificate(ders[0])
-        intermediates = [load_certificate(der) for der in ders[1:]]
+        intermediates = _useful_intermediates(ders)
         intermediates.extend(tenant.intermediates)
         self.check_leaf_key(leaf)
         try:
@@ -204,6 +208,9 @@ class ChainVerifier:
             time_reason, at = Reason.EXPIRED, leaf.not_valid_after_utc
         elif now < leaf.not_valid_before_utc:
             time_reason, at = Reason.NOT_YET_VALID, leaf.not_valid_before_utc + timedelta(seconds=1)
+        if time_reason is None and not _lacks_client_auth(leaf):
+            # No defect to explain: a second path search could only say "untrusted".
+            return Rejected(Reason.UNTRUSTED_CHAIN, detail)
         try:
             self._verify(tenant, leaf, intermediates, at, self._diag_policy)
         except VerificationError:
@@ -213,6 +220,47 @@ class ChainVerifier:
         if _lacks_client_auth(leaf):
             return Rejected(Reason.WRONG_USAGE, detail)
         return Rejected(Reason.UNTRUSTED_CHAIN, detail)
+
+
+def _useful_intermediates(ders: Sequence[bytes]) -> list[x509.Certificate]:
+    """The client-sent certificates worth offering to the path builder.
+
+    This only removes candidates; ``cryptography`` still decides trust.
+    Dropped: duplicates, the leaf itself, self-issued certificates (roots, or
+    made-up "CAs" - a client's certificate is never a trust anchor here and the
+    tenant's roots are in the store already), and certificates whose names
+    form an issuer cycle among the client's certificates (``A`` issued by
+    ``B`` issued by ``A``): no path to a root runs through a cycle, but a path
+    builder can spend its whole signature budget going round one. Chains that
+    need cross-certified CAs should have them configured on the tenant.
+    """
+    seen = {ders[0]}
+    certs: list[x509.Certificate] = []
+    for der in ders[1:]:
+        if der in seen:
+            continue
+        seen.add(der)
+        cert = load_certificate(der)
+        if cert.subject != cert.issuer:
+            certs.append(cert)
+    if len(certs) < 2:
+        return certs
+    issuers_of: dict[x509.Name, set[x509.Name]] = {}
+    for cert in certs:
+        issuers_of.setdefault(cert.subject, set()).add(cert.issuer)
+
+    def reaches(start: x509.Name, goal: x509.Name) -> bool:
+        stack, visited = [start], set()
+        while stack:
+            name = stack.pop()
+            if name == goal:
+                return True
+            if name not in visited:
+                visited.add(name)
+                stack.extend(issuers_of.get(name, ()))
+        return False
+
+    return [cert for cert in certs if not reaches(cert.issuer, cert.subject)]
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
