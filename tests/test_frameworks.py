@@ -22,6 +22,7 @@ from certgate.asgi import CertGateMiddleware
 from certgate.flask import CertGateFlask, current_identity, get_identity, require_identity
 from certgate.starlette import client_identity
 from certgate.starlette import get_identity as starlette_identity
+from certgate.wsgi import CertGateWSGIMiddleware
 from tests.conftest import PKI
 
 PROXY = "10.0.0.1"
@@ -162,3 +163,49 @@ def test_flask_reads_the_config_path(pki: PKI, tmp_path: Path) -> None:
 def test_flask_without_gate_or_config_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="CERTGATE_CONFIG"):
         CertGateFlask(Flask(__name__))
+
+
+def test_host_rewritten_after_certgate_withholds_the_identity(
+    pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ProxyFix(x_host=1) inside certgate: certgate verified a Globex
+    certificate for Host api.globex.test, the app would serve
+    X-Forwarded-Host initech.test. The identity must not reach the view."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app = _flask(pki)
+    inner = app.wsgi_app
+    assert isinstance(inner, CertGateWSGIMiddleware)
+    inner.app = ProxyFix(inner.app, x_host=1)  # type: ignore[assignment]
+    client = app.test_client()
+    headers = {"Host": "api.globex.test", **_cf(pki, "globex")}
+    ok = client.get("/whoami", headers=headers, environ_base={"REMOTE_ADDR": PROXY})
+    assert ok.status_code == 200
+    assert ok.json == {"tenant": "globex", "proxy": "globex"}
+    with caplog.at_level("ERROR", logger="certgate"):
+        moved = client.get(
+            "/whoami",
+            headers={**headers, "X-Forwarded-Host": "initech.test"},
+            environ_base={"REMOTE_ADDR": PROXY},
+        )
+    assert moved.status_code == 403
+    assert any("identity is withheld" in r.getMessage() for r in caplog.records)
+
+
+def test_starlette_identity_needs_the_verified_host(pki: PKI) -> None:
+    from certgate.asgi import DECISION_KEY, IDENTITY_KEY, identity_from_scope
+
+    gate = _gate(pki)
+    decision = gate.check("initech.test", [pki["initech"].issuer.issue("h").der])
+    assert decision.identity is not None
+    verified = decision._replace(host="initech.test")
+    scope: dict[str, Any] = {
+        "headers": [(b"host", b"initech.test:443")],
+        IDENTITY_KEY: decision.identity,
+        DECISION_KEY: verified,
+    }
+    assert identity_from_scope(scope) is decision.identity
+    scope["headers"] = [(b"host", b"pay.acme.test")]
+    assert identity_from_scope(scope) is None
+    scope["headers"] = []
+    assert identity_from_scope(scope) is None

@@ -56,7 +56,32 @@ from tests.conftest import PKI
     ],
 )
 def test_normalize_host(raw: str, expected: str) -> None:
-    assert normalize_host(raw) == expected
+    assert normalize_host(raw, allow_unicode=True) == expected
+    if raw.isascii():
+        assert normalize_host(raw) == expected
+    else:  # a request's Host must be ASCII: clients send A-labels
+        with pytest.raises(Rejected) as caught:
+            normalize_host(raw)
+        assert caught.value.reason is Reason.INVALID_HOST
+        assert normalize_host(expected) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "p\u00aay.globex.test",
+        "stra\u00dfe.test",
+        "a\u00adb.test",
+        "api.globex.test\u00a0",
+        "\u0085api.globex.test",
+    ],
+)
+def test_request_host_never_folds_non_ascii(raw: str) -> None:
+    """IDNA 2003 would fold these to other ASCII names (pªy -> pay, ß -> ss,
+    soft hyphen dropped, NBSP/NEL stripped) that a router might not agree on."""
+    with pytest.raises(Rejected) as caught:
+        normalize_host(raw)
+    assert caught.value.reason is Reason.INVALID_HOST
 
 
 @pytest.mark.parametrize(
@@ -232,7 +257,7 @@ def test_tenant_hosts_are_normalised(pki: PKI) -> None:
     registry = InMemoryRegistry([t])
     gate = CertGate(registry)
     for raw in ("Pay.Acme.Test:443", "shop.bücher.example", "[2001:db8:0::1]:8443"):
-        assert registry.tenant_for_host(normalize_host(raw)) is t
+        assert registry.tenant_for_host(normalize_host(raw, allow_unicode=True)) is t
         client = pki["acme"].client()
         assert gate.check(raw, client.chain_ders).reason is None
 

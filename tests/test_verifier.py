@@ -729,3 +729,17 @@ def test_identity_as_dict_is_json_and_free_of_key_material(
     )
     assert base64.b64encode(spki).decode()[:40] not in text
     assert spki.hex()[:40] not in text
+
+
+def test_legacy_dn_escapes_separators_and_control_characters() -> None:
+    from cryptography.x509.oid import NameOID
+
+    from certgate.identity import legacy_dn
+
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "a+O=Globex/x\\y\nz"),
+        ]
+    )
+    assert legacy_dn(name) == "/O=Acme/CN=a\\+O\\=Globex\\/x\\\\y\\x0az"

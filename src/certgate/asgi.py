@@ -51,10 +51,18 @@ SOCKET_PEER_KEY = "certgate.socket_peer"
 
 
 def identity_from_scope(scope: Scope) -> ClientIdentity | None:
-    """The verified identity of this request, or ``None`` (exempt path, or
-    certgate not installed)."""
+    """The verified identity of this request, or ``None`` (exempt path,
+    certgate not installed, or the Host changed since certgate checked it -
+    see :meth:`~certgate.decision.Decision.identity_for_host`)."""
     identity = scope.get(IDENTITY_KEY)
-    return identity if isinstance(identity, ClientIdentity) else None
+    decision = scope.get(DECISION_KEY)
+    if not isinstance(identity, ClientIdentity) or not isinstance(decision, Decision):
+        return None
+    if decision.host is None:
+        return identity
+    hosts = [v for n, v in scope.get("headers") or () if n == b"host"]
+    raw = hosts[0].decode("latin-1") if len(hosts) == 1 else None
+    return decision.identity_for_host(raw)
 
 
 def socket_peer(scope: Scope, *, trust_reported: bool = False) -> str | None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
+from .errors import Rejected
+from .hosts import normalize_host
 from .identity import ClientIdentity
 from .reasons import Reason
+
+logger = logging.getLogger("certgate")
 
 
 class Decision(NamedTuple):
@@ -21,6 +26,36 @@ class Decision(NamedTuple):
     fingerprint: str | None = None
     detail: str = ""
     exempt: bool = False
+    host: str | None = None
+    """The normalised Host the tenant was selected by (``None`` with a
+    custom tenant resolver)."""
+
+    def identity_for_host(self, raw_host: str | None) -> ClientIdentity | None:
+        """The identity, provided the application still sees the Host it was
+        verified for.
+
+        A middleware between certgate and the application that rewrites the
+        Host (Werkzeug's ``ProxyFix(x_host=...)``, say) would otherwise let a
+        certificate verified for one tenant be served another tenant's pages.
+        On a mismatch the identity is withheld and the cause logged.
+        """
+        if self.identity is None or self.host is None:
+            return self.identity
+        try:
+            seen = normalize_host(raw_host)
+        except Rejected:
+            seen = None
+        if seen == self.host:
+            return self.identity
+        logger.error(
+            "certgate: the application sees Host %.255r but the client certificate was "
+            "verified for %r: something between certgate and the application rewrote the "
+            "Host (ProxyFix(x_host=...)?). The identity is withheld. Put such middleware "
+            "outside certgate so both see the same Host.",
+            raw_host,
+            self.host,
+        )
+        return None
 
     @property
     def allowed(self) -> bool:

@@ -250,7 +250,7 @@ class CertGate:
         """
         tenant: Tenant | None = None
         try:
-            tenant = self._lookup_host(normalize_host(host))
+            tenant = self._lookup_host(normalize_host(host, allow_unicode=True))
             if tenant is None:
                 raise Rejected(Reason.UNKNOWN_TENANT, f"no tenant for host {host!r}")
             identity = self.verifier.verify(tenant, ders, source=source, now=at or self.clock())
@@ -327,6 +327,7 @@ class CertGate:
             tenant_id=tenant.id,
             source=presented.source,
             fingerprint=identity.fingerprint_sha256,
+            host=None if step.by_id else step.key,
         )
 
     def _verify(self, tenant: Tenant, presented: Presented) -> ClientIdentity:

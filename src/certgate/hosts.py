@@ -27,14 +27,20 @@ _FAST = re.compile(rf"(?:{_LABEL.pattern}\.)*{_LABEL.pattern}")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
-def normalize_host(raw: str | None) -> str:
+def normalize_host(raw: str | None, *, allow_unicode: bool = False) -> str:
     """Return the canonical form of a ``Host`` header value.
 
-    Raises ``Rejected(invalid_host)`` if ``raw`` is missing or malformed.
+    Raises ``Rejected(invalid_host)`` if ``raw`` is missing or malformed. A
+    request's Host must be ASCII (clients send internationalised names as
+    ``xn--`` A-labels): folding other text through IDNA would make certgate
+    and the application's router disagree about which host was meant.
+    ``allow_unicode`` accepts U-labels, for configuration and the CLI.
     """
     if raw is None:
         raise Rejected(Reason.INVALID_HOST, "no Host header")
-    host = raw.strip().lower()
+    if not allow_unicode and not raw.isascii():
+        raise Rejected(Reason.INVALID_HOST, f"non-ASCII Host {raw[:80]!r}")
+    host = raw.strip(" \t").lower()
     if len(host) <= 253 and _FAST.fullmatch(host):
         return host  # the common case: plain ASCII name, no port
     try:
@@ -61,7 +67,7 @@ def normalize_pattern(pattern: str) -> str:
     if ":" in body and not body.startswith("["):
         body = f"[{body}]"  # a bare IPv6 address (checked above): Host-header form
     try:
-        name = normalize_host(body)
+        name = normalize_host(body, allow_unicode=True)
     except Rejected as exc:
         raise ConfigError(
             f"host pattern {pattern!r} is not a valid host name ({exc.detail})"

@@ -38,8 +38,9 @@ def rfc4514_dn(name: x509.Name) -> str:
 def legacy_dn(name: x509.Name) -> str:
     """OpenSSL "oneline" form, in certificate order (``/C=US/O=Acme/CN=dev1``).
 
-    ``/`` and ``\\`` inside values are escaped with a backslash so the string
-    splits unambiguously.
+    ``\\``, ``/``, ``+`` and ``=`` inside values are escaped with a backslash,
+    and control characters as ``\\xNN``, so the string splits unambiguously
+    (``CN=a+O=Globex`` cannot pass for a multi-valued RDN).
     """
     parts: list[str] = []
     for rdn in name.rdns:
@@ -47,9 +48,21 @@ def legacy_dn(name: x509.Name) -> str:
         for attr in rdn:
             key = _LEGACY_NAMES.get(attr.oid) or attr.rfc4514_attribute_name
             value = attr.value if isinstance(attr.value, str) else attr.value.hex()
-            atoms.append(f"{key}={value.replace(chr(92), chr(92) * 2).replace('/', chr(92) + '/')}")
+            atoms.append(f"{key}={_legacy_escape(value)}")
         parts.append("+".join(atoms))
     return "".join("/" + part for part in parts)
+
+
+def _legacy_escape(value: str) -> str:
+    out = []
+    for char in value:
+        if char in "\\/+=":
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from types import TracebackType
 from typing import Any, Protocol
 
+from .decision import Decision
 from .facts import RequestFacts
 from .gate import CertGate
 from .identity import ClientIdentity
@@ -54,9 +55,15 @@ DECISION_KEY = "certgate.decision"
 
 
 def identity_from_environ(environ: Environ) -> ClientIdentity | None:
-    """The verified identity of this request, or ``None``."""
+    """The verified identity of this request, or ``None`` (exempt path,
+    certgate not installed, or the Host changed since certgate checked it -
+    see :meth:`~certgate.decision.Decision.identity_for_host`)."""
     identity = environ.get(IDENTITY_KEY)
-    return identity if isinstance(identity, ClientIdentity) else None
+    decision = environ.get(DECISION_KEY)
+    if not isinstance(identity, ClientIdentity) or not isinstance(decision, Decision):
+        return None
+    host = environ.get("HTTP_HOST")
+    return decision.identity_for_host(host if isinstance(host, str) else None)
 
 
 def socket_peer(environ: Environ, *, trust_reported: bool = False) -> str | None:
