@@ -360,6 +360,8 @@ def make_scope(client: Client, n: int) -> Scope:
         "root_path": "",
         "headers": headers,
         "client": (PROXY_PEER, 40000 + n % 20000),
+        # recorded by certgate.servers.uvicorn before any proxy-headers rewriting
+        "certgate.socket_peer": (PROXY_PEER, 40000 + n % 20000),
         "server": ("10.0.0.2", 8000),
         "state": {},
     }
@@ -704,7 +706,14 @@ def run(args: argparse.Namespace, settings: Settings, started: float) -> int:
     )
 
     # ---------------------------------------------------------------- (a) warm
-    gate = CertGate(registry, trusted_proxies=TRUSTED_PROXIES, header_sources=["cloudflare"])
+    # The pre-built environs carry no server socket: REMOTE_ADDR stands for
+    # the peer a WSGI server reports (trust_reported_peer), as under mod_wsgi.
+    gate = CertGate(
+        registry,
+        trusted_proxies=TRUSTED_PROXIES,
+        header_sources=["cloudflare"],
+        trust_reported_peer=True,
+    )
     by_fp = {c.sha256: c for c in clients}
     scopes = [make_scope(c, n) for n, c in enumerate(clients)]
     environs = [make_environ(c, n) for n, c in enumerate(clients)]

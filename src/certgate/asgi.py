@@ -87,6 +87,9 @@ def socket_peer(scope: Scope, *, trust_reported: bool = False) -> str | None:
     return None
 
 
+_PLAIN, _HOST, _WANTED, _STRIP, _ALIAS = range(5)
+
+
 class CertGateMiddleware:
     """Pure ASGI middleware around :class:`~certgate.gate.CertGate`."""
 
@@ -95,6 +98,24 @@ class CertGateMiddleware:
         self.gate = gate
         self._wanted = frozenset(name.encode("latin-1") for name in gate.header_names)
         self._strip = frozenset(name.encode("latin-1") for name in gate.strip_names)
+        # header name -> _PLAIN/_HOST/_WANTED/_STRIP/_ALIAS, memoised (bounded):
+        # one dict lookup per header on the hot path.
+        self._kinds: dict[bytes, int] = {}
+
+    def _kind(self, name: bytes) -> int:
+        if name == b"host":
+            kind = _HOST
+        elif b"_" in name:
+            kind = _ALIAS if name.replace(b"_", b"-") in self._strip else _PLAIN
+        elif name in self._wanted:
+            kind = _WANTED
+        elif name in self._strip:
+            kind = _STRIP
+        else:
+            kind = _PLAIN
+        if len(self._kinds) < 4096:
+            self._kinds[name] = kind
+        return kind
 
     def _must_drop(self, name: bytes, trusted: bool) -> bool:
         """Whether a header goes before the app sees it.
@@ -130,18 +151,23 @@ class CertGateMiddleware:
         if peer is None and SOCKET_PEER_KEY not in scope:
             self.gate.note_unknown_peer("no scope['certgate.socket_peer']")
         trusted = self.gate.peer_is_trusted(peer)
-        wanted = self._wanted
         host: str | None = None
         found: dict[str, list[str]] = {}
         removed: list[str] = []
+        kinds = self._kinds
         raw_headers = scope.get("headers") or ()
         for name, value in raw_headers:
-            if name == b"host":
+            kind = kinds.get(name)
+            if kind is None:
+                kind = self._kind(name)
+            if kind == _PLAIN:
+                continue
+            if kind == _HOST:
                 # Two Host headers: refuse to pick one ("\0" is never a valid host).
                 host = "\0" if host is not None else value.decode("latin-1")
-            elif self._must_drop(name, trusted):
+            elif kind == _ALIAS or not trusted:
                 removed.append(name.decode("latin-1"))
-            elif trusted and name in wanted:
+            elif kind == _WANTED:
                 found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
         if removed:
             scope = dict(scope)

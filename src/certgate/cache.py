@@ -43,16 +43,19 @@ class ValidationCache(Generic[V]):
 
     def get(self, key: bytes, now: float) -> V | None:
         """The cached value, or ``None`` if absent or expired at ``now``."""
+        # A miss needs no lock: a single dict read is atomic. Only a hit
+        # (LRU reordering) and an eviction take it.
+        entry = self._data.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
         with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                self.misses += 1
-                return None
             if now >= entry[1]:
-                del self._data[key]
+                self._data.pop(key, None)
                 self.misses += 1
                 return None
-            self._data.move_to_end(key)
+            if key in self._data:
+                self._data.move_to_end(key)
             self.hits += 1
             return entry[0]
 

@@ -362,7 +362,7 @@ class CertGate:
                     self.refusals.put(key, exc, stamp + REFUSAL_TTL)
                 raise
             if caching:
-                expires = min(cert.not_valid_after_utc for cert in identity.chain).timestamp()
+                expires = min([cert.not_valid_after_utc for cert in identity.chain]).timestamp()
                 self.cache.put(key, identity, expires)
         elif (
             presented.expected_sha256 is not None
