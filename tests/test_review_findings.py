@@ -1,9 +1,11 @@
-"""Adversarial review: proofs of the weaknesses found.
+"""Adversarial review: each weakness found, pinned by a test of the fixed behaviour.
 
-Each test asserts the *secure* behaviour and is ``xfail(strict=True)`` while
-the weakness exists: the suite stays green, and a fix turns the test into an
-XPASS failure so the marker gets removed. Run with ``--runxfail`` to see the
-failures themselves.
+F1 X-Forwarded-For could make an untrusted peer a trusted proxy (plain
+uvicorn); F2 underscore/dash mixed spellings of certificate headers reached
+WSGI bridges; F3 certificate subjects could forge log lines; F4 hostile
+chains made every refusal cost the path builder's whole budget. The Host
+rewritten after certgate (F5) is in test_frameworks.py, non-ASCII Hosts (F6)
+in test_hosts.py.
 """
 
 from __future__ import annotations
