@@ -98,12 +98,16 @@ def test_pem_to_der_refuses_several_blocks(pki: PKI) -> None:
         "",
         "not a certificate",
         "-----BEGIN CERTIFICATE-----\nMIIB\n",  # no END line
-        "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
         "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n",
     ],
 )
 def test_pem_without_certificate_block(text: str) -> None:
     assert _reason(lambda: pem_to_ders(text)) is Reason.MALFORMED_CERTIFICATE
+
+
+def test_private_key_pem_is_not_a_certificate(pki: PKI) -> None:
+    key_pem = pki["acme"].client("key-only").key_pem.decode()  # generated at test time
+    assert _reason(lambda: pem_to_ders(key_pem)) is Reason.MALFORMED_CERTIFICATE
 
 
 def test_pem_block_limit(pki: PKI) -> None:
