@@ -103,6 +103,12 @@ class CertGateMiddleware:
         self._kinds: dict[bytes, int] = {}
 
     def _kind(self, name: bytes) -> int:
+        """How a header name is treated. ``_ALIAS``: a spelling with an
+        underscore of a certificate header - a WSGI bridge behind us
+        (Starlette's WSGIMiddleware, a2wsgi, Django) folds ``-`` and ``_``
+        into one environ key - dropped even from a trusted proxy, which sets
+        the dashed names only. ``_WANTED``/``_STRIP``: read/kept from a
+        trusted proxy, dropped from anyone else."""
         if name == b"host":
             kind = _HOST
         elif b"_" in name:
@@ -116,19 +122,6 @@ class CertGateMiddleware:
         if len(self._kinds) < 4096:
             self._kinds[name] = kind
         return kind
-
-    def _must_drop(self, name: bytes, trusted: bool) -> bool:
-        """Whether a header goes before the app sees it.
-
-        A WSGI bridge behind this middleware (Starlette's WSGIMiddleware,
-        a2wsgi, Django) folds ``-`` and ``_`` into one environ key, so any
-        spelling with an underscore (``x-ssl-client_verify``) counts as the
-        dashed header - and is dropped even from a trusted proxy, which sets
-        the dashed names only.
-        """
-        if b"_" in name:
-            return name.replace(b"_", b"-") in self._strip
-        return not trusted and name in self._strip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -170,8 +163,9 @@ class CertGateMiddleware:
             elif kind == _WANTED:
                 found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
         if removed:
+            drop = {name.encode("latin-1") for name in removed}
             scope = dict(scope)
-            scope["headers"] = [(n, v) for n, v in raw_headers if not self._must_drop(n, trusted)]
+            scope["headers"] = [(n, v) for n, v in raw_headers if n not in drop]
             self.gate.note_stripped(peer, removed)
         transport = None
         if not trusted and self.gate.transport:
