@@ -156,9 +156,6 @@ class CertGate:
         self.strip_names: frozenset[str] = frozenset(strip)
         """Every header removed from requests of untrusted peers: the ones read,
         plus (by default) every well-known proxy certificate header."""
-        self._inline_registry = not getattr(registry, "blocking", True) and not (
-            inspect.iscoroutinefunction(getattr(registry, "tenant_for_host", None))
-        )
         self._lookup_host, self._lookup_id, self._alookup_host, self._alookup_id = _bind_registry(
             registry
         )
@@ -225,10 +222,10 @@ class CertGate:
             if isinstance(step, Decision):
                 return self._log(step, facts)
             try:
-                if self._inline_registry:  # in-memory: no coroutine, no thread hop
+                lookup = self._alookup_id if step.by_id else self._alookup_host
+                if lookup is None:  # in-memory registry: no coroutine, no thread hop
                     tenant = (self._lookup_id if step.by_id else self._lookup_host)(step.key)
                 else:
-                    lookup = self._alookup_id if step.by_id else self._alookup_host
                     tenant = await lookup(step.key)
             except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
                 return self._log(self._registry_failure(exc, facts), facts)
@@ -463,8 +460,11 @@ _Sync = Callable[[str], Tenant | None]
 _Async = Callable[[str], Awaitable[Tenant | None]]
 
 
-def _bind_registry(registry: object) -> tuple[_Sync, _Sync, _Async, _Async]:
-    """Sync and async callables for both lookups, whatever the registry is."""
+def _bind_registry(
+    registry: object,
+) -> tuple[_Sync, _Sync, _Async | None, _Async | None]:
+    """Sync callables for both lookups, and async ones for the ASGI path -
+    ``None`` where the registry says it never blocks (call it inline)."""
     by_host = getattr(registry, "tenant_for_host", None)
     by_id = getattr(registry, "tenant_by_id", None)
     if not callable(by_host) or not callable(by_id):
@@ -475,18 +475,11 @@ def _bind_registry(registry: object) -> tuple[_Sync, _Sync, _Async, _Async]:
         a_host, a_id = cast("_Async", by_host), cast("_Async", by_id)
         return async_to_sync(a_host), async_to_sync(a_id), a_host, a_id
     s_host, s_id = cast("_Sync", by_host), cast("_Sync", by_id)
-    if getattr(registry, "blocking", True):
-        return (
-            s_host,
-            s_id,
-            sync_to_async(s_host, thread_sensitive=False),
-            sync_to_async(s_id, thread_sensitive=False),
-        )
-
-    async def inline_host(host: str) -> Tenant | None:
-        return s_host(host)
-
-    async def inline_id(tenant_id: str) -> Tenant | None:
-        return s_id(tenant_id)
-
-    return s_host, s_id, inline_host, inline_id
+    if not getattr(registry, "blocking", True):
+        return s_host, s_id, None, None
+    return (
+        s_host,
+        s_id,
+        sync_to_async(s_host, thread_sensitive=False),
+        sync_to_async(s_id, thread_sensitive=False),
+    )
