@@ -27,9 +27,12 @@ class Rejected(CertgateError):
 
     ``detail`` is for logs and the operator CLI only. It is never sent to the
     client, because it may describe the tenant's trust configuration.
+    ``fingerprint`` identifies the refused certificate in logs.
     """
 
-    def __init__(self, reason: Reason, detail: str = "") -> None:
+    def __init__(self, reason: Reason, detail: str = "", fingerprint: str | None = None) -> None:
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
         self.reason = reason
         self.detail = detail
+        self.fingerprint = fingerprint
+        """Hex SHA-256 of the refused leaf, when it was decoded (for logs)."""

@@ -317,7 +317,7 @@ class CertGate:
                 detail=exc.detail,
                 tenant_id=tenant.id,
                 source=presented.source,
-                fingerprint=_fingerprint(presented),
+                fingerprint=exc.fingerprint,
             )
         return Decision(
             identity=identity,
@@ -350,7 +350,7 @@ class CertGate:
             if identity is None:
                 refusal = self.refusals.get(key, stamp)
                 if refusal is not None:  # a fresh exception: a raised one keeps its traceback
-                    raise Rejected(refusal.reason, refusal.detail)
+                    raise Rejected(refusal.reason, refusal.detail, refusal.fingerprint)
         if identity is None:
             try:
                 identity = self._verify_cold(tenant, presented, now, stamp)
@@ -365,7 +365,11 @@ class CertGate:
             presented.expected_sha256 is not None
             and identity.fingerprint_sha256 != presented.expected_sha256
         ):
-            raise Rejected(Reason.FINGERPRINT_MISMATCH, "forwarded SHA-256 differs")
+            raise Rejected(
+                Reason.FINGERPRINT_MISMATCH,
+                "forwarded SHA-256 differs",
+                identity.fingerprint_sha256,
+            )
         return identity
 
     def _verify_cold(
@@ -374,14 +378,18 @@ class CertGate:
         ders = presented.decode()
         leaf_sha256 = hashlib.sha256(ders[0]).hexdigest() if ders else None
         if presented.expected_sha256 is not None and leaf_sha256 != presented.expected_sha256:
-            raise Rejected(Reason.FINGERPRINT_MISMATCH, "forwarded SHA-256 differs")
-        return self.verifier.verify(
-            tenant,
-            ders,
-            source=presented.source,
-            now=now or datetime.fromtimestamp(stamp, UTC),
-            leaf_sha256=leaf_sha256,
-        )
+            raise Rejected(Reason.FINGERPRINT_MISMATCH, "forwarded SHA-256 differs", leaf_sha256)
+        try:
+            return self.verifier.verify(
+                tenant,
+                ders,
+                source=presented.source,
+                now=now or datetime.fromtimestamp(stamp, UTC),
+                leaf_sha256=leaf_sha256,
+            )
+        except Rejected as exc:
+            exc.fingerprint = leaf_sha256
+            raise
 
     def _registry_failure(self, exc: Exception, facts: RequestFacts) -> Decision:
         if isinstance(exc, Rejected):  # a registry may refuse on purpose
