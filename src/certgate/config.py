@@ -36,7 +36,7 @@ from cryptography import x509
 
 from .errors import ConfigError
 from .registry import InMemoryRegistry
-from .tenant import Tenant
+from .tenant import Tenant, load_pem_certificates
 
 _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "trusted_proxies": list,
@@ -162,8 +162,5 @@ def _certs(config_path: Path, files: list[str], where: str) -> list[x509.Certifi
             data = file.read_bytes()
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read {file}: {exc.strerror or exc}") from None
-        try:
-            certs.extend(x509.load_pem_x509_certificates(data))
-        except ValueError:
-            raise ConfigError(f"{where}: {file} holds no valid PEM certificate") from None
+        certs.extend(load_pem_certificates(data, f"{where}: {file}"))
     return certs

@@ -110,6 +110,15 @@ class Tenant:
         return Store(list(self.roots))
 
 
+def load_pem_certificates(data: bytes, where: str) -> list[x509.Certificate]:
+    """Every certificate in PEM ``data``; :class:`ConfigError` naming ``where``
+    when there is none."""
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigError(f"{where} holds no valid PEM certificate") from None
+
+
 def _load_pems(
     value: str | bytes | Sequence[str | bytes], tenant_id: str, what: str
 ) -> list[x509.Certificate]:
@@ -117,8 +126,5 @@ def _load_pems(
     certs: list[x509.Certificate] = []
     for item in items:
         data = item.encode() if isinstance(item, str) else item
-        try:
-            certs.extend(x509.load_pem_x509_certificates(data))
-        except ValueError as exc:
-            raise ConfigError(f"tenant {tenant_id!r}: cannot read {what} PEM: {exc}") from None
+        certs.extend(load_pem_certificates(data, f"tenant {tenant_id!r}: {what}"))
     return certs
