@@ -26,18 +26,25 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def check(
+    capsys: pytest.CaptureFixture[str],
+    env: DevEnv,
+    cert: str | Path,
+    host: str,
+    *extra: str,
+    config: Path | None = None,
+) -> tuple[int, str, str]:
+    """``certgate check CERT --host HOST --config TOML [extra...]``; a ``str``
+    cert names a file of the dev environment."""
+    path = env.path(cert) if isinstance(cert, str) else cert
+    config_path = str(config or env.config)
+    return run(capsys, "check", str(path), "--host", host, "--config", config_path, *extra)
+
+
 def test_allowed_prints_identity_and_exits_0(
     env: DevEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(
-        capsys,
-        "check",
-        str(env.path("acme-device-chain.pem")),
-        "--host",
-        "pay.acme.test",
-        "--config",
-        str(env.config),
-    )
+    code, out, _ = check(capsys, env, "acme-device-chain.pem", "pay.acme.test")
     assert code == 0
     assert "decision:            allowed" in out
     assert "tenant:              acme" in out
@@ -49,27 +56,16 @@ def test_allowed_prints_identity_and_exits_0(
 def test_chain_option_supplies_intermediates(
     env: DevEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    leaf_only = run(
-        capsys,
-        "check",
-        str(env.path("acme-device.pem")),
-        "--host",
-        "pay.acme.test",
-        "--config",
-        str(env.config),
-    )
+    leaf_only = check(capsys, env, "acme-device.pem", "pay.acme.test")
     assert leaf_only[0] == 1
     assert "reason:              untrusted_chain" in leaf_only[1]
-    code, out, _ = run(
+    code, out, _ = check(
         capsys,
-        "check",
-        str(env.path("acme-device.pem")),
+        env,
+        "acme-device.pem",
+        "pay.acme.test",
         "--chain",
         str(env.path("acme-issuing.pem")),
-        "--host",
-        "pay.acme.test",
-        "--config",
-        str(env.config),
     )
     assert code == 0, out
 
@@ -81,16 +77,7 @@ def test_rejections_exit_1_with_reason(env: DevEnv, capsys: pytest.CaptureFixtur
         ("acme-device-chain.pem", "nobody.example", "unknown_tenant"),
     ]
     for cert, host, reason in cases:
-        code, out, _ = run(
-            capsys,
-            "check",
-            str(env.path(cert)),
-            "--host",
-            host,
-            "--config",
-            str(env.config),
-            "--json",
-        )
+        code, out, _ = check(capsys, env, cert, host, "--json")
         assert code == 1
         report = json.loads(out)
         assert report["decision"] == "rejected"
@@ -101,31 +88,13 @@ def test_rejections_exit_1_with_reason(env: DevEnv, capsys: pytest.CaptureFixtur
 def test_at_sets_the_validation_time(env: DevEnv, capsys: pytest.CaptureFixture[str]) -> None:
     cert = x509.load_pem_x509_certificate(env.path("acme-expired.pem").read_bytes())
     when = cert.not_valid_before_utc.isoformat()
-    code, out, _ = run(
-        capsys,
-        "check",
-        str(env.path("acme-expired-chain.pem")),
-        "--host",
-        "pay.acme.test",
-        "--config",
-        str(env.config),
-        "--at",
-        when,
-        "--json",
+    code, out, _ = check(
+        capsys, env, "acme-expired-chain.pem", "pay.acme.test", "--at", when, "--json"
     )
     assert code == 0, out
     later = "2999-01-01T00:00:00Z"
-    code, out, _ = run(
-        capsys,
-        "check",
-        str(env.path("acme-device-chain.pem")),
-        "--host",
-        "pay.acme.test",
-        "--config",
-        str(env.config),
-        "--at",
-        later,
-        "--json",
+    code, out, _ = check(
+        capsys, env, "acme-device-chain.pem", "pay.acme.test", "--at", later, "--json"
     )
     assert code == 1
     assert json.loads(out)["reason"] == "expired"
@@ -135,9 +104,7 @@ def test_der_input(env: DevEnv, tmp_path: Path, capsys: pytest.CaptureFixture[st
     cert = x509.load_pem_x509_certificate(env.path("globex-device.pem").read_bytes())
     der = tmp_path / "device.der"
     der.write_bytes(cert.public_bytes(Encoding.DER))
-    code, _, _ = run(
-        capsys, "check", str(der), "--host", "api.globex.test", "--config", str(env.config)
-    )
+    code, _, _ = check(capsys, env, der, "api.globex.test")
     assert code == 0
 
 
@@ -147,42 +114,20 @@ def test_bad_usage_and_bad_config_exit_2(
     code, _, err = run(capsys, "check")
     assert code == 2
     assert "required" in err
-    code, _, err = run(
-        capsys,
-        "check",
-        str(env.path("acme-device.pem")),
-        "--host",
-        "x",
-        "--config",
-        str(tmp_path / "missing.toml"),
-    )
+    code, _, err = check(capsys, env, "acme-device.pem", "x", config=tmp_path / "missing.toml")
     assert code == 2
     assert "configuration error" in err
     bad = tmp_path / "bad.toml"
     bad.write_text("[certgate]\ntrusted_proxy = []\n")
-    code, _, err = run(
-        capsys, "check", str(env.path("acme-device.pem")), "--host", "x", "--config", str(bad)
-    )
+    code, _, err = check(capsys, env, "acme-device.pem", "x", config=bad)
     assert code == 2
     assert "trusted_proxy" in err
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")
-    code, _, err = run(
-        capsys, "check", str(garbage), "--host", "pay.acme.test", "--config", str(env.config)
-    )
+    code, _, err = check(capsys, env, garbage, "pay.acme.test")
     assert code == 2
     assert "malformed_certificate" in err
-    code, _, err = run(
-        capsys,
-        "check",
-        str(env.path("acme-device.pem")),
-        "--host",
-        "pay.acme.test",
-        "--config",
-        str(env.config),
-        "--at",
-        "yesterday",
-    )
+    code, _, err = check(capsys, env, "acme-device.pem", "pay.acme.test", "--at", "yesterday")
     assert code == 2
 
 

@@ -202,6 +202,33 @@ def test_rejection_log_cannot_be_split_by_certificate_subject(
 # -- F4: path-building amplification by any holder of a device certificate ----
 
 
+def _fake_ca(
+    signer: ec.EllipticCurvePrivateKey,
+    subject: x509.Name,
+    issuer: x509.Name,
+    public: Any,
+    serial: int,
+) -> str:
+    """A "CA" certificate an attacker signs with a device key (PEM)."""
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(serial)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(signer, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.PEM).decode()
+
+
 def _loop_chain(pki: PKI) -> tuple[list[str], list[str]]:
     """(attack chain, ordinary chain) of an Acme device, both PEM lists.
 
@@ -218,29 +245,10 @@ def _loop_chain(pki: PKI) -> tuple[list[str], list[str]]:
     device = acme.client("sensor-17")
     key = device.key
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    now = dt.datetime.now(dt.UTC)
     loop = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Loop")])
 
-    def ca(subject: x509.Name, issuer: x509.Name, public: Any, serial: int) -> str:
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(public)
-            .serial_number(serial)
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        return cert.public_bytes(Encoding.PEM).decode()
-
-    fake_issuing = ca(issuing.cert.subject, loop, issuing.key.public_key(), 77)
-    loops = [ca(loop, loop, key.public_key(), 100 + i) for i in range(5)]
+    fake_issuing = _fake_ca(key, issuing.cert.subject, loop, issuing.key.public_key(), 77)
+    loops = [_fake_ca(key, loop, loop, key.public_key(), 100 + i) for i in range(5)]
     real = [device.cert_pem.decode(), issuing.cert_pem.decode()]
     return [*real, fake_issuing, *loops], real
 
@@ -277,32 +285,15 @@ def _cycle_chain(pki: PKI) -> tuple[list[str], list[str]]:
     device = acme.client("sensor-cycle")
     key = device.key
     assert isinstance(key, ec.EllipticCurvePrivateKey)
-    now = dt.datetime.now(dt.UTC)
 
     def name(text: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
 
-    def ca(subject: x509.Name, issuer: x509.Name, public: Any, serial: int) -> str:
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(public)
-            .serial_number(serial)
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        return cert.public_bytes(Encoding.PEM).decode()
-
-    fake = ca(issuing.cert.subject, name("A"), issuing.key.public_key(), 7)
+    fake = _fake_ca(key, issuing.cert.subject, name("A"), issuing.key.public_key(), 7)
     pairs = [("A", "B"), ("B", "A"), ("A", "C"), ("C", "A"), ("B", "C")]
-    cycle = [ca(name(s), name(i), key.public_key(), n) for n, (s, i) in enumerate(pairs, 1)]
+    cycle = [
+        _fake_ca(key, name(s), name(i), key.public_key(), n) for n, (s, i) in enumerate(pairs, 1)
+    ]
     real = [device.cert_pem.decode(), issuing.cert_pem.decode()]
     return [*real, fake, *cycle], real
 
