@@ -595,8 +595,9 @@ def print_warm(pairs: Sequence[Pair]) -> None:
 
 
 def print_cold(pairs: Sequence[Pair]) -> None:
+    width = max(26, *(len(p.label) for p in pairs))
     print(
-        f"{'chain':<26} {'raw µs':>7} {'certgate µs':>11} {'ratio':>6} {'(IQR)':>11} "
+        f"{'chain':<{width}} {'raw µs':>7} {'certgate µs':>11} {'ratio':>6} {'(IQR)':>11} "
         f"{'extra µs':>8}   {'min raw / certgate':>18}"
     )
     for p in pairs:
@@ -604,7 +605,7 @@ def print_cold(pairs: Sequence[Pair]) -> None:
         iqr = f"{lo:.2f}-{hi:.2f}"
         mins = f"{p.base_min:.1f} / {p.cand_min:.1f}"
         print(
-            f"{p.label:<26} {p.base_median:>7.1f} {p.cand_median:>11.1f} "
+            f"{p.label:<{width}} {p.base_median:>7.1f} {p.cand_median:>11.1f} "
             f"{p.ratio_median:>5.2f}x {iqr:>11} {p.overhead_median:>8.1f}   {mins:>18}"
         )
 
