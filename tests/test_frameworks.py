@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from certgate import CertGate, ClientIdentity
 from certgate.asgi import CertGateMiddleware
-from certgate.flask import CertGateFlask, current_identity, get_identity, require_identity
+from certgate.flask import CertGateFlask, get_identity, require_identity
 from certgate.starlette import client_identity
 from certgate.starlette import get_identity as starlette_identity
 from certgate.wsgi import CertGateWSGIMiddleware
@@ -103,8 +103,9 @@ def _flask(pki: PKI) -> Flask:
     @app.get("/whoami")
     def whoami() -> dict[str, Any]:
         identity = require_identity()
-        assert current_identity is not None
-        return {"tenant": identity.tenant_id, "proxy": current_identity.tenant_id}
+        again = get_identity()
+        assert again is not None
+        return {"tenant": identity.tenant_id, "proxy": again.tenant_id}
 
     @app.get("/open")
     def open_route() -> dict[str, Any]:
@@ -140,6 +141,58 @@ def test_flask_identity_helpers(pki: PKI) -> None:
     }
     assert client.get("/open", headers={"Host": "api.globex.test"}).json == {"identity": None}
     assert client.get("/open/required", headers={"Host": "api.globex.test"}).status_code == 403
+
+
+def test_flask_view_branching_on_the_documented_check(pki: PKI) -> None:
+    """Issue 5: one view, served on an exempt and on a protected path,
+    branches on the documented ``get_identity() is None``. An anonymous
+    request on the exempt path takes the anonymous branch (not 200 as a
+    device, not a 500); a verified request gets its identity."""
+    app = Flask(__name__)
+    CertGateFlask(app, _gate(pki))
+
+    def hello() -> dict[str, Any]:
+        identity = get_identity()
+        if identity is None:
+            return {"who": "anonymous"}
+        return {"who": "device", "tenant": identity.tenant_id, "cn": identity.common_name}
+
+    app.add_url_rule("/open/hello", "open_hello", hello)
+    app.add_url_rule("/hello", "hello", hello)
+    client = app.test_client()
+
+    anonymous = client.get("/open/hello", headers={"Host": "api.globex.test"})
+    assert anonymous.status_code == 200
+    assert anonymous.json == {"who": "anonymous"}
+    device = client.get(
+        "/hello",
+        headers={"Host": "api.globex.test", **_cf(pki, "globex")},
+        environ_base={"REMOTE_ADDR": PROXY},
+    )
+    assert device.status_code == 200
+    assert device.json == {"who": "device", "tenant": "globex", "cn": "fw-globex"}
+    # The exempt path never hands out an identity, even with a certificate.
+    presented = client.get(
+        "/open/hello",
+        headers={"Host": "api.globex.test", **_cf(pki, "globex")},
+        environ_base={"REMOTE_ADDR": PROXY},
+    )
+    assert presented.json == {"who": "anonymous"}
+
+
+def test_flask_current_identity_proxy_is_gone_and_says_why() -> None:
+    """Issue 5: the old ``current_identity`` proxy was never ``None``, so
+    ``current_identity is None`` treated anonymous requests as devices. The
+    name must fail at import time, pointing at the replacements - not
+    silently misbehave at request time."""
+    import certgate.flask
+
+    with pytest.raises(ImportError, match=r"get_identity\(\).*require_identity\(\)"):
+        from certgate.flask import current_identity  # type: ignore[attr-defined]  # noqa: F401
+    with pytest.raises(ImportError, match="never None"):
+        _ = certgate.flask.current_identity  # type: ignore[attr-defined]
+    assert not hasattr(certgate.flask, "current_user")  # other names: plain AttributeError
+    assert "current_identity" not in certgate.flask.__all__
 
 
 def test_flask_reads_the_config_path(pki: PKI, tmp_path: Path) -> None:
