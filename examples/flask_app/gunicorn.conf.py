@@ -7,7 +7,13 @@
 import os
 import ssl
 
-from certgate.servers.gunicorn import ssl_context  # noqa: F401 - gunicorn server hook
+# gunicorn server hooks: the TLS context, and the check that gunicorn never maps an
+# underscore-spelled certificate header (Cf_Client_Cert_...) into the environ.
+from certgate.servers.gunicorn import (  # noqa: F401
+    on_starting,
+    post_worker_init,
+    ssl_context,
+)
 
 _env = os.environ["CERTGATE_ENV"]
 os.environ.setdefault("CERTGATE_CONFIG", os.path.join(_env, "certgate.toml"))

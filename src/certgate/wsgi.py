@@ -14,6 +14,21 @@ that is not a trusted proxy every configured certificate header
 (``HTTP_...``; WSGI folds ``-`` and ``_`` together, so both spellings go) is
 deleted from the environ before anything reads it.
 
+From a trusted proxy the environ cannot say whether ``HTTP_CF_CLIENT_CERT_...``
+came from the dashed header the proxy sets or from an underscore spelling a
+client slipped past it. The server decides that, so the middleware checks the
+server where it can:
+
+* gunicorn (``gunicorn.socket`` in the environ): the certificate headers are
+  believed only if certgate's gunicorn hooks checked this worker's
+  ``header_map`` / ``forwarder_headers`` (see :mod:`certgate.servers.gunicorn`);
+  otherwise they are deleted and the request is refused with
+  ``malformed_header`` (exempt paths still pass);
+* Werkzeug's server (``werkzeug.socket``): Werkzeug >= 2.3 drops every header
+  name with an underscore; older versions are treated like unchecked gunicorn;
+* any other server: certgate cannot see how it mapped the names. Apache
+  (mod_wsgi) and nginx drop underscore names by default; make sure yours does.
+
 On allow the identity is in ``environ["certgate.identity"]``; on reject the
 app is not called and the client gets the reason as
 ``application/problem+json``. Safe under threaded servers: the gate's shared
@@ -22,8 +37,11 @@ state (cache, registry index) is locked or immutable.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Iterable, MutableMapping
+from functools import cache
+from importlib import metadata
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -32,7 +50,11 @@ from .facts import RequestFacts
 from .gate import CertGate
 from .identity import ClientIdentity
 from .problem import problem_body, problem_headers, status_line
+from .reasons import Reason
+from .servers import gunicorn
 from .sources import wsgi_environ
+
+logger = logging.getLogger("certgate")
 
 Environ = MutableMapping[str, Any]
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
@@ -98,6 +120,17 @@ def environ_key(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
 
 
+@cache
+def werkzeug_drops_underscore_headers() -> bool:
+    """Whether the installed Werkzeug's server drops header names containing
+    ``_`` (it does from 2.3.0 on); ``False`` when the version is unknown."""
+    try:
+        major, minor = metadata.version("werkzeug").split(".")[:2]
+        return (int(major), int(minor)) >= (2, 3)
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+
+
 class CertGateWSGIMiddleware:
     """WSGI middleware around :class:`~certgate.gate.CertGate`."""
 
@@ -105,11 +138,16 @@ class CertGateWSGIMiddleware:
         self.app = app
         self.gate = gate
         self._keys = tuple((name, environ_key(name)) for name in gate.header_names)
+        self._read_keys = frozenset(key for _, key in self._keys)
         self._strip_keys = frozenset(environ_key(name) for name in gate.strip_names)
+        self._gunicorn_verdict: tuple[gunicorn.HeaderHandling, str | None] | None = None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        facts = self.facts(environ)
-        decision = self.gate.decide(facts)
+        facts, ambiguous = self._collect(environ)
+        if ambiguous is not None and not self.gate.exempt.matches(facts.path):
+            decision = self._refuse_ambiguous(facts, ambiguous)
+        else:
+            decision = self.gate.decide(facts)
         if decision.reason is not None:
             start_response(status_line(decision.reason), problem_headers(decision.reason))
             return [problem_body(decision.reason)]
@@ -122,16 +160,30 @@ class CertGateWSGIMiddleware:
 
     def facts(self, environ: Environ) -> RequestFacts:
         """Collect the request facts (and strip forged headers) from ``environ``."""
+        return self._collect(environ)[0]
+
+    def _collect(self, environ: Environ) -> tuple[RequestFacts, str | None]:
+        """The facts, and why the certificate headers of a trusted proxy's
+        request had to be deleted unread (``None`` when they did not)."""
         peer = socket_peer(environ, trust_reported=self.gate.trust_reported_peer)
         if peer is None and not any(k in environ for k in wsgi_environ.SOCKET_KEYS):
             self.gate.note_unknown_peer("no server socket in the WSGI environ")
         trusted = self.gate.peer_is_trusted(peer)
         headers: dict[str, list[str]] = {}
+        ambiguous: str | None = None
         if trusted:
-            for name, key in self._keys:
-                value = environ.get(key)
-                if isinstance(value, str):
-                    headers[name] = [value]
+            risk = self.alias_risk(environ)
+            if risk is None:
+                for name, key in self._keys:
+                    value = environ.get(key)
+                    if isinstance(value, str):
+                        headers[name] = [value]
+            else:
+                removed = [key for key in environ if key in self._strip_keys]
+                for key in removed:
+                    del environ[key]
+                if any(key in self._read_keys for key in removed):
+                    ambiguous = risk
         else:
             stripped = [key for key in environ if key in self._strip_keys]
             if stripped:
@@ -143,10 +195,51 @@ class CertGateWSGIMiddleware:
             transport = wsgi_environ.from_environ(environ)
         host = environ.get("HTTP_HOST")
         path = environ.get("PATH_INFO")
-        return RequestFacts(
+        facts = RequestFacts(
             host=host if isinstance(host, str) else None,
             path=path if isinstance(path, str) else "",
             peer=peer,
             headers=headers,
             transport=transport,
         )
+        return facts, ambiguous
+
+    def alias_risk(self, environ: Environ) -> str | None:
+        """Why a certificate header in this environ might be the underscore
+        spelling of its name, or ``None`` when the server rules that out (or
+        certgate cannot see the server: see the module docstring)."""
+        if "gunicorn.socket" in environ:
+            handling = gunicorn.checked_header_handling()
+            if handling is None:
+                return (
+                    "gunicorn's header_map was not checked in this worker: load the hooks "
+                    "on_starting and post_worker_init from certgate.servers.gunicorn in "
+                    "gunicorn.conf.py"
+                )
+            verdict = self._gunicorn_verdict
+            if verdict is None or verdict[0] is not handling:
+                problems = handling.problems(self.gate.strip_names)
+                verdict = (handling, "; ".join(problems) or None)
+                self._gunicorn_verdict = verdict
+            return verdict[1]
+        if "werkzeug.socket" in environ and not werkzeug_drops_underscore_headers():
+            return "this Werkzeug (< 2.3) maps underscore-spelled headers into the environ"
+        return None
+
+    def _refuse_ambiguous(self, facts: RequestFacts, why: str) -> Decision:
+        """Refuse a request whose certificate header may be an underscore
+        alias (``malformed_header``), and log why."""
+        decision = Decision(
+            reason=Reason.MALFORMED_HEADER,
+            detail=f"cannot tell the certificate header from its underscore spelling: {why}",
+        )
+        logger.warning(
+            "certgate: rejected reason=%s host=%.255r peer=%s path=%.255r detail=%.500r",
+            Reason.MALFORMED_HEADER.value,
+            facts.host,
+            facts.peer,
+            facts.path,
+            decision.detail,
+            extra={"certgate": {"reason": Reason.MALFORMED_HEADER.value, "peer": facts.peer}},
+        )
+        return decision
