@@ -172,7 +172,9 @@ class CertGateWSGIMiddleware:
         headers: dict[str, list[str]] = {}
         ambiguous: str | None = None
         if trusted:
-            risk = self.alias_risk(environ)
+            risk = None
+            if "gunicorn.socket" in environ or "werkzeug.socket" in environ:
+                risk = self.alias_risk(environ)
             if risk is None:
                 for name, key in self._keys:
                     value = environ.get(key)
