@@ -25,7 +25,7 @@ The :func:`on_starting` and :func:`post_worker_init` hooks refuse to start
 gunicorn with any of those settings for a certificate header, and record in
 each worker that its settings were checked; behind a trusted proxy, the WSGI
 middleware believes a certificate header under gunicorn only after that
-check (see :func:`certgate.wsgi.CertGateWSGIMiddleware`)::
+check (see :class:`certgate.wsgi.CertGateWSGIMiddleware`)::
 
     from certgate.servers.gunicorn import on_starting, post_worker_init  # noqa: F401
 
