@@ -263,7 +263,10 @@ def build_cold_cases() -> tuple[InMemoryRegistry, list[ColdCase]]:
         inter = root.intermediate(f"cold {label} intermediate", key_type=key_type, rsa_bits=2048)
         for depth, issuer, configured in ((2, root, ()), (3, inter, (inter.cert,))):
             tid = f"cold-{key_type}-{depth}"
-            tenant = Tenant(tid, (f"{tid}.bench.test",), (root.cert,), configured)
+            # both depths of one key type share the root: declared
+            tenant = Tenant(
+                tid, (f"{tid}.bench.test",), (root.cert,), configured, shared_anchors=True
+            )
             tenants.append(tenant)
             leaf = issuer.issue(f"cold client {label} {depth}", key_type=key_type, rsa_bits=2048)
             der = leaf.der

@@ -16,12 +16,18 @@ Client identities written: ``acme-device``, ``globex-device``,
 ``initech-device``, ``acme-expired`` (expired yesterday) and
 ``rogue-device`` (issued by a CA no tenant trusts). Each has ``NAME.pem``,
 ``NAME.key`` and ``NAME-chain.pem`` (leaf + intermediates).
+
+``python examples/devenv.py --vendor DIR`` writes the *vendor PKI* variant
+instead (:func:`make_vendor_environment`): one device vendor's root issues an
+issuing CA per customer, and each tenant is anchored at its own customer's
+issuing CA - the isolating setup for a shared vendor root.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import socket
 import subprocess
@@ -210,8 +216,59 @@ intermediates = ["initech-issuing.pem"]
     return DevEnv(out)
 
 
+def make_vendor_environment(directory: str | Path) -> DevEnv:
+    """A vendor PKI shared by two tenants, each anchored at its issuing CA.
+
+    ``Vendor Root CA`` issues ``Vendor Issuing CA for Acme`` and ``... for
+    Globex``. Tenant ``acme`` (``pay.acme.test``, ``*.acme.test``) trusts only
+    the Acme issuing CA, tenant ``globex`` (``api.globex.test``) only the
+    Globex one. Devices ``acme-device`` and ``globex-device`` send their leaf,
+    their issuing CA and the vendor root (``NAME-chain.pem``). The handshake
+    bundle (``tenants-bundle.pem``, what ``certgate bundle`` prints) holds the
+    two issuing CAs and not the vendor root, so the server's context must
+    accept a non-self-signed anchor (``VERIFY_X509_PARTIAL_CHAIN``).
+    ``vendor-root.pem`` is written for the deliberately wrong configuration.
+    """
+    from certgate.config import load_config  # noqa: PLC0415
+    from certgate.servers.tls import trust_bundle_pem  # noqa: PLC0415
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    vendor = CA.root("Vendor Root CA", organization="Vendor")
+    server_root = CA.root("certgate dev server CA")
+    (out / "vendor-root.pem").write_bytes(vendor.cert_pem)
+    (out / "server-ca.pem").write_bytes(server_root.cert_pem)
+    server_root.server(SERVER_NAMES).write_files(out, "server")
+    for tenant, name in (("acme", "Acme"), ("globex", "Globex")):
+        issuing = vendor.intermediate(f"Vendor Issuing CA for {name}", organization="Vendor")
+        (out / f"{tenant}-issuing.pem").write_bytes(issuing.cert_pem)
+        device = issuing.issue(f"{tenant}-device-1", organization=name)
+        paths = device.write_files(out, f"{tenant}-device")
+        paths["chain"].write_bytes(device.chain_pem + vendor.cert_pem)
+    (out / "certgate.toml").write_text(f"""\
+# Written by examples/devenv.py --vendor: one vendor root, an issuing CA per
+# customer, each tenant anchored at its own customer's issuing CA.
+[[tenants]]
+id = "acme"
+hosts = {json.dumps(HOSTS["acme"])}
+roots = ["acme-issuing.pem"]
+
+[[tenants]]
+id = "globex"
+hosts = {json.dumps(HOSTS["globex"])}
+roots = ["globex-issuing.pem"]
+""")
+    bundle = trust_bundle_pem(load_config(out / "certgate.toml").registry.tenants())
+    (out / "tenants-bundle.pem").write_text(bundle)
+    return DevEnv(out)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python examples/devenv.py DIR")
-    env = make_dev_environment(sys.argv[1])
+    arguments = sys.argv[1:]
+    vendor_pki = arguments[:1] == ["--vendor"]
+    if vendor_pki:
+        arguments = arguments[1:]
+    if len(arguments) != 1:
+        sys.exit("usage: python examples/devenv.py [--vendor] DIR")
+    env = (make_vendor_environment if vendor_pki else make_dev_environment)(arguments[0])
     print(f"wrote {env.config} and the dev PKI in {env.directory}")

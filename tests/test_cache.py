@@ -170,7 +170,7 @@ def test_changed_root_rejects_previously_cached_certificate(pki: PKI) -> None:
     assert gate.decide(facts).reason is None
     assert len(gate.cache) == 1
 
-    registry.put(Tenant("acme", acme.hosts, (pki["globex"].roots[0].cert,)))
+    registry.put(Tenant("acme", acme.hosts, (pki.rogue.cert,)))  # another root
     refused = gate.decide(facts)
     assert refused.reason is Reason.UNTRUSTED_CHAIN
     assert refused.tenant_id == "acme"
@@ -212,7 +212,10 @@ def test_two_tenants_with_the_same_roots_get_their_own_identity(pki: PKI) -> Non
     root = pki["acme"].roots[0].cert
     gate = CertGate(
         InMemoryRegistry(
-            [Tenant("blue", ("blue.test",), (root,)), Tenant("green", ("green.test",), (root,))]
+            [
+                Tenant("blue", ("blue.test",), (root,), shared_anchors=True),
+                Tenant("green", ("green.test",), (root,), shared_anchors=True),
+            ]
         )
     )
     client = pki["acme"].client()
@@ -245,10 +248,10 @@ def test_not_yet_valid_is_never_remembered(pki: PKI, make_gate: GateFactory) -> 
 def test_tenant_gaining_the_root_is_not_refused_from_a_stale_entry(pki: PKI) -> None:
     registry = pki.registry()
     gate = CertGate(registry)
-    facts = tls_facts(GLOBEX, pki["acme"].client())
+    facts = tls_facts(GLOBEX, pki.rogue.issue("device-of-a-new-root"))
     assert gate.decide(facts).reason is Reason.UNTRUSTED_CHAIN
     globex = pki["globex"]
-    registry.put(Tenant("globex", globex.hosts, (globex.roots[0].cert, pki["acme"].roots[0].cert)))
+    registry.put(Tenant("globex", globex.hosts, (globex.roots[0].cert, pki.rogue.cert)))
     assert gate.decide(facts).reason is None
 
 
@@ -272,10 +275,10 @@ def test_refusals_are_remembered_briefly_and_separately(pki: PKI, make_gate: Gat
 def test_refusal_is_forgotten_when_the_trust_changes(pki: PKI) -> None:
     registry = pki.registry()
     gate = CertGate(registry)
-    facts = tls_facts(GLOBEX, pki["acme"].client("soon-trusted"))
+    facts = tls_facts(GLOBEX, pki.rogue.issue("soon-trusted"))
     assert gate.decide(facts).reason is Reason.UNTRUSTED_CHAIN
     globex = pki["globex"]
-    registry.put(Tenant("globex", globex.hosts, (globex.roots[0].cert, pki["acme"].roots[0].cert)))
+    registry.put(Tenant("globex", globex.hosts, (globex.roots[0].cert, pki.rogue.cert)))
     assert gate.decide(facts).reason is None
 
 

@@ -17,6 +17,7 @@ id            = "acme"
 hosts         = ["pay.acme.com", "*.acme.example"]
 roots         = ["acme-root.pem"]          # files relative to this TOML file;
 intermediates = ["acme-issuing-ca.pem"]    # one file may hold several PEMs
+shared_anchors = false                     # true on EVERY tenant that knowingly shares a root
 ```
 
 Unknown keys are errors, not ignored: a typo such as ``trusted_proxy`` must
@@ -49,7 +50,7 @@ _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_chain_depth": int,
     "min_rsa_bits": int,
 }
-_TENANT_KEYS = {"id", "hosts", "roots", "intermediates"}
+_TENANT_KEYS = {"id", "hosts", "roots", "intermediates", "shared_anchors"}
 
 
 @dataclass
@@ -137,8 +138,13 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
         inters = _certs(
             path, _strings(entry.get("intermediates", []), f"{where}: 'intermediates'"), where
         )
+        shared = entry.get("shared_anchors", False)
+        if not isinstance(shared, bool):
+            raise ConfigError(f"{where}: 'shared_anchors' must be true or false")
         try:
-            tenants.append(Tenant(tenant_id, tuple(hosts), tuple(roots), tuple(inters)))
+            tenants.append(
+                Tenant(tenant_id, tuple(hosts), tuple(roots), tuple(inters), shared_anchors=shared)
+            )
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return tenants

@@ -16,6 +16,17 @@ functions. Plain methods are called directly when the registry says
 runs them in a worker thread so a slow store cannot stall the event loop.
 Coroutine methods are awaited by the ASGI middleware and run through
 ``asgiref.sync.async_to_sync`` by the WSGI middleware.
+
+Shared trust anchors: :meth:`HostIndex.build` (so :class:`InMemoryRegistry`,
+its ``put()`` and the TOML registry) refuses a set of tenants in which two
+tenants trust the same anchor - the same certificate, or the same subject
+and public key - because a device of either would then be accepted on the
+other's hosts. It also refuses a tenant whose anchor was issued by another
+tenant's anchor (directly, or through CA certificates in the configuration):
+the issuing tenant would accept every device of the other. Both are allowed
+only when *every* tenant involved sets ``shared_anchors``. Not detected: an
+issuing link that exists only in certificates the clients send (they are not
+known at load time); a custom registry does its own checking.
 """
 
 from __future__ import annotations
@@ -25,9 +36,18 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from .errors import ConfigError
 from .hosts import parent_domain
-from .tenant import Tenant
+from .tenant import Anchor, Tenant
+
+_SHA256 = SHA256()
+_MAX_ISSUER_HOPS = 8
+"""How many configured CA certificates the issued-by check walks up."""
 
 
 @runtime_checkable
@@ -78,6 +98,7 @@ class HostIndex:
                         f"host {pattern!r} is claimed by tenants {other.id!r} and {tenant.id!r}"
                     )
                 table[key] = tenant
+        check_anchor_sharing(list(index.by_id.values()))
         return index
 
     def lookup(self, host: str) -> Tenant | None:
@@ -89,6 +110,118 @@ class HostIndex:
             if parent is not None:
                 tenant = self.wildcard.get(parent)
         return tenant
+
+
+def check_anchor_sharing(tenants: list[Tenant]) -> None:
+    """Refuse tenants that share a trust anchor or whose anchor another's issued.
+
+    Raises :class:`ConfigError` naming both tenants, the anchor's subject and
+    SHA-256 fingerprint, and how to fix it, unless both tenants set
+    ``shared_anchors``.
+    """
+    owner: dict[bytes, tuple[Tenant, Anchor]] = {}
+    for tenant in tenants:
+        for anchor in tenant.anchors:
+            for key in (anchor.fingerprint, anchor.name_key):
+                first = owner.setdefault(key, (tenant, anchor))
+                if first[0] is not tenant and not _declared(first[0], tenant):
+                    raise ConfigError(
+                        _shared_message(first[0], tenant, anchor, key == anchor.fingerprint)
+                    )
+    _check_issued_anchors(tenants)
+
+
+def _declared(a: Tenant, b: Tenant) -> bool:
+    return a.shared_anchors and b.shared_anchors
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return str(cert.fingerprint(_SHA256).hex())
+
+
+def _fix(a: Tenant, b: Tenant) -> str:
+    return (
+        'Anchor each tenant at its own issuing CA (roots = ["customer-issuing-ca.pem"]), '
+        f"or, if the sharing is intended, set shared_anchors = true on both {a.id!r} "
+        f"and {b.id!r}."
+    )
+
+
+def _shared_message(a: Tenant, b: Tenant, anchor: Anchor, same_cert: bool) -> str:
+    how = "the same certificate" if same_cert else "the same subject and public key"
+    return (
+        f"tenants {a.id!r} and {b.id!r} share the trust anchor {anchor.subject!r} "
+        f"(SHA-256 {_fingerprint(anchor.cert)}; {how}): a device of either would be "
+        f"accepted on the other's hosts. {_fix(a, b)}"
+    )
+
+
+def _check_issued_anchors(tenants: list[Tenant]) -> None:
+    """Refuse an anchor of tenant A issued by an anchor of tenant B.
+
+    Walks up from each anchor that is not self-issued through the CA
+    certificates of the configuration (every tenant's roots and
+    intermediates), matching issuer names and checking each signature with
+    ``cryptography`` (``verify_directly_issued_by``). This is a load-time
+    configuration check, not path validation: a device is still verified
+    only by the verifier, against the addressed tenant's anchors.
+    """
+    by_subject: dict[bytes, list[x509.Certificate]] = {}
+    anchored: dict[bytes, list[Tenant]] = {}
+    for tenant in tenants:
+        for anchor in tenant.anchors:
+            anchored.setdefault(anchor.name_key, []).append(tenant)
+        for cert in (*tenant.roots, *tenant.intermediates):
+            by_subject.setdefault(cert.subject.public_bytes(), []).append(cert)
+    for tenant in tenants:
+        for anchor in tenant.anchors:
+            if anchor.cert.issuer == anchor.cert.subject:
+                continue  # self-issued: nothing in the configuration issued it
+            issuer = _anchor_above(anchor.cert, tenant, by_subject, anchored)
+            if issuer is not None:
+                other, above = issuer
+                raise ConfigError(
+                    f"tenant {other.id!r}'s trust anchor {above.subject!r} (SHA-256 "
+                    f"{_fingerprint(above.cert)}) issued tenant {tenant.id!r}'s anchor "
+                    f"{anchor.subject!r} (SHA-256 {_fingerprint(anchor.cert)}): {other.id!r} "
+                    f"would accept every device of {tenant.id!r}. {_fix(other, tenant)}"
+                )
+
+
+def _anchor_above(
+    cert: x509.Certificate,
+    tenant: Tenant,
+    by_subject: dict[bytes, list[x509.Certificate]],
+    anchored: dict[bytes, list[Tenant]],
+) -> tuple[Tenant, Anchor] | None:
+    """The first anchor of another (undeclared) tenant above ``cert``, if any."""
+    frontier = [cert]
+    seen = {cert.public_bytes(Encoding.DER)}
+    for _ in range(_MAX_ISSUER_HOPS):
+        upper: list[x509.Certificate] = []
+        for child in frontier:
+            for candidate in by_subject.get(child.issuer.public_bytes(), ()):
+                der = candidate.public_bytes(Encoding.DER)
+                if der in seen or not _issued_by(child, candidate):
+                    continue
+                seen.add(der)
+                above = Anchor.of(candidate)
+                for other in anchored.get(above.name_key, ()):
+                    if other is not tenant and not _declared(other, tenant):
+                        return other, above
+                upper.append(candidate)
+        if not upper:
+            return None
+        frontier = upper
+    return None
+
+
+def _issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 class InMemoryRegistry:

@@ -3,6 +3,12 @@
 A :class:`Tenant` is immutable. Changing a tenant's trust means building a new
 ``Tenant``; its :attr:`Tenant.trust_id` changes with it, which is what keeps
 cached verification results of the old trust from being used for the new one.
+
+Anchor identity (:class:`Anchor`): two root certificates are the same trust
+anchor when their DER is identical, or when they have the same subject and
+the same public key (a re-issued root with new dates, say: a path verifies to
+either). The registry uses it to refuse tenants that share an anchor by
+accident (see :mod:`certgate.registry`).
 """
 
 from __future__ import annotations
@@ -13,13 +19,50 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.verification import Store
 
 from .errors import ConfigError
 from .hosts import normalize_pattern
 
 _TRUST_ID_VERSION = b"certgate-trust-v1"
+_ANCHOR_KEY_VERSION = b"certgate-anchor-v1"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The identity of one trust anchor (a tenant root).
+
+    ``fingerprint``: SHA-256 of the certificate's DER. ``name_key``: SHA-256
+    over the subject and the SubjectPublicKeyInfo, so the same CA re-issued
+    with other dates or extensions has the same ``name_key``.
+    """
+
+    cert: x509.Certificate
+    fingerprint: bytes
+    name_key: bytes
+
+    @classmethod
+    def of(cls, cert: x509.Certificate) -> Anchor:
+        """The identity of ``cert``."""
+        return cls(cert, hashlib.sha256(cert.public_bytes(Encoding.DER)).digest(), name_key(cert))
+
+    @property
+    def subject(self) -> str:
+        """RFC 4514 subject, for messages."""
+        return self.cert.subject.rfc4514_string()
+
+
+def name_key(cert: x509.Certificate) -> bytes:
+    """SHA-256 over (subject DER, SubjectPublicKeyInfo DER), length-prefixed."""
+    digest = hashlib.sha256(_ANCHOR_KEY_VERSION)
+    for part in (
+        cert.subject.public_bytes(),
+        cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+    ):
+        digest.update(b"%d:" % len(part))
+        digest.update(part)
+    return digest.digest()
 
 
 def vet_ca_certificate(cert: x509.Certificate, role: str, tenant_id: str) -> None:
@@ -58,12 +101,20 @@ class Tenant:
     ``roots`` are the trust anchors (several during a rotation);
     ``intermediates`` are optional CA certificates used to build paths when
     clients do not send them. Every root and intermediate is vetted as a CA.
+
+    ``shared_anchors=True`` declares that this tenant knowingly shares a
+    trust anchor with other tenants (devices of one PKI valid on several
+    tenants). A registry refuses two tenants with a common anchor, or one
+    whose anchor issued the other's, unless *both* declare it. It is not part
+    of :attr:`trust_id`: it decides whether a configuration loads, never how
+    a chain verifies.
     """
 
     id: str
     hosts: tuple[str, ...]
     roots: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...] = ()
+    shared_anchors: bool = False
     trust_id: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,6 +122,8 @@ class Tenant:
             raise ConfigError("a tenant needs a non-empty string id")
         if not self.roots:
             raise ConfigError(f"tenant {self.id!r} has no root CA")
+        if not isinstance(self.shared_anchors, bool):
+            raise ConfigError(f"tenant {self.id!r}: shared_anchors must be a bool")
         object.__setattr__(self, "hosts", tuple(normalize_pattern(h) for h in self.hosts))
         object.__setattr__(self, "roots", tuple(self.roots))
         object.__setattr__(self, "intermediates", tuple(self.intermediates))
@@ -95,6 +148,8 @@ class Tenant:
         hosts: Iterable[str],
         roots: str | bytes | Sequence[str | bytes],
         intermediates: str | bytes | Sequence[str | bytes] = (),
+        *,
+        shared_anchors: bool = False,
     ) -> Tenant:
         """Build a tenant from PEM text (one string may hold several certificates)."""
         return cls(
@@ -102,12 +157,18 @@ class Tenant:
             hosts=tuple(hosts),
             roots=tuple(_load_pems(roots, id, "roots")),
             intermediates=tuple(_load_pems(intermediates, id, "intermediates")),
+            shared_anchors=shared_anchors,
         )
 
     @functools.cached_property
     def store(self) -> Store:
         """The tenant's roots as a ``cryptography`` verification store (built once)."""
         return Store(list(self.roots))
+
+    @functools.cached_property
+    def anchors(self) -> tuple[Anchor, ...]:
+        """The identities of :attr:`roots` (computed once)."""
+        return tuple(Anchor.of(root) for root in self.roots)
 
 
 def load_pem_certificates(data: bytes, where: str) -> list[x509.Certificate]:

@@ -12,8 +12,11 @@ the WSGI middleware needs nothing more. What gunicorn needs is a context that
     ca_certs = "tenants-bundle.pem"   # `certgate bundle --config certgate.toml`
     cert_reqs = 1                     # ssl.CERT_OPTIONAL: certgate answers 403
 
-The hook keeps gunicorn's own context and only defers validity-time checks to
-certgate (see :func:`certgate.servers.tls.defer_time_checks`).
+The hook keeps gunicorn's own context and prepares it with
+:func:`certgate.servers.tls.prepare_server_context`: validity times are left
+to certgate, a tenant anchored at an issuing CA passes the handshake, and
+session tickets are off (a resumed session would lose the client's
+intermediates).
 
 **Underscore header aliases.** WSGI folds ``Cf-Client-Cert-Der-Base64`` and
 ``Cf_Client_Cert_Der_Base64`` into the same environ key, so certgate cannot
@@ -42,14 +45,14 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..sources.known_headers import KNOWN_CERTIFICATE_HEADERS
-from .tls import defer_time_checks_if_verifying
+from .tls import prepare_server_context
 
 
 def ssl_context(
     config: Any, default_ssl_context_factory: Callable[[], ssl.SSLContext]
 ) -> ssl.SSLContext:
     """gunicorn's ``ssl_context`` server hook."""
-    return defer_time_checks_if_verifying(default_ssl_context_factory())
+    return prepare_server_context(default_ssl_context_factory())
 
 
 # -- underscore aliases of certificate headers (header_map) -----------------

@@ -24,9 +24,15 @@ Three ways to use it::
     uvicorn app:app --http certgate.servers.uvicorn:AutoTLSProtocol \\
         --ws certgate.servers.uvicorn:AutoWebSocketsTLSProtocol --ssl-cert-reqs 1 ...
 
-With (3) the handshake checks validity times itself, so an expired client
-certificate gets a TLS alert instead of a 403 ``expired``. HTTP/2 (``zttp``)
-is not covered.
+(1) and (2) prepare uvicorn's server context with
+:func:`certgate.servers.tls.prepare_server_context`: validity times are
+left to certgate, issuing-CA anchors are accepted, and session tickets are
+off (a session resumed from a ticket loses the client's intermediates). With
+(3) the handshake checks validity times itself, so an expired client
+certificate gets a TLS alert instead of a 403 ``expired``, and a tenant
+anchored at an issuing CA fails the handshake; the protocol classes still
+turn session tickets off on the context of the first connection they see.
+HTTP/2 (``zttp``) is not covered.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from cryptography import x509
 
 from ..asgi import SOCKET_PEER_KEY, ASGIApp, Receive, Scope, Send
 from ..sources.ssl_socket import peer_chain_der
-from .tls import defer_time_checks_if_verifying
+from .tls import disable_stateless_resumption, prepare_server_context
 
 _TLS_VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
@@ -92,9 +98,23 @@ class TLSScopeMixin:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        _no_tickets(transport.get_extra_info("sslcontext"))
         ssl_object = transport.get_extra_info("ssl_object")
         tls = tls_extension(ssl_object) if ssl_object is not None else None
         self.app = _ConnectionApp(self.app, tls)
+
+
+def _no_tickets(context: object) -> None:
+    """Turn session tickets off on a server context certgate did not build
+    (plain uvicorn naming these protocol classes). Takes effect from the
+    next connection on; the tickets of earlier connections are then refused,
+    so their clients do a full handshake."""
+    if (
+        isinstance(context, ssl.SSLContext)
+        and context.verify_mode != ssl.CERT_NONE
+        and context.num_tickets != 0
+    ):
+        disable_stateless_resumption(context)
 
 
 def _subclass(module: str, name: str, public_name: str) -> type[asyncio.Protocol] | None:
@@ -151,7 +171,7 @@ def ssl_context_factory(
     config: Any, default_factory: Callable[[], ssl.SSLContext]
 ) -> ssl.SSLContext:
     """uvicorn ``ssl_context_factory`` that defers time checks to certgate."""
-    return defer_time_checks_if_verifying(default_factory())
+    return prepare_server_context(default_factory())
 
 
 def config(app: Any, **kwargs: Any) -> Any:
@@ -212,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     original = uvicorn.config.create_ssl_context
 
     def create_ssl_context(*a: Any, **k: Any) -> ssl.SSLContext:
-        return defer_time_checks_if_verifying(original(*a, **k))
+        return prepare_server_context(original(*a, **k))
 
     uvicorn.config.create_ssl_context = create_ssl_context  # this process only
     command.main(args=args, prog_name="python -m certgate.servers.uvicorn")

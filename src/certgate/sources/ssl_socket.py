@@ -5,12 +5,24 @@ exists only on the private ``_sslobj``, which is used when present (the result
 is re-verified by certgate anyway, so nothing here is trusted). Without
 either, only the leaf is available and intermediates must come from the
 tenant's configuration.
+
+A TLS session resumed from a session ticket carries the client's leaf but
+not the intermediates it sent on the full handshake, so such a connection
+shows only the leaf. certgate's server helpers turn tickets off
+(:func:`certgate.servers.tls.prepare_server_context`); on a context certgate
+did not prepare, :func:`peer_chain_der` logs one ``WARNING`` per process the
+first time a resumed session yields only a leaf.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
+import threading
 from typing import Any
+
+_log = logging.getLogger("certgate")
+_warned = threading.Event()
 
 
 def peer_chain_der(conn: ssl.SSLSocket | ssl.SSLObject | Any) -> list[bytes] | None:
@@ -25,6 +37,14 @@ def peer_chain_der(conn: ssl.SSLSocket | ssl.SSLObject | Any) -> list[bytes] | N
     for der in _unverified_chain(conn):
         if der != leaf:
             chain.append(der)
+    if len(chain) == 1 and not _warned.is_set() and getattr(conn, "session_reused", False) is True:
+        _warned.set()
+        _log.warning(
+            "a resumed TLS session showed only the client's leaf certificate: intermediates "
+            "the client sent on its full handshake are lost on resumption, so its requests "
+            "may be refused as untrusted_chain. Turn session tickets off on the server "
+            "context (certgate.servers.tls.prepare_server_context). Logged once."
+        )
     return chain
 
 
