@@ -14,8 +14,17 @@ What is verified (by ``cryptography.x509.verification``, never by hand):
   contains clientAuth or is absent.
 
 Client-sent intermediates are de-duplicated, and self-issued ones and name
-cycles dropped, before path building: that bounds the work a hostile chain
-can cause (see ``_useful_intermediates``).
+cycles dropped, before path building. What is left must keep within limits
+that bound the work a hostile chain can cause, or the chain is refused as
+``malformed_certificate`` before any signature is checked: at most
+:data:`MAX_CLIENT_INTERMEDIATES` (4) certificates, at most
+:data:`MAX_CLIENT_SAME_SUBJECT` (2) per subject, RSA keys of at most
+:data:`MAX_CLIENT_RSA_BITS` (8192) bits with a public exponent of at most
+:data:`MAX_CLIENT_RSA_EXPONENT` (65537), and name constraints asking for at
+most :data:`MAX_NAME_CONSTRAINT_WORK` (1024) comparisons. A client-sent
+certificate whose names, key or extensions do not parse is
+``malformed_certificate`` too. None of this applies to tenant-configured
+intermediates (see ``_client_intermediates``).
 
 What certgate adds on top:
 
