@@ -310,6 +310,7 @@ def _as_pem(der: bytes) -> str:
     return f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n"
 
 
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 def test_mutated_intermediates_are_one_cacheable_refusal_each(
     pki: PKI, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
