@@ -14,8 +14,17 @@ What is verified (by ``cryptography.x509.verification``, never by hand):
   contains clientAuth or is absent.
 
 Client-sent intermediates are de-duplicated, and self-issued ones and name
-cycles dropped, before path building: that bounds the work a hostile chain
-can cause (see ``_useful_intermediates``).
+cycles dropped, before path building. What is left must keep within limits
+that bound the work a hostile chain can cause, or the chain is refused as
+``malformed_certificate`` before any signature is checked: at most
+:data:`MAX_CLIENT_INTERMEDIATES` (4) certificates, at most
+:data:`MAX_CLIENT_SAME_SUBJECT` (2) per subject, RSA keys of at most
+:data:`MAX_CLIENT_RSA_BITS` (8192) bits with a public exponent of at most
+:data:`MAX_CLIENT_RSA_EXPONENT` (65537), and name constraints asking for at
+most :data:`MAX_NAME_CONSTRAINT_WORK` (1024) comparisons. A client-sent
+certificate whose names, key or extensions do not parse is
+``malformed_certificate`` too. None of this applies to tenant-configured
+intermediates (see ``_client_intermediates``).
 
 What certgate adds on top:
 
@@ -32,13 +41,14 @@ rule about *which* certificate of the tenant may call which route.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, PublicKeyAlgorithmOID
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -116,7 +126,7 @@ class ChainVerifier:
         if len(ders) > MAX_PRESENTED_CERTIFICATES:
             raise Rejected(Reason.MALFORMED_CERTIFICATE, f"{len(ders)} certificates presented")
         leaf = load_certificate(ders[0])
-        intermediates = _useful_intermediates(ders)
+        intermediates = _client_intermediates(leaf, ders)
         intermediates.extend(tenant.intermediates)
         self.check_leaf_key(leaf)
         try:
@@ -222,17 +232,54 @@ class ChainVerifier:
         return Rejected(Reason.UNTRUSTED_CHAIN, detail)
 
 
-def _useful_intermediates(ders: Sequence[bytes]) -> list[x509.Certificate]:
-    """The client-sent certificates worth offering to the path builder.
+MAX_CLIENT_INTERMEDIATES = 4
+"""Most distinct, non-self-issued certificates a client may send besides its
+leaf (ordinary chains have one to three intermediates)."""
 
-    This only removes candidates; ``cryptography`` still decides trust.
-    Dropped: duplicates, the leaf itself, self-issued certificates (roots, or
-    made-up "CAs" - a client's certificate is never a trust anchor here and the
-    tenant's roots are in the store already), and certificates whose names
-    form an issuer cycle among the client's certificates (``A`` issued by
-    ``B`` issued by ``A``): no path to a root runs through a cycle, but a path
-    builder can spend its whole signature budget going round one. Chains that
-    need cross-certified CAs should have them configured on the tenant.
+MAX_CLIENT_SAME_SUBJECT = 2
+"""Most client-sent intermediates (of those left) sharing one subject: room
+for an old and a new certificate of a re-keyed CA, but no wide layers of
+look-alike issuers for the path builder to try in every combination."""
+
+MAX_CLIENT_RSA_BITS = 8192
+"""Largest RSA modulus accepted in a client-sent intermediate. Checking a
+signature with it (and an exponent up to :data:`MAX_CLIENT_RSA_EXPONENT`)
+costs about what a P-384 check costs, which the policy must allow anyway."""
+
+MAX_CLIENT_RSA_EXPONENT = 65537
+"""Largest RSA public exponent accepted in a client-sent intermediate. The
+cost of a signature check grows with the exponent's length: OpenSSL accepts
+up to 64 bits, four times 65537's 17 and with many more one-bits."""
+
+MAX_NAME_CONSTRAINT_WORK = 1024
+"""Most name-constraint comparisons a presented chain may ask for: the SAN
+entries of the leaf and the client-sent intermediates times the subtrees of
+the name constraints in the client-sent intermediates."""
+
+_RSA_SPKI = PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5
+
+
+def _client_intermediates(leaf: x509.Certificate, ders: Sequence[bytes]) -> list[x509.Certificate]:
+    """The client-sent certificates worth offering to the path builder, or
+    ``Rejected(malformed_certificate)`` when they break a limit or cannot be
+    parsed.
+
+    This only removes candidates or refuses; ``cryptography`` still decides
+    trust. Dropped: duplicates, the leaf itself, self-issued certificates
+    (roots, or made-up "CAs" - a client's certificate is never a trust anchor
+    here and the tenant's roots are in the store already), and certificates
+    whose names form an issuer cycle among the client's certificates.
+
+    Refused (these bound the work a hostile chain can cause, see
+    :func:`_check_limits`): more than :data:`MAX_CLIENT_INTERMEDIATES`
+    certificates left; more than :data:`MAX_CLIENT_SAME_SUBJECT` of them with
+    the same subject; an RSA key over
+    :data:`MAX_CLIENT_RSA_BITS` bits or with an exponent over
+    :data:`MAX_CLIENT_RSA_EXPONENT`; name constraints asking for more than
+    :data:`MAX_NAME_CONSTRAINT_WORK` comparisons. Tenant-configured
+    intermediates are trusted configuration and none of this applies to them:
+    a PKI whose chains break a limit should configure its intermediates on the
+    tenant.
     """
     seen = {ders[0]}
     certs: list[x509.Certificate] = []
@@ -240,9 +287,106 @@ def _useful_intermediates(ders: Sequence[bytes]) -> list[x509.Certificate]:
         if der in seen:
             continue
         seen.add(der)
-        cert = load_certificate(der)
-        if cert.subject != cert.issuer:
-            certs.append(cert)
+        certs.append(load_certificate(der))
+    try:
+        # Names, keys and extensions are parsed lazily: a mangled field of a
+        # client-sent certificate surfaces here, as ValueError, TypeError,
+        # UnsupportedAlgorithm or DuplicateExtension.
+        certs = _without_name_cycles([cert for cert in certs if cert.subject != cert.issuer])
+        _check_limits(leaf, certs)
+    except Rejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse failure of client input
+        raise Rejected(
+            Reason.MALFORMED_CERTIFICATE, f"unparseable client-sent intermediate: {exc!r}"
+        ) from None
+    return certs
+
+
+def _check_limits(leaf: x509.Certificate, certs: list[x509.Certificate]) -> None:
+    """Refuse client-sent intermediates that would make path building costly.
+
+    With no name cycle, at most four client-sent certificates and at most two
+    per subject, one path search checks at most six signatures under
+    client-sent keys (two candidates at each of two levels: 2 + 2 x 2), plus
+    checks under the tenant's own certificates; none of them costlier than
+    an ordinary P-384 check (~0.5 ms). ``cryptography``'s own budget, 128
+    signature checks per search, is far above that.
+    """
+    if len(certs) > MAX_CLIENT_INTERMEDIATES:
+        raise Rejected(
+            Reason.MALFORMED_CERTIFICATE,
+            f"{len(certs)} client-sent intermediates (at most {MAX_CLIENT_INTERMEDIATES})",
+        )
+    per_subject = Counter(cert.subject for cert in certs)
+    if per_subject and max(per_subject.values()) > MAX_CLIENT_SAME_SUBJECT:
+        raise Rejected(
+            Reason.MALFORMED_CERTIFICATE,
+            f"{max(per_subject.values())} client-sent intermediates share a subject "
+            f"(at most {MAX_CLIENT_SAME_SUBJECT})",
+        )
+    subtrees = 0
+    for cert in certs:
+        _check_client_key(cert)
+        subtrees += _name_constraint_subtrees(cert)
+    if subtrees:
+        entries = sum(_san_entries(cert) for cert in [leaf, *certs])
+        if entries * subtrees > MAX_NAME_CONSTRAINT_WORK:
+            raise Rejected(
+                Reason.MALFORMED_CERTIFICATE,
+                f"name constraints of client-sent intermediates: {subtrees} subtrees "
+                f"x {entries} SAN entries (at most {MAX_NAME_CONSTRAINT_WORK})",
+            )
+
+
+def _check_client_key(cert: x509.Certificate) -> None:
+    """Refuse an RSA key too large, or with too large an exponent, to check cheaply.
+
+    Other key types are left to ``cryptography``'s policy, which refuses
+    issuer keys other than RSA and EC P-256/P-384/P-521 before checking any
+    signature with them.
+    """
+    if cert.public_key_algorithm_oid != _RSA_SPKI:
+        return
+    key = cert.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):  # pragma: no cover - the OID says RSA
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, "RSA key that is not one")
+    if key.key_size > MAX_CLIENT_RSA_BITS:
+        raise Rejected(
+            Reason.MALFORMED_CERTIFICATE,
+            f"client-sent intermediate with an RSA key of {key.key_size} bits "
+            f"(at most {MAX_CLIENT_RSA_BITS})",
+        )
+    exponent = key.public_numbers().e
+    if exponent > MAX_CLIENT_RSA_EXPONENT:
+        raise Rejected(
+            Reason.MALFORMED_CERTIFICATE,
+            f"client-sent intermediate with an RSA exponent of {exponent.bit_length()} bits "
+            f"(at most {MAX_CLIENT_RSA_EXPONENT})",
+        )
+
+
+def _name_constraint_subtrees(cert: x509.Certificate) -> int:
+    try:
+        value = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return 0
+    return len(value.permitted_subtrees or ()) + len(value.excluded_subtrees or ())
+
+
+def _san_entries(cert: x509.Certificate) -> int:
+    try:
+        return len(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return 0
+
+
+def _without_name_cycles(certs: list[x509.Certificate]) -> list[x509.Certificate]:
+    """``certs`` less those whose names form an issuer cycle among them (``A``
+    issued by ``B`` issued by ``A``): no path to a root runs through a cycle,
+    but a path builder can spend its whole signature budget going round one.
+    Chains that need cross-certified CAs should have them configured on the
+    tenant."""
     if len(certs) < 2:
         return certs
     issuers_of: dict[x509.Name, set[x509.Name]] = {}
