@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +21,27 @@ from .errors import ConfigError
 from .hosts import normalize_pattern
 
 _TRUST_ID_VERSION = b"certgate-trust-v1"
+
+TENANT_ID_RULE = (
+    "1 to 128 characters of ASCII letters, digits and . _ : @ -, starting with a letter or digit"
+)
+"""The tenant id grammar, in words (``acme``, ``org:123``, a UUID, ``eu.acme``)."""
+
+_TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+def check_tenant_id(tenant_id: object) -> str:
+    """Return ``tenant_id`` if it follows :data:`TENANT_ID_RULE`, else raise
+    :class:`ConfigError` saying the rule. Ids are case-sensitive.
+
+    The grammar keeps ids safe to print and log as they are: no spaces,
+    control characters, line breaks or non-ASCII look-alikes.
+    """
+    if not isinstance(tenant_id, str):
+        raise ConfigError(f"a tenant id must be a string, not {type(tenant_id).__name__}")
+    if not _TENANT_ID.fullmatch(tenant_id):
+        raise ConfigError(f"invalid tenant id {tenant_id[:80]!r}: a tenant id is {TENANT_ID_RULE}")
+    return tenant_id
 
 
 def vet_ca_certificate(cert: x509.Certificate, role: str, tenant_id: str) -> None:
@@ -54,6 +76,7 @@ def vet_ca_certificate(cert: x509.Certificate, role: str, tenant_id: str) -> Non
 class Tenant:
     """One customer: an id, the hosts it answers on and the CAs it trusts.
 
+    ``id`` follows :data:`TENANT_ID_RULE` (else :class:`ConfigError`);
     ``hosts`` are exact names or ``*.example.com`` patterns (one label);
     ``roots`` are the trust anchors (several during a rotation);
     ``intermediates`` are optional CA certificates used to build paths when
@@ -67,8 +90,7 @@ class Tenant:
     trust_id: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.id or not isinstance(self.id, str):
-            raise ConfigError("a tenant needs a non-empty string id")
+        check_tenant_id(self.id)
         if not self.roots:
             raise ConfigError(f"tenant {self.id!r} has no root CA")
         object.__setattr__(self, "hosts", tuple(normalize_pattern(h) for h in self.hosts))
