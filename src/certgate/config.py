@@ -45,6 +45,7 @@ from cryptography import x509
 from .errors import ConfigError
 from .registry import InMemoryRegistry
 from .tenant import Tenant, check_tenant_id, load_pem_certificates
+from .text import safe_text
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 """Largest TOML configuration file read (16 MiB: some 50,000 tenants)."""
@@ -109,7 +110,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         expected = _GATE_KEYS.get(key)
         if expected is None:
             raise ConfigError(
-                f"{path}: unknown key [certgate].{key} (known: {', '.join(sorted(_GATE_KEYS))})"
+                f"{path}: unknown key [certgate].{safe_text(key, 80)} "
+                f"(known: {', '.join(sorted(_GATE_KEYS))})"
             )
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(f"{path}: [certgate].{key} has the wrong type")
@@ -129,26 +131,27 @@ def read_regular_file(path: str | os.PathLike[str], limit: int, what: str) -> by
     (``O_NONBLOCK``, for a file swapped for a FIFO meanwhile), the opened file
     is checked again, and at most ``limit + 1`` bytes are read.
     """
+    shown = safe_text(os.fspath(path), 300)
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
-            raise ConfigError(f"{what} {path}: not a regular file")
+            raise ConfigError(f"{what} {shown}: not a regular file")
         flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
         fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
         with os.fdopen(fd, "rb") as handle:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
-                raise ConfigError(f"{what} {path}: not a regular file")
+                raise ConfigError(f"{what} {shown}: not a regular file")
             if info.st_size > limit:
-                raise ConfigError(f"{what} {path}: {info.st_size} bytes, more than {limit}")
+                raise ConfigError(f"{what} {shown}: {info.st_size} bytes, more than {limit}")
             data = handle.read(limit + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {what} {shown}: {exc.strerror or exc}") from None
     except ValueError as exc:  # a NUL in the name
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError(f"cannot read {what} {path!r}: {exc}") from None
+        raise ConfigError(f"cannot read {what} {shown}: {exc}") from None
     if len(data) > limit:
-        raise ConfigError(f"{what} {path}: more than {limit} bytes")
+        raise ConfigError(f"{what} {shown}: more than {limit} bytes")
     return data
 
 
@@ -212,11 +215,11 @@ def _certs(config_path: Path, files: list[str], where: str) -> list[x509.Certifi
     certs: list[x509.Certificate] = []
     for name in files:
         file = config_path.parent / name
-        with contextlib.suppress(OSError, RuntimeError):  # a symlink loop: the read says
+        with contextlib.suppress(OSError, RuntimeError, ValueError):  # the read says why
             file = file.resolve()
         try:
             data = read_regular_file(file, MAX_PEM_FILE_BYTES, "PEM file")
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        certs.extend(load_pem_certificates(data, f"{where}: {file}"))
+        certs.extend(load_pem_certificates(data, f"{where}: {safe_text(file, 300)}"))
     return certs
