@@ -89,32 +89,41 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 # -- certgate check: text output ------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["pay.acme.test", "api.globex.test"], ids=["allowed", "rejected"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("pay.acme.test", 0, "acme"),
+        ("api.globex.test", 1, "globex"),  # untrusted_chain: the verifier's detail
+        ("nowhere\x1b[2J.test\ntenant: evil", 1, None),  # a hostile --host is echoed
+    ],
+    ids=["allowed", "rejected", "hostile-host"],
+)
 def test_check_text_output_escapes_a_hostile_certificate(
     tmp_path: Path,
     cli_config: Path,
     hostile_leaf: IssuedCert,
     capsys: pytest.CaptureFixture[str],
-    host: str,
+    case: tuple[str, int, str | None],
 ) -> None:
+    host, code, tenant = case
     cert = tmp_path / "leaf.pem"
     cert.write_bytes(hostile_leaf.cert_pem)
-    code, out, err = run_cli(
+    exit_code, out, err = run_cli(
         capsys, "check", str(cert), "--host", host, "--config", str(cli_config)
     )
-    assert code == (0 if host == "pay.acme.test" else 1), err
+    assert exit_code == code, err
     assert raw_controls(out) == [], out
     # splitlines() also breaks at CR, NEL, U+2028...: what a reader sees as lines
     lines = out.splitlines()
     assert lines == out.split("\n")[:-1]
     keys = [line.split(":", 1)[0] for line in lines]
     assert set(keys) <= TEXT_KEYS, lines
-    assert keys.count("tenant") == 1
+    assert keys.count("host") == 1
     assert keys.count("fingerprint_sha256") == 1
-    assert next(line for line in lines if line.startswith("tenant:")).split()[-1] == (
-        "acme" if host == "pay.acme.test" else "globex"
+    assert [line.split()[-1] for line in lines if line.startswith("tenant:")] == (
+        [tenant] if tenant else []
     )
-    if host == "pay.acme.test":
+    if tenant == "acme":
         # the hostile text is there, visibly escaped, on its own field's line
         (cn_line,) = [line for line in lines if line.startswith("common_name:")]
         assert cn_line.endswith("dev\\x1b[2J\\x1b[31mred\\u2028tenant: evil\\u202elive")
