@@ -9,6 +9,11 @@
     Print the PEM of every tenant root and intermediate: the CA file a TLS
     server loads so that the handshake accepts any tenant's clients (certgate
     then re-verifies each request against the addressed tenant).
+
+Text output is escaped with :func:`certgate.text.safe_text`: a certificate
+subject, a SAN, a file name or a value echoed from a configuration error
+cannot send terminal escape sequences or forge an output line. ``--json``
+output is ASCII (``\\uXXXX`` escapes) for the same reason.
 """
 
 from __future__ import annotations
@@ -18,15 +23,15 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from .config import load_config
+from .config import MAX_PEM_FILE_BYTES, load_config, read_regular_file
 from .decision import Decision
 from .errors import ConfigError, Rejected
 from .gate import CertGate
 from .pem import load_certificate, pem_to_ders
 from .servers.tls import trust_bundle_pem
+from .text import safe_text
 
 EXIT_ALLOWED, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -59,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_certs(path: str) -> list[bytes]:
-    data = Path(path).read_bytes()
+    try:
+        data = read_regular_file(path, MAX_PEM_FILE_BYTES, "certificate file")
+    except ConfigError as exc:  # not the configuration: the operator's input
+        raise ValueError(str(exc)) from None
     if b"-----BEGIN" in data:
         return pem_to_ders(data.decode("latin-1"))
     load_certificate(data)  # DER: raise a clear error now if it is not one
@@ -86,19 +94,25 @@ def _report(decision: Decision, host: str) -> dict[str, Any]:
 
 
 def _print_text(report: dict[str, Any]) -> None:
+    """One ``key: value`` line per field; every value escaped with
+    :func:`safe_text`, so one field is always exactly one line."""
     for key in ("decision", "host", "tenant", "reason", "detail", "fingerprint_sha256"):
         if report.get(key) is not None:
-            print(f"{key + ':':<20} {report[key]}")
+            print(f"{key + ':':<20} {safe_text(report[key])}")
     for key, value in (report.get("identity") or {}).items():
         if key in ("tenant_id", "fingerprint_sha256"):
             continue
         if isinstance(value, dict):
-            text = ", ".join(f"{k}={v}" for k, v in value.items() if v) or "-"
+            text = ", ".join(f"{k}={safe_text(v)}" for k, v in value.items() if v) or "-"
         elif isinstance(value, list):
-            text = " <- ".join(value)
+            text = " <- ".join(safe_text(item) for item in value)
         else:
-            text = "-" if value is None else str(value)
+            text = "-" if value is None else safe_text(value)
         print(f"{key + ':':<20} {text}")
+
+
+def _error(message: object) -> None:
+    print(safe_text(message), file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
         if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
+            _error(exc.code)
         return EXIT_USAGE if exc.code not in (0, None) else 0
     try:
         if args.command == "bundle":
@@ -118,15 +132,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             ders.extend(_read_certs(chain_file))
         at = _parse_time(args.at) if args.at else None
     except ConfigError as exc:
-        print(f"certgate: configuration error: {exc}", file=sys.stderr)
+        _error(f"certgate: configuration error: {exc}")
         return EXIT_USAGE
     except (OSError, ValueError, Rejected) as exc:
-        print(f"certgate: {exc}", file=sys.stderr)
+        _error(f"certgate: {exc}")
         return EXIT_USAGE
     decision = gate.check(args.host, ders, at=at)
     report = _report(decision, args.host)
     if args.json:
-        print(json.dumps(report, indent=2))
+        # ensure_ascii (the default, made explicit): besides control
+        # characters, U+2028/2029 and bidi overrides become \uXXXX escapes.
+        print(json.dumps(report, indent=2, ensure_ascii=True))
     else:
         _print_text(report)
     return EXIT_ALLOWED if decision.allowed else EXIT_REJECTED

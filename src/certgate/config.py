@@ -22,11 +22,19 @@ shared_anchors = false                     # true on EVERY tenant that knowingly
 
 Unknown keys are errors, not ignored: a typo such as ``trusted_proxy`` must
 not silently leave a setting at its default.
+
+Files are read defensively: the TOML file and every PEM file it names must be
+regular files (a FIFO, a device such as ``/dev/zero`` or a directory is a
+:class:`ConfigError`, without blocking), of at most
+:data:`MAX_CONFIG_BYTES` and :data:`MAX_PEM_FILE_BYTES` respectively, and
+TOML nested too deeply for the parser is a :class:`ConfigError` too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,7 +45,15 @@ from cryptography import x509
 
 from .errors import ConfigError
 from .registry import InMemoryRegistry
-from .tenant import Tenant, load_pem_certificates
+from .tenant import Tenant, check_tenant_id, load_pem_certificates
+from .text import safe_text
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+"""Largest TOML configuration file read (16 MiB: some 50,000 tenants)."""
+
+MAX_PEM_FILE_BYTES = 1024 * 1024
+"""Largest PEM file read for a tenant's roots or intermediates (1 MiB: some
+500 certificates; a tenant's CA file is usually a few KiB)."""
 
 _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "trusted_proxies": list,
@@ -95,7 +111,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         expected = _GATE_KEYS.get(key)
         if expected is None:
             raise ConfigError(
-                f"{path}: unknown key [certgate].{key} (known: {', '.join(sorted(_GATE_KEYS))})"
+                f"{path}: unknown key [certgate].{safe_text(key, 80)} "
+                f"(known: {', '.join(sorted(_GATE_KEYS))})"
             )
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(f"{path}: [certgate].{key} has the wrong type")
@@ -105,14 +122,50 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return Config(registry=TomlRegistry(path, data), gate_kwargs=kwargs)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_regular_file(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes.
+
+    Raises :class:`ConfigError` naming ``what`` and the file when it cannot
+    be read, is not a regular file (FIFO, socket, device, directory) or is
+    larger than ``limit``. A non-regular file is refused before it is opened
+    (opening some devices has side effects); the open itself does not block
+    (``O_NONBLOCK``, for a file swapped for a FIFO meanwhile), the opened file
+    is checked again, and at most ``limit + 1`` bytes are read.
+    """
+    shown = safe_text(os.fspath(path), 300)
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ConfigError(f"{what} {shown}: not a regular file")
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"{what} {shown}: not a regular file")
+            if info.st_size > limit:
+                raise ConfigError(f"{what} {shown}: {info.st_size} bytes, more than {limit}")
+            data = handle.read(limit + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {what} {shown}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the name
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"cannot read {what} {shown}: {exc}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{what} {shown}: more than {limit} bytes")
+    return data
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    data = read_regular_file(path, MAX_CONFIG_BYTES, "config")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({exc.reason})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
 
 
 def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
@@ -130,6 +183,10 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
         tenant_id = entry.get("id")
         if not isinstance(tenant_id, str) or not tenant_id:
             raise ConfigError(f"{where}: 'id' must be a non-empty string")
+        try:
+            check_tenant_id(tenant_id)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         where = f"{path}: tenant {tenant_id!r}"
         hosts = _strings(entry.get("hosts"), f"{where}: 'hosts'", required=True)
         roots = _certs(
@@ -163,10 +220,12 @@ def _strings(value: Any, what: str, *, required: bool = False) -> list[str]:
 def _certs(config_path: Path, files: list[str], where: str) -> list[x509.Certificate]:
     certs: list[x509.Certificate] = []
     for name in files:
-        file = (config_path.parent / name).resolve()
+        file = config_path.parent / name
+        with contextlib.suppress(OSError, RuntimeError, ValueError):  # the read says why
+            file = file.resolve()
         try:
-            data = file.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read {file}: {exc.strerror or exc}") from None
-        certs.extend(load_pem_certificates(data, f"{where}: {file}"))
+            data = read_regular_file(file, MAX_PEM_FILE_BYTES, "PEM file")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        certs.extend(load_pem_certificates(data, f"{where}: {safe_text(file, 300)}"))
     return certs

@@ -4,6 +4,10 @@ Patterns are exact paths (``/healthz``) or prefixes written with a trailing
 ``/*`` (``/public/*`` matches ``/public/a`` but not ``/publicity``). A path
 containing dot segments (``/public/../admin``) or an empty segment is never
 exempt, whatever a framework later makes of it.
+
+``/*`` (every path) is refused: it would switch certgate off for the whole
+application. Don't install certgate on an application that needs no client
+certificate anywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ class ExemptPaths:
         for pattern in patterns:
             if not pattern.startswith("/"):
                 raise ConfigError(f"exempt path {pattern!r} must start with '/'")
+            if pattern == "/*":
+                raise ConfigError(
+                    "exempt_paths: '/*' exempts every path, which turns certgate off. "
+                    "List only the paths served without a client certificate "
+                    "(e.g. '/healthz', '/public/*')."
+                )
             if pattern.endswith("/*"):
                 prefixes.append(pattern[:-1])
             elif "*" in pattern:

@@ -31,16 +31,32 @@ _LEGACY_NAMES = {
 
 
 def rfc4514_dn(name: x509.Name) -> str:
-    """RFC 4514 string, most specific RDN first (``CN=dev1,O=Acme,C=US``)."""
-    return name.rfc4514_string()
+    """RFC 4514 string, most specific RDN first (``CN=dev1,O=Acme,C=US``).
+
+    Characters that are not printable (control characters, line separators,
+    bidi overrides: see :mod:`certgate.text`) are written as RFC 4514 hex
+    pairs of their UTF-8 bytes (ESC as ``\\1B``, U+2028 as ``\\E2\\80\\A8``),
+    so the string is still a valid RFC 4514 name for the same DN but cannot
+    rewrite a terminal or forge a log line.
+    """
+    text = name.rfc4514_string()
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _hex_pairs(char, "\\{:02X}") for char in text)
+
+
+def _hex_pairs(char: str, template: str) -> str:
+    return "".join(template.format(byte) for byte in char.encode("utf-8", "surrogatepass"))
 
 
 def legacy_dn(name: x509.Name) -> str:
     """OpenSSL "oneline" form, in certificate order (``/C=US/O=Acme/CN=dev1``).
 
     ``\\``, ``/``, ``+`` and ``=`` inside values are escaped with a backslash,
-    and control characters as ``\\xNN``, so the string splits unambiguously
-    (``CN=a+O=Globex`` cannot pass for a multi-valued RDN).
+    and characters that are not printable (control characters, line
+    separators, bidi overrides: see :mod:`certgate.text`) as ``\\xNN`` per
+    UTF-8 byte, so the string splits unambiguously (``CN=a+O=Globex`` cannot
+    pass for a multi-valued RDN) and cannot forge a log line.
     """
     parts: list[str] = []
     for rdn in name.rdns:
@@ -58,8 +74,8 @@ def _legacy_escape(value: str) -> str:
     for char in value:
         if char in "\\/+=":
             out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\x{ord(char):02x}")
+        elif not char.isprintable():
+            out.append(_hex_pairs(char, "\\x{:02x}"))
         else:
             out.append(char)
     return "".join(out)

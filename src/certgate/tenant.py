@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -64,6 +65,27 @@ def name_key(cert: x509.Certificate) -> bytes:
         digest.update(part)
     return digest.digest()
 
+TENANT_ID_RULE = (
+    "1 to 128 characters of ASCII letters, digits and . _ : @ -, starting with a letter or digit"
+)
+"""The tenant id grammar, in words (``acme``, ``org:123``, a UUID, ``eu.acme``)."""
+
+_TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+def check_tenant_id(tenant_id: object) -> str:
+    """Return ``tenant_id`` if it follows :data:`TENANT_ID_RULE`, else raise
+    :class:`ConfigError` saying the rule. Ids are case-sensitive.
+
+    The grammar keeps ids safe to print and log as they are: no spaces,
+    control characters, line breaks or non-ASCII look-alikes.
+    """
+    if not isinstance(tenant_id, str):
+        raise ConfigError(f"a tenant id must be a string, not {type(tenant_id).__name__}")
+    if not _TENANT_ID.fullmatch(tenant_id):
+        raise ConfigError(f"invalid tenant id {tenant_id[:80]!r}: a tenant id is {TENANT_ID_RULE}")
+    return tenant_id
+
 
 def vet_ca_certificate(cert: x509.Certificate, role: str, tenant_id: str) -> None:
     """Refuse a certificate that is not a CA as a root or intermediate.
@@ -97,6 +119,7 @@ def vet_ca_certificate(cert: x509.Certificate, role: str, tenant_id: str) -> Non
 class Tenant:
     """One customer: an id, the hosts it answers on and the CAs it trusts.
 
+    ``id`` follows :data:`TENANT_ID_RULE` (else :class:`ConfigError`);
     ``hosts`` are exact names or ``*.example.com`` patterns (one label);
     ``roots`` are the trust anchors (several during a rotation);
     ``intermediates`` are optional CA certificates used to build paths when
@@ -118,8 +141,7 @@ class Tenant:
     trust_id: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.id or not isinstance(self.id, str):
-            raise ConfigError("a tenant needs a non-empty string id")
+        check_tenant_id(self.id)
         if not self.roots:
             raise ConfigError(f"tenant {self.id!r} has no root CA")
         if not isinstance(self.shared_anchors, bool):
