@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import gc
 import json
 import socket
@@ -32,12 +33,15 @@ import pytest
 from cryptography import x509
 from examples.devenv import DevEnv
 
-from certgate import CertGate, InMemoryRegistry, Tenant
-from certgate.devpki import CA, make_key
+from certgate import CertGate, InMemoryRegistry, Rejected, Tenant
+from certgate.cache import MAX_DETAIL_CHARS, REFUSAL_TTL, SWEEP_PER_PUT, Refusal, ValidationCache
+from certgate.devpki import CA, IssuedCert, make_key
 from certgate.facts import RequestFacts
 from certgate.reasons import Reason
 from certgate.sources.cloudflare import CERT_HEADER
+from tests.conftest import PKI
 from tests.servers import Server, free_port, gunicorn_cmd, serve, uvicorn_cmd
+from tests.test_cache import tls_facts
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -248,3 +252,90 @@ def test_a_remembered_refusal_references_no_request_data() -> None:
     assert again.reason is Reason.UNTRUSTED_CHAIN
     assert again.fingerprint == first.fingerprint is not None
     assert gate.refusals.hits == 1
+
+
+def test_an_allowed_request_leaves_nothing_of_itself_in_the_cache() -> None:
+    acme = CA.root("Acme Root CA", organization="Acme")
+    gate = CertGate(
+        InMemoryRegistry([Tenant("acme", ("pay.acme.test",), (acme.cert,))]),
+        trusted_proxies=["10.0.0.0/8"],
+        header_sources=["cloudflare"],
+    )
+    headers = _Headers({CERT_HEADER: [base64.b64encode(acme.issue("device").der).decode()]})
+    alive = weakref.ref(headers)
+    decision = gate.decide(RequestFacts("pay.acme.test", "/", "10.0.0.1", headers, None))
+    assert decision.allowed
+    assert len(gate.cache) == 1
+    del headers
+    gc.collect()
+    assert alive() is None
+
+
+# -- expired refusals do not pile up ------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = dt.datetime.now(dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def test_expired_refusals_are_dropped_as_new_ones_arrive(pki: PKI) -> None:
+    clock = _Clock()
+    gate = CertGate(pki.registry(), clock=clock)
+    globex = pki["globex"].host
+
+    issued: dict[str, IssuedCert] = {}
+
+    def refuse(name: str) -> None:
+        client = issued.setdefault(name, pki["acme"].client(name))
+        decision = gate.decide(tls_facts(globex, client))
+        assert decision.reason is Reason.UNTRUSTED_CHAIN
+
+    for n in range(20):
+        refuse(f"early-{n}")
+    assert len(gate.refusals) == 20
+    clock.now += dt.timedelta(seconds=REFUSAL_TTL)  # all twenty expire
+    for n in range(3):
+        refuse(f"late-{n}")
+    # Old code kept all 23 until the size bound pushed them out.
+    assert len(gate.refusals) == 3
+    # A hit does not reorder the refusal cache (every entry lives equally
+    # long): the oldest entry stays first in line to expire.
+    refuse("late-0")
+    assert gate.refusals.hits == 1
+    clock.now += dt.timedelta(seconds=REFUSAL_TTL)
+    refuse("later")
+    assert len(gate.refusals) == 1
+
+
+def test_sweep_per_put_is_bounded() -> None:
+    cache: ValidationCache[str] = ValidationCache(100, lru=False)
+    for n in range(20):
+        cache.put(b"k%d" % n, "v", expires_at=10.0, now=0.0)
+    cache.put(b"new", "v", expires_at=50.0, now=20.0)
+    assert len(cache) == 20 - SWEEP_PER_PUT + 1
+    cache.put(b"new2", "v", expires_at=50.0, now=20.0)
+    cache.put(b"new3", "v", expires_at=50.0, now=20.0)
+    assert len(cache) == 3
+    assert cache.get(b"new", 20.0) == "v"
+
+
+def test_a_refusal_record_is_bounded_and_detached() -> None:
+    huge = "x" * 100_000
+    rejected = Rejected(Reason.UNTRUSTED_CHAIN, huge, "ab" * 32)
+    try:
+        raise rejected
+    except Rejected:
+        pass
+    record = Refusal.of(rejected)
+    assert record.reason is Reason.UNTRUSTED_CHAIN
+    assert record.detail == "x" * MAX_DETAIL_CHARS
+    assert record.fingerprint == "ab" * 32
+    assert record.detail is not huge
+    fresh = record.rejected()
+    assert fresh is not rejected
+    assert fresh.__traceback__ is None
+    assert (fresh.reason, fresh.detail, fresh.fingerprint) == record
