@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -366,3 +367,23 @@ def test_registry_raising_stays_trust_store_unavailable(pki: PKI) -> None:
 
     decision = CertGate(Down()).decide(tls_facts(ACME, pki["acme"].client()))
     assert decision.reason is Reason.TRUST_STORE_UNAVAILABLE
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_gets_working_lookup_threads(pki: PKI, hanging: HangingRegistry) -> None:
+    """gunicorn --preload: a gate that used its pool in the master still
+    looks tenants up in a worker forked afterwards (the master's threads do
+    not exist there)."""
+    hanging.release.set()
+    gate = CertGate(hanging, registry_timeout=2.0)
+    facts = tls_facts(ACME, pki["acme"].client())
+    assert gate.decide(facts).allowed  # the parent's pool has a thread now
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 2
+        try:
+            code = 0 if gate.decide(facts).allowed else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
