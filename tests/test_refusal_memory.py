@@ -53,12 +53,14 @@ JUNK_CERTS = 6
 JUNK_CERT_BYTES = 12_000
 """Unrelated CA certificates each client sends after its leaf (a junk chain
 within OpenSSL's 100 KB limit on a received certificate list)."""
-WARMUP = 60
-MEASURED = 300
+WARMUP = 40
+MEASURED = 200
 ALLOWED_GROWTH_MB = 8.0
 """Growth of the worker's RSS over ``MEASURED`` refusals. Before the fix each
-remembered refusal kept the request's ~700 KB header block (about 200 MB
-for this batch); after it, an entry is a few hundred bytes."""
+remembered refusal kept the request alive - about 0.9 MB under gunicorn
+(environ with the ~700 KB header block, junk chain) and 0.3 MB under uvicorn
+(the presented chain) - so ~180 MB and ~60 MB for this batch; after it, an
+entry is a few hundred bytes."""
 
 
 @dataclass
