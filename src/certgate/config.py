@@ -65,6 +65,7 @@ _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "cache_size": int,
     "max_chain_depth": int,
     "min_rsa_bits": int,
+    "registry_timeout": (int, float),
 }
 _TENANT_KEYS = {"id", "hosts", "roots", "intermediates", "shared_anchors"}
 

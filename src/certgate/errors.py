@@ -2,6 +2,8 @@
 
 :class:`Rejected` is raised inside certgate's pipeline and always turned into
 a 4xx/503 answer by the adapters; it never escapes an ASGI or WSGI app.
+:class:`RegistryTimeout` is the :class:`Rejected` of a trust registry
+lookup that did not answer in time (see :mod:`certgate.lookups`).
 :class:`ConfigError` is raised at start-up (or by the CLI) for a bad
 configuration: certgate refuses to start rather than run half-configured.
 """
@@ -36,3 +38,14 @@ class Rejected(CertgateError):
         self.detail = detail
         self.fingerprint = fingerprint
         """Hex SHA-256 of the refused leaf, when it was decoded (for logs)."""
+
+
+class RegistryTimeout(Rejected):
+    """A trust registry lookup did not answer within ``timeout`` seconds
+    (``registry_timeout``): ``trust_store_unavailable``, fail closed."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            Reason.TRUST_STORE_UNAVAILABLE, f"registry lookup timed out after {timeout:g} s"
+        )
+        self.timeout = timeout

@@ -18,30 +18,35 @@ The order of checks:
 5. verify (cache first) against that tenant's trust, at the time of the
    request; check a forwarded fingerprint against the leaf.
 
-Any unexpected exception inside this pipeline is logged and turned into a
-rejection: certgate fails closed, never open and never with a 500.
+A registry lookup that does not answer within ``registry_timeout`` seconds
+is a ``503 trust_store_unavailable`` (see :mod:`certgate.lookups`). Any
+unexpected exception inside this pipeline is logged and turned into an
+``internal_error`` rejection: certgate fails closed, never open and never
+with a 500, and a bug is never counted as an attack (``untrusted_chain``).
+
+Nothing a request carries outlives it in the gate: remembered refusals are
+:class:`~certgate.cache.Refusal` records of three strings, never exceptions
+(see :mod:`certgate.cache`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
-from asgiref.sync import async_to_sync, sync_to_async
-
-from .cache import REFUSAL_TTL, ValidationCache
+from .cache import REFUSAL_TTL, Refusal, ValidationCache
 from .decision import Decision
-from .errors import ConfigError, Rejected
+from .errors import ConfigError, RegistryTimeout, Rejected
 from .exempt import ExemptPaths
 from .facts import Presented, RequestFacts
 from .hosts import normalize_host
 from .identity import ClientIdentity
+from .lookups import DEFAULT_REGISTRY_TIMEOUT, bind_registry, check_timeout
 from .proxies import TrustedProxies
 from .reasons import Reason
 from .registry import AsyncTrustRegistry, TrustRegistry
@@ -100,7 +105,9 @@ class CertGate:
     ``X-Forwarded-For`` (see :func:`certgate.asgi.socket_peer`).
     ``tenant_resolver`` replaces Host-based
     tenant selection (it returns a tenant id). ``cache_size`` bounds the
-    verification cache (0 disables it).
+    verification cache (0 disables it). ``registry_timeout`` (seconds) bounds
+    every lookup of a blocking or coroutine registry: past it the request gets
+    ``503 trust_store_unavailable`` (see :mod:`certgate.lookups`).
     """
 
     def __init__(
@@ -117,9 +124,11 @@ class CertGate:
         cache_size: int = 10_000,
         max_chain_depth: int = 8,
         min_rsa_bits: int = 2048,
+        registry_timeout: float = DEFAULT_REGISTRY_TIMEOUT,
         clock: Clock = utc_now,
     ) -> None:
         self.registry = registry
+        self.registry_timeout = check_timeout(registry_timeout)
         self.proxies = TrustedProxies(trusted_proxies)
         self.header_sources: tuple[HeaderSource, ...] = tuple(
             header_source(s) if isinstance(s, str) else s for s in header_sources
@@ -140,8 +149,9 @@ class CertGate:
         self.exempt = ExemptPaths(exempt_paths)
         self.tenant_resolver = tenant_resolver
         self.cache: ValidationCache[ClientIdentity] = ValidationCache(cache_size)
-        self.refusals: ValidationCache[Rejected] = ValidationCache(
-            max(1, cache_size // 4) if cache_size else 0
+        # Every refusal lives REFUSAL_TTL: insertion order is expiry order.
+        self.refusals: ValidationCache[Refusal] = ValidationCache(
+            max(1, cache_size // 4) if cache_size else 0, lru=False
         )
         self.verifier = ChainVerifier(max_chain_depth=max_chain_depth, min_rsa_bits=min_rsa_bits)
         self.clock = clock
@@ -156,8 +166,8 @@ class CertGate:
         self.strip_names: frozenset[str] = frozenset(strip)
         """Every header removed from requests of untrusted peers: the ones read,
         plus (by default) every well-known proxy certificate header."""
-        self._lookup_host, self._lookup_id, self._alookup_host, self._alookup_id = _bind_registry(
-            registry
+        self._lookup_host, self._lookup_id, self._alookup_host, self._alookup_id = bind_registry(
+            registry, self.registry_timeout
         )
 
     @classmethod
@@ -209,6 +219,8 @@ class CertGate:
                 return self._log(step, facts)
             try:
                 tenant = self._lookup_id(step.key) if step.by_id else self._lookup_host(step.key)
+            except RegistryTimeout as exc:  # a hung registry: fail closed (503)
+                return self._log(_timed_out(exc), facts, logging.ERROR)
             except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
                 return self._log(self._registry_failure(exc, facts), facts)
             return self._log(self._finish(step, tenant), facts)
@@ -227,6 +239,8 @@ class CertGate:
                     tenant = (self._lookup_id if step.by_id else self._lookup_host)(step.key)
                 else:
                     tenant = await lookup(step.key)
+            except RegistryTimeout as exc:  # a hung registry: fail closed (503)
+                return self._log(_timed_out(exc), facts, logging.ERROR)
             except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
                 return self._log(self._registry_failure(exc, facts), facts)
             return self._log(self._finish(step, tenant), facts)
@@ -277,8 +291,11 @@ class CertGate:
             presented = self._select(facts)
             if presented is None:
                 raise Rejected(Reason.NO_CERTIFICATE)
-            if presented.verdict is not None:
-                raise presented.verdict
+            verdict = presented.verdict
+            if verdict is not None:  # read, never raised: it is the source's object
+                return Decision(
+                    reason=verdict.reason, detail=verdict.detail, source=presented.source
+                )
             if self.tenant_resolver is not None:
                 tenant_id = self.tenant_resolver(facts)
                 if tenant_id is None:
@@ -349,18 +366,20 @@ class CertGate:
             identity = self.cache.get(key, stamp)
             if identity is None:
                 refusal = self.refusals.get(key, stamp)
-                if refusal is not None:  # a fresh exception: a raised one keeps its traceback
-                    raise Rejected(refusal.reason, refusal.detail, refusal.fingerprint)
+                if refusal is not None:
+                    raise refusal.rejected()
         if identity is None:
             try:
                 identity = self._verify_cold(tenant, presented, now, stamp)
             except Rejected as exc:
                 if caching and exc.reason in _REMEMBERED_REFUSALS:
-                    self.refusals.put(key, exc, stamp + REFUSAL_TTL)
+                    # The record, never the exception: its traceback holds the
+                    # request's frames (environ/scope, every header).
+                    self.refusals.put(key, Refusal.of(exc), stamp + REFUSAL_TTL, stamp)
                 raise
             if caching:
                 expires = min([cert.not_valid_after_utc for cert in identity.chain]).timestamp()
-                self.cache.put(key, identity, expires)
+                self.cache.put(key, identity, expires, stamp)
         elif (
             presented.expected_sha256 is not None
             and identity.fingerprint_sha256 != presented.expected_sha256
@@ -412,11 +431,10 @@ class CertGate:
             exc,
             exc_info=exc,
         )
-        return Decision(
-            reason=Reason.UNTRUSTED_CHAIN, detail=f"internal error: {type(exc).__name__}"
-        )
+        detail = f"internal error: {type(exc).__name__}"
+        return Decision(reason=Reason.INTERNAL_ERROR, detail=detail)
 
-    def _log(self, decision: Decision, facts: RequestFacts) -> Decision:
+    def _log(self, decision: Decision, facts: RequestFacts, level: int | None = None) -> Decision:
         if decision.reason is None:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
@@ -428,7 +446,8 @@ class CertGate:
                     facts.path,
                 )
             return decision
-        level = logging.INFO if decision.reason is Reason.NO_CERTIFICATE else logging.WARNING
+        if level is None:
+            level = logging.INFO if decision.reason is Reason.NO_CERTIFICATE else logging.WARNING
         if logger.isEnabledFor(level):
             logger.log(
                 level,
@@ -457,6 +476,8 @@ class CertGate:
 
 def _fingerprint(presented: Presented) -> str | None:
     """SHA-256 of the presented leaf for logs, if it decodes."""
+    if presented.verdict is not None:  # decoding would raise the source's own object
+        return None
     try:
         ders = presented.decode()
     except Rejected:
@@ -464,30 +485,7 @@ def _fingerprint(presented: Presented) -> str | None:
     return hashlib.sha256(ders[0]).hexdigest() if ders else None
 
 
-_Sync = Callable[[str], Tenant | None]
-_Async = Callable[[str], Awaitable[Tenant | None]]
-
-
-def _bind_registry(
-    registry: object,
-) -> tuple[_Sync, _Sync, _Async | None, _Async | None]:
-    """Sync callables for both lookups, and async ones for the ASGI path -
-    ``None`` where the registry says it never blocks (call it inline)."""
-    by_host = getattr(registry, "tenant_for_host", None)
-    by_id = getattr(registry, "tenant_by_id", None)
-    if not callable(by_host) or not callable(by_id):
-        raise ConfigError(
-            "registry must implement tenant_for_host(host) and tenant_by_id(tenant_id)"
-        )
-    if inspect.iscoroutinefunction(by_host):
-        a_host, a_id = cast("_Async", by_host), cast("_Async", by_id)
-        return async_to_sync(a_host), async_to_sync(a_id), a_host, a_id
-    s_host, s_id = cast("_Sync", by_host), cast("_Sync", by_id)
-    if not getattr(registry, "blocking", True):
-        return s_host, s_id, None, None
-    return (
-        s_host,
-        s_id,
-        sync_to_async(s_host, thread_sensitive=False),
-        sync_to_async(s_id, thread_sensitive=False),
-    )
+def _timed_out(exc: RegistryTimeout) -> Decision:
+    """The decision for a registry lookup past its deadline (logged once, at
+    ERROR, by the rejection line itself)."""
+    return Decision(reason=exc.reason, detail=exc.detail)

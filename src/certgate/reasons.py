@@ -60,7 +60,16 @@ class Reason(enum.StrEnum):
     """The Host header is missing or is not a valid host name."""
 
     TRUST_STORE_UNAVAILABLE = "trust_store_unavailable"
-    """The trust registry failed while looking up the tenant (fail closed)."""
+    """The trust registry failed, or did not answer within
+    ``registry_timeout``, while looking up the tenant (fail closed)."""
+
+    INTERNAL_ERROR = "internal_error"
+    """certgate could not decide because of an unexpected error - a bug in
+    certgate or in a plugged-in part (a tenant resolver, a registry returning
+    something that is not a :class:`~certgate.tenant.Tenant`). Refused with
+    403 like any rejection: fail closed and never a 500, yet kept apart from
+    ``untrusted_chain`` so that metrics and alerts never mix bugs with attacks.
+    The traceback is logged at ERROR."""
 
     @property
     def status(self) -> int:
@@ -86,4 +95,5 @@ _META: dict[Reason, _Meta] = {
     Reason.UNKNOWN_TENANT: _Meta(403, "This host does not accept client certificates"),
     Reason.INVALID_HOST: _Meta(400, "The Host header is missing or invalid"),
     Reason.TRUST_STORE_UNAVAILABLE: _Meta(503, "The trust store is temporarily unavailable"),
+    Reason.INTERNAL_ERROR: _Meta(403, "The client certificate could not be checked"),
 }

@@ -1,0 +1,207 @@
+"""Registry lookups with a deadline.
+
+A trust registry backed by a database or a service can hang (a lost
+connection, a lock, a dead peer without a TCP reset). certgate must then
+refuse the request - ``503 trust_store_unavailable`` - instead of hanging
+with it. :func:`bind_registry` turns a registry's two methods into callables
+that give up after ``timeout`` seconds by raising
+:class:`~certgate.errors.RegistryTimeout`:
+
+* **in-memory registries** (``blocking = False``) are called inline, with no
+  deadline and no overhead: they never wait;
+* **blocking registries** (plain methods, the default for custom ones) run
+  on a :class:`LookupPool` - a small pool of daemon threads owned by the
+  gate - and the caller (a WSGI thread, or the event loop through
+  ``asyncio.wrap_future``) waits at most ``timeout``;
+* **coroutine registries** run under ``asyncio.timeout``: awaited directly
+  by the ASGI path, through ``asgiref``'s ``async_to_sync`` by the WSGI path.
+
+What a deadline cannot do is stop the lookup itself. A thread stuck in a
+blocking call stays stuck: the pool holds at most ``LOOKUP_THREADS`` of them,
+so a hung store ties up that many threads and no more. While all of them are
+stuck, further lookups wait in the pool's queue and time out in turn - every
+request that needs the registry gets a 503 after ``timeout`` (fail closed),
+and a lookup whose caller gave up before it started is dropped, not run. The
+threads are daemon threads, so a stuck one never blocks the process from
+exiting. A coroutine is cancelled at the deadline; one that ignores
+cancellation, or blocks the event loop without awaiting, cannot be bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import math
+import os
+import queue
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import TypeVar, cast
+
+from asgiref.sync import async_to_sync
+
+from .errors import ConfigError, RegistryTimeout
+from .tenant import Tenant
+
+T = TypeVar("T")
+
+DEFAULT_REGISTRY_TIMEOUT = 5.0
+"""Seconds a registry lookup may take before the request gets a 503."""
+
+MAX_REGISTRY_TIMEOUT = 3600.0
+"""Upper bound of ``registry_timeout``: longer is a misconfiguration (no
+client waits an hour), and far larger values overflow thread waits."""
+
+LOOKUP_THREADS = 16
+"""Threads of a gate's :class:`LookupPool`: concurrent blocking lookups."""
+
+SyncLookup = Callable[[str], Tenant | None]
+AsyncLookup = Callable[[str], Awaitable[Tenant | None]]
+
+
+def check_timeout(value: object) -> float:
+    """``value`` as seconds; :class:`ConfigError` unless a number in
+    (0, ``MAX_REGISTRY_TIMEOUT``]."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"registry_timeout must be a number of seconds, not {value!r}")
+    seconds = float(value)
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_REGISTRY_TIMEOUT):
+        raise ConfigError(
+            f"registry_timeout must be > 0 and <= {MAX_REGISTRY_TIMEOUT:g} seconds, not {value!r}"
+        )
+    return seconds
+
+
+class LookupPool:
+    """A bounded pool of daemon threads for blocking registry lookups.
+
+    Threads start on demand, up to ``size``, and live as long as the process.
+    Unlike :class:`concurrent.futures.ThreadPoolExecutor` its threads are
+    daemons, which are not joined at interpreter exit: a lookup stuck forever
+    must not keep a server from shutting down. A pool inherited through
+    ``fork`` (a gunicorn worker of a preloading master) starts afresh, since
+    the parent's threads do not exist in the child.
+    """
+
+    def __init__(self, size: int = LOOKUP_THREADS, name: str = "certgate-registry") -> None:
+        self.size = size
+        self.name = name
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._queue: queue.SimpleQueue[tuple[Future[object], Callable[[], object]]] = (
+            queue.SimpleQueue()
+        )
+        self._idle = threading.Semaphore(0)
+        self._threads = 0
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn()`` on a pool thread; its future."""
+        future: Future[T] = Future()
+        with self._lock:
+            if self._pid != os.getpid():
+                self._reset()
+            self._queue.put((cast("Future[object]", future), fn))
+            if not self._idle.acquire(blocking=False) and self._threads < self.size:
+                self._threads += 1
+                threading.Thread(
+                    target=self._work,
+                    args=(self._queue, self._idle),
+                    name=f"{self.name}-{self._threads}",
+                    daemon=True,
+                ).start()
+        return future
+
+    @staticmethod
+    def _work(
+        jobs: queue.SimpleQueue[tuple[Future[object], Callable[[], object]]],
+        idle: threading.Semaphore,
+    ) -> None:
+        while True:
+            future, fn = jobs.get()
+            if future.set_running_or_notify_cancel():  # False: the caller gave up already
+                try:
+                    result = fn()
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del future, fn  # hold nothing of a finished lookup while idle
+            idle.release()
+
+
+def _wait(future: Future[T], timeout: float) -> T:
+    try:
+        return future.result(timeout)
+    except TimeoutError:
+        # Either our wait ran out, or the lookup itself raised TimeoutError.
+        if future.cancel() or not future.done():
+            raise RegistryTimeout(timeout) from None
+        return future.result()  # finished meanwhile: its result or its own error
+
+
+def bound_blocking(
+    fn: SyncLookup, pool: LookupPool, timeout: float
+) -> tuple[SyncLookup, AsyncLookup]:
+    """Sync and async callables running ``fn`` on ``pool``, each waiting at
+    most ``timeout`` seconds."""
+
+    def call(key: str) -> Tenant | None:
+        context = contextvars.copy_context()
+        return _wait(pool.submit(functools.partial(context.run, fn, key)), timeout)
+
+    async def acall(key: str) -> Tenant | None:
+        context = contextvars.copy_context()
+        future = asyncio.wrap_future(pool.submit(functools.partial(context.run, fn, key)))
+        return await _deadline(future, timeout)
+
+    return call, acall
+
+
+def bound_coroutine(fn: AsyncLookup, timeout: float) -> tuple[SyncLookup, AsyncLookup]:
+    """Sync (``async_to_sync``) and async callables awaiting ``fn`` for at
+    most ``timeout`` seconds."""
+
+    async def acall(key: str) -> Tenant | None:
+        return await _deadline(fn(key), timeout)
+
+    return async_to_sync(acall), acall
+
+
+async def _deadline(awaitable: Awaitable[T], timeout: float) -> T:
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            return await awaitable
+    except TimeoutError:
+        if deadline.expired():  # ours, not a TimeoutError the lookup raised itself
+            raise RegistryTimeout(timeout) from None
+        raise
+
+
+def bind_registry(
+    registry: object, timeout: float
+) -> tuple[SyncLookup, SyncLookup, AsyncLookup | None, AsyncLookup | None]:
+    """Sync callables for both lookups (by host, by tenant id), and async ones
+    for the ASGI path - ``None`` where the registry says it never blocks (call
+    it inline). A blocking registry gets a :class:`LookupPool` of its own."""
+    by_host = getattr(registry, "tenant_for_host", None)
+    by_id = getattr(registry, "tenant_by_id", None)
+    if not callable(by_host) or not callable(by_id):
+        raise ConfigError(
+            "registry must implement tenant_for_host(host) and tenant_by_id(tenant_id)"
+        )
+    if inspect.iscoroutinefunction(by_host):
+        s_host, a_host = bound_coroutine(cast("AsyncLookup", by_host), timeout)
+        s_id, a_id = bound_coroutine(cast("AsyncLookup", by_id), timeout)
+        return s_host, s_id, a_host, a_id
+    if not getattr(registry, "blocking", True):
+        return cast("SyncLookup", by_host), cast("SyncLookup", by_id), None, None
+    threads = LookupPool()
+    s_host, a_host = bound_blocking(cast("SyncLookup", by_host), threads, timeout)
+    s_id, a_id = bound_blocking(cast("SyncLookup", by_id), threads, timeout)
+    return s_host, s_id, a_host, a_id
