@@ -425,3 +425,41 @@ def test_ipv4_mapped_proxy_range_trusts_its_ipv4_peers(pki: PKI) -> None:
     assert gate.peer_is_trusted("10.1.2.3")
     assert gate.peer_is_trusted("::ffff:10.1.2.3")
     assert not gate.peer_is_trusted("10.2.0.1")
+
+
+def test_a_hostile_reported_peer_cannot_forge_log_lines(
+    pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``trust_reported_peer`` the peer comes from ``REMOTE_ADDR``, which a
+    rewriter may have filled from ``X-Forwarded-For``: it is logged escaped."""
+    from certgate.wsgi import CertGateWSGIMiddleware
+
+    gate = CertGate(
+        pki.registry(),
+        trusted_proxies=["10.0.0.0/8"],
+        header_sources=["cloudflare"],
+        trust_reported_peer=True,
+    )
+    forged = "203.0.113.9\x1b[2J\ncertgate: allowed tenant=acme"
+
+    def app(environ: object, start_response: object) -> list[bytes]:
+        raise AssertionError("a refused request reached the app")
+
+    middleware = CertGateWSGIMiddleware(app, gate)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/x",
+        "HTTP_HOST": "pay.acme.test",
+        "REMOTE_ADDR": forged,
+        "HTTP_CF_CLIENT_CERT_DER_BASE64": "forged",
+    }
+    statuses: list[str] = []
+    with caplog.at_level("INFO", logger="certgate"):
+        middleware(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    assert statuses == ["403 Forbidden"]
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2, messages  # the stripped header, the refusal
+    for message in messages:
+        assert "\x1b" not in message
+        assert "\n" not in message
+        assert "\\x1b[2J\\ncertgate: allowed" in message

@@ -49,9 +49,10 @@ HEADER_COUNT = 90
 """Padding headers per request: below gunicorn's limit_request_fields (100)."""
 HEADER_VALUE_BYTES = 7_900
 """Per padding header: below gunicorn's limit_request_field_size (8190)."""
-JUNK_CERTS = 6
+JUNK_CERTS = 4
 JUNK_CERT_BYTES = 12_000
-"""Unrelated CA certificates each client sends after its leaf (a junk chain
+"""Unrelated CA certificates each client sends after its leaf (a junk chain,
+as many as certgate accepts from a client,
 within OpenSSL's 100 KB limit on a received certificate list)."""
 WARMUP = 40
 MEASURED = 200

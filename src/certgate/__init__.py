@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .config import TomlRegistry, load_config
 from .decision import Decision
-from .errors import CertgateError, ConfigError, Rejected
+from .errors import CertgateError, ConfigError, RegistryTimeout, Rejected
 from .facts import Presented, RequestFacts
 from .gate import CertGate
 from .identity import ClientIdentity, SubjectAltNames
@@ -31,6 +31,7 @@ __all__ = [
     "InMemoryRegistry",
     "Presented",
     "Reason",
+    "RegistryTimeout",
     "Rejected",
     "RequestFacts",
     "SubjectAltNames",

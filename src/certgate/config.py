@@ -9,6 +9,7 @@ exempt_paths    = ["/healthz"]   # exact paths, or prefixes ending in "/*"
 strip_known_headers = true       # remove every well-known proxy cert header from untrusted peers
 trust_reported_peer = false      # believe scope["client"] / REMOTE_ADDR as the socket peer
 cache_size      = 10000          # verified chains kept (0 = no cache)
+registry_timeout = 5.0           # seconds a registry lookup may take (then 503)
 max_chain_depth = 8
 min_rsa_bits    = 2048
 
@@ -89,12 +90,18 @@ class TomlRegistry(InMemoryRegistry):
     def __init__(self, path: str | os.PathLike[str], data: Mapping[str, Any] | None = None) -> None:
         """Load ``path`` (``data``: its already-parsed contents, if at hand)."""
         self.path = Path(path)
-        super().__init__(
-            _read_tenants(self.path, data if data is not None else _read_toml(self.path))
-        )
+        tenants = _read_tenants(self.path, data if data is not None else _read_toml(self.path))
+        try:
+            super().__init__(tenants)
+        except ConfigError as exc:  # shared anchors, a host claimed twice, ...
+            raise ConfigError(f"{self.path}: {exc}") from None
 
     def reload(self) -> None:
-        self.replace_all(_read_tenants(self.path, _read_toml(self.path)))
+        tenants = _read_tenants(self.path, _read_toml(self.path))
+        try:
+            self.replace_all(tenants)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.path}: {exc}") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -37,10 +37,11 @@ class Presented(NamedTuple):
 
     @classmethod
     def refused(cls, source: str, rejection: Rejected) -> Presented:
-        """A presentation the source already judged (decoding re-raises)."""
+        """A presentation the source already judged (decoding raises a copy:
+        raising the shared object would tie it to each caller's frames)."""
 
         def fail() -> Sequence[bytes]:
-            raise rejection
+            raise Rejected(rejection.reason, rejection.detail, rejection.fingerprint)
 
         return cls(source=source, material=b"", decode=fail, verdict=rejection)
 

@@ -205,7 +205,7 @@ class CertGate:
         """Log that certificate headers from an untrusted peer were removed
         (a forgery attempt, or a proxy missing from ``trusted_proxies``)."""
         logger.warning(
-            "certgate: removed forwarded certificate header(s) %r from untrusted peer %s",
+            "certgate: removed forwarded certificate header(s) %r from untrusted peer %r",
             sorted(set(names)),
             peer,
             extra={"certgate": {"stripped": sorted(set(names)), "peer": peer}},
@@ -216,23 +216,23 @@ class CertGate:
         try:
             step = self._begin(facts)
             if isinstance(step, Decision):
-                return self._log(step, facts)
+                return self.log_decision(step, facts)
             try:
                 tenant = self._lookup_id(step.key) if step.by_id else self._lookup_host(step.key)
             except RegistryTimeout as exc:  # a hung registry: fail closed (503)
-                return self._log(_timed_out(exc), facts, logging.ERROR)
+                return self.log_decision(_timed_out(exc), facts, logging.ERROR)
             except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
-                return self._log(self._registry_failure(exc, facts), facts)
-            return self._log(self._finish(step, tenant), facts)
+                return self.log_decision(self._registry_failure(exc, facts), facts)
+            return self.log_decision(self._finish(step, tenant), facts)
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
-            return self._log(self._internal_failure(exc, facts), facts)
+            return self.log_decision(self._internal_failure(exc, facts), facts)
 
     async def adecide(self, facts: RequestFacts) -> Decision:
         """Decide on a request without blocking the event loop on the registry."""
         try:
             step = self._begin(facts)
             if isinstance(step, Decision):
-                return self._log(step, facts)
+                return self.log_decision(step, facts)
             try:
                 lookup = self._alookup_id if step.by_id else self._alookup_host
                 if lookup is None:  # in-memory registry: no coroutine, no thread hop
@@ -240,12 +240,12 @@ class CertGate:
                 else:
                     tenant = await lookup(step.key)
             except RegistryTimeout as exc:  # a hung registry: fail closed (503)
-                return self._log(_timed_out(exc), facts, logging.ERROR)
+                return self.log_decision(_timed_out(exc), facts, logging.ERROR)
             except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
-                return self._log(self._registry_failure(exc, facts), facts)
-            return self._log(self._finish(step, tenant), facts)
+                return self.log_decision(self._registry_failure(exc, facts), facts)
+            return self.log_decision(self._finish(step, tenant), facts)
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
-            return self._log(self._internal_failure(exc, facts), facts)
+            return self.log_decision(self._internal_failure(exc, facts), facts)
 
     def check(
         self,
@@ -425,7 +425,7 @@ class CertGate:
         if isinstance(exc, Rejected):  # e.g. raised by a custom tenant resolver
             return Decision(reason=exc.reason, detail=exc.detail)
         logger.error(
-            "certgate: internal error, request refused (path=%.255r peer=%s): %r",
+            "certgate: internal error, request refused (path=%.255r peer=%r): %r",
             facts.path,
             facts.peer,
             exc,
@@ -434,7 +434,13 @@ class CertGate:
         detail = f"internal error: {type(exc).__name__}"
         return Decision(reason=Reason.INTERNAL_ERROR, detail=detail)
 
-    def _log(self, decision: Decision, facts: RequestFacts, level: int | None = None) -> Decision:
+    def log_decision(
+        self, decision: Decision, facts: RequestFacts, level: int | None = None
+    ) -> Decision:
+        """Log ``decision`` the way certgate logs every decision (``DEBUG``
+        per allow; ``WARNING`` per refusal, ``INFO`` for ``no_certificate``,
+        or ``level``) and return it. For adapters that refuse a request
+        before the gate runs; every text field is ``repr``-escaped."""
         if decision.reason is None:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
@@ -452,7 +458,7 @@ class CertGate:
             logger.log(
                 level,
                 "certgate: rejected reason=%s tenant=%s source=%s fingerprint=%s "
-                "host=%.255r peer=%s path=%.255r detail=%.500r",
+                "host=%.255r peer=%.64r path=%.255r detail=%.500r",
                 decision.reason.value,
                 decision.tenant_id,
                 decision.source,

@@ -24,8 +24,10 @@ class Reason(enum.StrEnum):
     """No client certificate reached certgate from any configured source."""
 
     MALFORMED_CERTIFICATE = "malformed_certificate"
-    """Certificate bytes could not be decoded (bad base64, PEM or DER), or the
-    presented chain was too large."""
+    """Certificate bytes could not be decoded (bad base64, PEM or DER), the
+    presented chain was too large, or it broke certgate's limits on
+    client-sent intermediates (count, shared subjects, RSA key size and
+    exponent, name-constraint work)."""
 
     MALFORMED_HEADER = "malformed_header"
     """A forwarded certificate header was syntactically wrong or repeated."""

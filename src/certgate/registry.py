@@ -12,10 +12,13 @@ database outage); certgate turns the latter into a 503
 
 A registry may implement the two methods as plain functions or as coroutine
 functions. Plain methods are called directly when the registry says
-``blocking = False`` (pure in-memory lookups); otherwise the ASGI middleware
-runs them in a worker thread so a slow store cannot stall the event loop.
-Coroutine methods are awaited by the ASGI middleware and run through
-``asgiref.sync.async_to_sync`` by the WSGI middleware.
+``blocking = False`` (pure in-memory lookups); otherwise they run on a small
+worker pool (ASGI and WSGI alike), so a slow store cannot stall the event
+loop and a hung one cannot hang the request. Coroutine methods are awaited
+by the ASGI middleware and run through ``asgiref.sync.async_to_sync`` by the
+WSGI middleware. Every lookup that is not inline is bounded by the gate's
+``registry_timeout`` (503 ``trust_store_unavailable`` when it fires; see
+:mod:`certgate.lookups`).
 
 Shared trust anchors: :meth:`HostIndex.build` (so :class:`InMemoryRegistry`,
 its ``put()`` and the TOML registry) refuses a set of tenants in which two

@@ -37,7 +37,6 @@ state (cache, registry index) is locked or immutable.
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Callable, Iterable, MutableMapping
 from functools import cache
@@ -53,8 +52,6 @@ from .problem import problem_body, problem_headers, status_line
 from .reasons import Reason
 from .servers import gunicorn
 from .sources import wsgi_environ
-
-logger = logging.getLogger("certgate")
 
 Environ = MutableMapping[str, Any]
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
@@ -235,13 +232,5 @@ class CertGateWSGIMiddleware:
             reason=Reason.MALFORMED_HEADER,
             detail=f"cannot tell the certificate header from its underscore spelling: {why}",
         )
-        logger.warning(
-            "certgate: rejected reason=%s host=%.255r peer=%s path=%.255r detail=%.500r",
-            Reason.MALFORMED_HEADER.value,
-            facts.host,
-            facts.peer,
-            facts.path,
-            decision.detail,
-            extra={"certgate": {"reason": Reason.MALFORMED_HEADER.value, "peer": facts.peer}},
-        )
+        self.gate.log_decision(decision, facts)
         return decision
