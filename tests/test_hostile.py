@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cryptography import x509
@@ -432,7 +433,7 @@ def test_a_hostile_reported_peer_cannot_forge_log_lines(
 ) -> None:
     """With ``trust_reported_peer`` the peer comes from ``REMOTE_ADDR``, which a
     rewriter may have filled from ``X-Forwarded-For``: it is logged escaped."""
-    from certgate.wsgi import CertGateWSGIMiddleware
+    from certgate.wsgi import CertGateWSGIMiddleware, StartResponse
 
     gate = CertGate(
         pki.registry(),
@@ -454,8 +455,13 @@ def test_a_hostile_reported_peer_cannot_forge_log_lines(
         "HTTP_CF_CLIENT_CERT_DER_BASE64": "forged",
     }
     statuses: list[str] = []
+
+    def start_response(status: str, headers: object, exc_info: object = None) -> object:
+        statuses.append(status)
+        return lambda data: None
+
     with caplog.at_level("INFO", logger="certgate"):
-        middleware(environ, lambda status, headers, exc_info=None: statuses.append(status))
+        middleware(environ, cast("StartResponse", start_response))
     assert statuses == ["403 Forbidden"]
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 2, messages  # the stripped header, the refusal
