@@ -281,6 +281,8 @@ def _client_intermediates(leaf: x509.Certificate, ders: Sequence[bytes]) -> list
     a PKI whose chains break a limit should configure its intermediates on the
     tenant.
     """
+    if len(ders) < 2:  # the leaf alone (header sources that forward only the leaf)
+        return []
     seen = {ders[0]}
     certs: list[x509.Certificate] = []
     for der in ders[1:]:
