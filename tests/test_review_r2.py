@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import pickle
 import socket
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -186,3 +188,66 @@ def test_resumed_leaf_only_session_on_a_ticket_context_is_still_logged(
     with caplog.at_level(logging.WARNING, logger="certgate"):
         assert ssl_socket.peer_chain_der(Conn()) == [leaf]
     assert any("resumed TLS session" in r.getMessage() for r in caplog.records)
+
+
+# -- uvicorn: the prepared context in every process, and plain HTTP -------------
+
+
+def test_cli_with_workers_prepares_every_workers_context(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``python -m certgate.servers.uvicorn ... --workers 2``: the context was
+    prepared by patching ``create_ssl_context`` in the parent only, so the
+    workers (spawned processes) used uvicorn's own context: an expired
+    certificate failed the handshake instead of getting 403 ``expired``."""
+    env = make_dev_environment(tmp_path_factory.mktemp("r2-workers"))
+    port = free_port()
+    with serve(uvicorn_cmd(env, port, "--workers", "2"), env, port) as srv:
+        for _ in range(4):  # new connections, spread over the workers
+            response = srv.get("acme-expired", "pay.acme.test")
+            assert response.status_code == 403, response.text
+            assert response.json()["reason"] == "expired"
+        assert srv.get("acme-device", "pay.acme.test").status_code == 200
+
+
+def _app(scope: object, receive: object, send: object) -> None:
+    raise AssertionError("not called")
+
+
+def test_config_without_tls_serves_plain_http() -> None:
+    """``run(app, port=...)`` behind a trusted proxy (plain HTTP, certgate's
+    protocols for the socket peer) failed at start-up: certgate always set
+    ``ssl_context_factory``, which makes uvicorn want a certificate file."""
+    from certgate.servers import uvicorn as adapter
+
+    config = adapter.config(_app, host="127.0.0.1", port=free_port())
+    config.load()
+    assert config.ssl is None
+
+
+def test_config_prepares_a_callers_own_context_factory(tmp_path: Path) -> None:
+    """A caller's own ``ssl_context_factory`` replaced certgate's: its context
+    kept tickets and lacked the partial-chain and time flags."""
+    from certgate.servers import uvicorn as adapter
+
+    env = make_dev_environment(tmp_path)
+    config = adapter.config(
+        _app,
+        ssl_certfile=str(env.server_cert),
+        ssl_keyfile=str(env.server_key),
+        ssl_ca_certs=str(env.bundle),
+        ssl_context_factory=_own_factory,
+    )
+    pickle.dumps(config.ssl_context_factory)  # uvicorn pickles the Config into workers
+    config.load()
+    assert config.ssl is not None
+    assert config.ssl.verify_flags & ssl.VERIFY_X509_PARTIAL_CHAIN
+    assert config.ssl.num_tickets == 0
+    assert config.ssl.options & ssl.OP_NO_TICKET
+
+
+def _own_factory(config: object, default: object) -> ssl.SSLContext:
+    assert callable(default)
+    context = default()
+    assert isinstance(context, ssl.SSLContext)
+    return context
