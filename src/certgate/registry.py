@@ -25,11 +25,13 @@ its ``put()`` and the TOML registry) refuses a set of tenants in which two
 tenants trust the same anchor - the same certificate, or the same subject
 and public key - because a device of either would then be accepted on the
 other's hosts. It also refuses a tenant whose anchor was issued by another
-tenant's anchor (directly, or through CA certificates in the configuration):
-the issuing tenant would accept every device of the other. Both are allowed
+tenant's anchor (directly, through CA certificates in the configuration, or
+as a configured cross-certificate with the anchor's subject and key): the
+issuing tenant would accept every device of the other. Both are allowed
 only when *every* tenant involved sets ``shared_anchors``. Not detected: an
 issuing link that exists only in certificates the clients send (they are not
-known at load time); a custom registry does its own checking.
+known at load time), and a cross-certificate of a CA below a tenant's anchor;
+a custom registry does its own checking.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .errors import ConfigError
 from .hosts import parent_domain
-from .tenant import Anchor, Tenant
+from .tenant import Anchor, Tenant, name_key
 
 _SHA256 = SHA256()
 _MAX_ISSUER_HOPS = 8
@@ -162,7 +164,9 @@ def _shared_message(a: Tenant, b: Tenant, anchor: Anchor, same_cert: bool) -> st
 def _check_issued_anchors(tenants: list[Tenant]) -> None:
     """Refuse an anchor of tenant A issued by an anchor of tenant B.
 
-    Walks up from each anchor that is not self-issued through the CA
+    Walks up from each anchor, and from every configured CA certificate
+    with the anchor's subject and public key (a cross-certificate, the same
+    CA to the verifier), that is not self-issued, through the CA
     certificates of the configuration (every tenant's roots and
     intermediates), matching issuer names and checking each signature with
     ``cryptography`` (``verify_directly_issued_by``). This is a load-time
@@ -170,25 +174,58 @@ def _check_issued_anchors(tenants: list[Tenant]) -> None:
     only by the verifier, against the addressed tenant's anchors.
     """
     by_subject: dict[bytes, list[x509.Certificate]] = {}
+    by_identity: dict[bytes, list[x509.Certificate]] = {}
     anchored: dict[bytes, list[Tenant]] = {}
     for tenant in tenants:
         for anchor in tenant.anchors:
             anchored.setdefault(anchor.name_key, []).append(tenant)
         for cert in (*tenant.roots, *tenant.intermediates):
             by_subject.setdefault(cert.subject.public_bytes(), []).append(cert)
+            by_identity.setdefault(name_key(cert), []).append(cert)
     for tenant in tenants:
         for anchor in tenant.anchors:
-            if anchor.cert.issuer == anchor.cert.subject:
-                continue  # self-issued: nothing in the configuration issued it
-            issuer = _anchor_above(anchor.cert, tenant, by_subject, anchored)
-            if issuer is not None:
-                other, above = issuer
-                raise ConfigError(
-                    f"tenant {other.id!r}'s trust anchor {above.subject!r} (SHA-256 "
-                    f"{_fingerprint(above.cert)}) issued tenant {tenant.id!r}'s anchor "
-                    f"{anchor.subject!r} (SHA-256 {_fingerprint(anchor.cert)}): {other.id!r} "
-                    f"would accept every device of {tenant.id!r}. {_fix(other, tenant)}"
-                )
+            for form in _forms_of(anchor, by_identity):
+                if form.issuer == form.subject:
+                    continue  # self-issued: nothing in the configuration issued it
+                issuer = _anchor_above(form, tenant, by_subject, anchored)
+                if issuer is not None:
+                    raise ConfigError(_issued_message(issuer, tenant, anchor, form))
+
+
+def _forms_of(
+    anchor: Anchor, by_identity: dict[bytes, list[x509.Certificate]]
+) -> list[x509.Certificate]:
+    """The anchor and every configured CA certificate with its subject and
+    public key (a cross-certificate of it, say): each is the same anchor to
+    the verifier, so each is walked up."""
+    forms = [anchor.cert]
+    forms.extend(c for c in by_identity.get(anchor.name_key, ()) if c != anchor.cert)
+    return forms
+
+
+def _issued_message(
+    issuer: tuple[Tenant, Anchor], tenant: Tenant, anchor: Anchor, form: x509.Certificate
+) -> str:
+    other, above = issuer
+    what = (
+        f"issued tenant {tenant.id!r}'s anchor {anchor.subject!r} (SHA-256 "
+        f"{_fingerprint(anchor.cert)})"
+    )
+    fix = _fix(other, tenant)
+    if form != anchor.cert:
+        what += (
+            f" as the cross-certificate SHA-256 {_fingerprint(form)} in the configuration "
+            "(same subject and public key)"
+        )
+        fix = (
+            "Remove that cross-certificate from the configuration, or, if the sharing is "
+            f"intended, set shared_anchors = true on both {other.id!r} and {tenant.id!r}."
+        )
+    return (
+        f"tenant {other.id!r}'s trust anchor {above.subject!r} (SHA-256 "
+        f"{_fingerprint(above.cert)}) {what}: {other.id!r} would accept every device of "
+        f"{tenant.id!r}. {fix}"
+    )
 
 
 def _anchor_above(

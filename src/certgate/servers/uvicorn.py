@@ -25,9 +25,13 @@ Three ways to use it::
         --ws certgate.servers.uvicorn:AutoWebSocketsTLSProtocol --ssl-cert-reqs 1 ...
 
 (1) and (2) prepare uvicorn's server context with
-:func:`certgate.servers.tls.prepare_server_context`: validity times are
-left to certgate, issuing-CA anchors are accepted, and session tickets are
-off (a session resumed from a ticket loses the client's intermediates). With
+:func:`certgate.servers.tls.prepare_server_context` through uvicorn's
+``ssl_context_factory`` (wrapping one you pass), in every worker process
+(``--workers``, ``--reload``): validity times are left to certgate,
+issuing-CA anchors are accepted, and session tickets are off (a session
+resumed from a ticket loses the client's intermediates). Without
+``ssl_certfile`` they serve plain HTTP (behind a trusted proxy), still
+recording the socket peer. With
 (3) the handshake checks validity times itself, so an expired client
 certificate gets a TLS alert instead of a 403 ``expired``, and a tenant
 anchored at an issuing CA fails the handshake; the protocol classes still
@@ -170,15 +174,53 @@ def _require_wrapped(option: str, value: object, allowed: set[type[asyncio.Proto
 def ssl_context_factory(
     config: Any, default_factory: Callable[[], ssl.SSLContext]
 ) -> ssl.SSLContext:
-    """uvicorn ``ssl_context_factory`` that defers time checks to certgate."""
+    """uvicorn ``ssl_context_factory``: uvicorn's own context, prepared with
+    :func:`~certgate.servers.tls.prepare_server_context`."""
     return prepare_server_context(default_factory())
+
+
+class PreparedContextFactory:
+    """Wraps a caller's ``ssl_context_factory`` so its context is prepared too.
+
+    A class, not a closure: uvicorn pickles its ``Config`` into every worker
+    process (``workers > 1``, ``reload``), so the factory must be picklable.
+    """
+
+    __slots__ = ("factory",)
+
+    def __init__(
+        self, factory: Callable[[Any, Callable[[], ssl.SSLContext]], ssl.SSLContext]
+    ) -> None:
+        self.factory = factory
+
+    def __call__(
+        self, config: Any, default_factory: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        return prepare_server_context(self.factory(config, default_factory))
+
+
+def _with_context_factory(kwargs: dict[str, Any]) -> None:
+    """Set (or wrap) ``ssl_context_factory`` when the server speaks TLS.
+
+    Only with ``ssl_certfile`` or a factory of the caller's: without either
+    uvicorn serves plain HTTP (behind a trusted proxy), and a factory alone
+    would make it try TLS without a certificate."""
+    given = kwargs.get("ssl_context_factory")
+    if given is not None:
+        if not isinstance(given, PreparedContextFactory) and given is not ssl_context_factory:
+            kwargs["ssl_context_factory"] = PreparedContextFactory(given)
+    elif kwargs.get("ssl_certfile"):
+        kwargs["ssl_context_factory"] = ssl_context_factory
 
 
 def config(app: Any, **kwargs: Any) -> Any:
     """A ``uvicorn.Config`` with certgate's protocols and context factory.
 
     ``ssl_cert_reqs`` defaults to ``CERT_OPTIONAL`` (certgate answers 403
-    without a certificate). Any uvicorn ``Config`` argument may be passed.
+    without a certificate). Any uvicorn ``Config`` argument may be passed;
+    an ``ssl_context_factory`` of yours is wrapped so its context is
+    prepared too. Without ``ssl_certfile`` (and without a factory) the
+    server speaks plain HTTP.
     """
     import uvicorn  # noqa: PLC0415 - optional dependency
 
@@ -190,7 +232,7 @@ def config(app: Any, **kwargs: Any) -> Any:
     for key, allowed in (("http", _HTTP_CLASSES), ("ws", _WS_CLASSES)):
         _require_wrapped(key, kwargs.get(key), allowed)
     kwargs.setdefault("ssl_cert_reqs", ssl.CERT_OPTIONAL)
-    kwargs.setdefault("ssl_context_factory", ssl_context_factory)
+    _with_context_factory(kwargs)
     return uvicorn.Config(app, **kwargs)
 
 
@@ -210,7 +252,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     import importlib  # noqa: PLC0415
 
     import click  # noqa: PLC0415 - uvicorn's own dependency
-    import uvicorn.config  # noqa: PLC0415
 
     command = importlib.import_module("uvicorn.main").main
     assert isinstance(command, click.Command)
@@ -229,12 +270,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                 _require_wrapped(option, given, allowed)
             except ValueError as exc:
                 raise SystemExit(f"python -m certgate.servers.uvicorn: {exc}") from None
-    original = uvicorn.config.create_ssl_context
+    # The CLI has no --ssl-context-factory: give uvicorn.main.run one. It is
+    # stored on the Config, which uvicorn pickles into its worker and reload
+    # processes, so every process prepares its own context (patching
+    # create_ssl_context reached this process only: with --workers the
+    # workers' contexts were uvicorn's unprepared ones).
+    uvicorn_main = importlib.import_module("uvicorn.main")
+    original_run = uvicorn_main.run
 
-    def create_ssl_context(*a: Any, **k: Any) -> ssl.SSLContext:
-        return prepare_server_context(original(*a, **k))
+    def run_prepared(*a: Any, **k: Any) -> None:
+        _with_context_factory(k)
+        original_run(*a, **k)
 
-    uvicorn.config.create_ssl_context = create_ssl_context  # this process only
+    uvicorn_main.__dict__["run"] = run_prepared  # this process only; called once
     command.main(args=args, prog_name="python -m certgate.servers.uvicorn")
 
 

@@ -10,8 +10,12 @@ A TLS session resumed from a session ticket carries the client's leaf but
 not the intermediates it sent on the full handshake, so such a connection
 shows only the leaf. certgate's server helpers turn tickets off
 (:func:`certgate.servers.tls.prepare_server_context`); on a context certgate
-did not prepare, :func:`peer_chain_der` logs one ``WARNING`` per process the
-first time a resumed session yields only a leaf.
+did not prepare (one that still allows tickets), :func:`peer_chain_der` logs
+one ``WARNING`` per process the first time a resumed session yields only a
+leaf. On a context with tickets off a resumed session comes from the
+server's session cache, which keeps the chain, so a leaf alone there is what
+the client sent (a device whose tenant configures its intermediates) and is
+not logged.
 """
 
 from __future__ import annotations
@@ -37,7 +41,12 @@ def peer_chain_der(conn: ssl.SSLSocket | ssl.SSLObject | Any) -> list[bytes] | N
     for der in _unverified_chain(conn):
         if der != leaf:
             chain.append(der)
-    if len(chain) == 1 and not _warned.is_set() and getattr(conn, "session_reused", False) is True:
+    if (
+        len(chain) == 1
+        and not _warned.is_set()
+        and getattr(conn, "session_reused", False) is True
+        and _tickets_possible(getattr(conn, "context", None))
+    ):
         _warned.set()
         _log.warning(
             "a resumed TLS session showed only the client's leaf certificate: intermediates "
@@ -46,6 +55,16 @@ def peer_chain_der(conn: ssl.SSLSocket | ssl.SSLObject | Any) -> list[bytes] | N
             "context (certgate.servers.tls.prepare_server_context). Logged once."
         )
     return chain
+
+
+def _tickets_possible(context: object) -> bool:
+    """Whether ``context`` may issue or accept session tickets (the only
+    resumption that loses the chain). ``True`` when it cannot be told. With
+    tickets off a resumed session comes from the server's session cache,
+    which keeps the chain: a leaf alone is then all the client sent."""
+    if not isinstance(context, ssl.SSLContext):
+        return True
+    return not (context.options & ssl.OP_NO_TICKET and context.num_tickets == 0)
 
 
 def _unverified_chain(conn: Any) -> list[bytes]:
