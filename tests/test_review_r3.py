@@ -7,15 +7,18 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from examples.devenv import DevEnv, make_dev_environment
 
-from certgate import ConfigError, load_config
+from certgate import CertGate, ConfigError, load_config
+from certgate.asgi import CertGateMiddleware
 from certgate.cli import main
 from certgate.devpki import CA
+from tests.test_asgi import RecordingApp, http_scope, run_http
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +159,30 @@ def test_dots_inside_strings_and_values_do_not_count(tmp_path: Path, env: DevEnv
     config = load_config(path)
     assert config.gate_kwargs["registry_timeout"] == 2.5
     assert config.registry.tenant_for_host(long_host) is not None
+
+
+# -- README: what exempt paths are compared with ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exempt", "path", "root_path", "status"),
+    [
+        ("/api/healthz", "/api/healthz", "/api", 200),  # uvicorn --root-path /api
+        ("/healthz", "/api/healthz", "/api", 403),
+        ("/public/*", "/public/a", "", 200),
+        ("/public/*", "/public/../admin", "", 403),
+        ("/public/*", "/public//x", "", 403),
+        ("/public/*", "/public/./x", "", 403),
+    ],
+)
+def test_exempt_paths_match_the_path_the_server_reports(
+    make_gate: Callable[..., CertGate], exempt: str, path: str, root_path: str, status: int
+) -> None:
+    app = RecordingApp()
+    scope = http_scope(host="pay.acme.test", path=path)
+    scope["root_path"] = root_path
+    result = run_http(CertGateMiddleware(app, gate=make_gate(exempt_paths=[exempt])), scope)
+    assert result.status == status
+    if status == 403:
+        assert result.reason == "no_certificate"
+        assert app.scopes == []

@@ -1,6 +1,6 @@
 """The ``certgate`` command.
 
-``certgate check CERT [--chain PEM]... --host HOST --config TOML [--at ISO8601]``
+``certgate check CERT [--chain PEM]... --host HOST --config TOML [--at ISO8601] [--json]``
     Verify a client certificate the way the middleware would for a request
     to HOST. Prints the decision, tenant, reason and identity fields.
     Exit 0 allowed, 1 rejected, 2 bad usage or bad configuration.
@@ -13,7 +13,9 @@
 Text output is escaped with :func:`certgate.text.safe_text`: a certificate
 subject, a SAN, a file name or a value echoed from a configuration error
 cannot send terminal escape sequences or forge an output line. ``--json``
-output is ASCII (``\\uXXXX`` escapes) for the same reason.
+output is ASCII (``\\uXXXX`` escapes) for the same reason. A printable
+character that stdout's encoding cannot hold is written as an escape too,
+never a crash.
 """
 
 from __future__ import annotations

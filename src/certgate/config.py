@@ -28,7 +28,9 @@ Files are read defensively: the TOML file and every PEM file it names must be
 regular files (a FIFO, a device such as ``/dev/zero`` or a directory is a
 :class:`ConfigError`, without blocking), of at most
 :data:`MAX_CONFIG_BYTES` and :data:`MAX_PEM_FILE_BYTES` respectively, and
-TOML nested too deeply for the parser is a :class:`ConfigError` too.
+TOML nested too deeply for the parser is a :class:`ConfigError` too, and so
+is a dotted key or table name of more than :data:`MAX_KEY_PARTS` parts
+(refused before parsing: tomllib's time grows with its square).
 """
 
 from __future__ import annotations
