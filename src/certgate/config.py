@@ -59,11 +59,12 @@ MAX_PEM_FILE_BYTES = 1024 * 1024
 """Largest PEM file read for a tenant's roots or intermediates (1 MiB: some
 500 certificates; a tenant's CA file is usually a few KiB)."""
 
-MAX_KEY_PARTS = 32
+MAX_KEY_PARTS = 8
 """Most parts of a dotted key or table name (``a.b.c = 1``, ``[a.b.c]``)
-accepted. tomllib's parse time grows with the square of that number (one
-48 KB key of 24,000 parts: seconds; 128 KB: over a minute), so a file with
-a longer one is refused before it is parsed."""
+accepted (certgate's own keys need at most 2). tomllib's parse time grows
+with the square of that number (one 48 KB key of 24,000 parts: seconds;
+128 KB: over a minute), so a file with a longer one is refused before it is
+parsed."""
 
 # Outside strings and comments, a run of dots not broken by any of "=,[]{}"
 # or a line end belongs to a dotted key or table name (a TOML value holds at
@@ -157,7 +158,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     data = _read_toml(path)
     unknown = set(data) - {"certgate", "tenants"}
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
+        raise ConfigError(f"{path}: unknown top-level key(s) {_some(unknown)}")
     section = data.get("certgate", {})
     if not isinstance(section, Mapping):
         raise ConfigError(f"{path}: [certgate] must be a table")
@@ -241,7 +242,7 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
             raise ConfigError(f"{where} is not a table")
         unknown = set(entry) - _TENANT_KEYS
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+            raise ConfigError(f"{where}: unknown key(s) {_some(unknown)}")
         tenant_id = entry.get("id")
         if not isinstance(tenant_id, str) or not tenant_id:
             raise ConfigError(f"{where}: 'id' must be a non-empty string")
@@ -267,6 +268,14 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return tenants
+
+
+def _some(keys: set[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``keys``, sorted and escaped, and how many more:
+    a file of a million unknown keys gives a message of one line."""
+    names = sorted(keys)
+    text = ", ".join(repr(name[:80]) for name in names[:shown])
+    return f"[{text}{f', ... ({len(names) - shown} more)' if len(names) > shown else ''}]"
 
 
 def _strings(value: Any, what: str, *, required: bool = False) -> list[str]:
