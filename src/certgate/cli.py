@@ -1,6 +1,6 @@
 """The ``certgate`` command.
 
-``certgate check CERT [--chain PEM]... --host HOST --config TOML [--at ISO8601]``
+``certgate check CERT [--chain PEM]... --host HOST --config TOML [--at ISO8601] [--json]``
     Verify a client certificate the way the middleware would for a request
     to HOST. Prints the decision, tenant, reason and identity fields.
     Exit 0 allowed, 1 rejected, 2 bad usage or bad configuration.
@@ -13,7 +13,9 @@
 Text output is escaped with :func:`certgate.text.safe_text`: a certificate
 subject, a SAN, a file name or a value echoed from a configuration error
 cannot send terminal escape sequences or forge an output line. ``--json``
-output is ASCII (``\\uXXXX`` escapes) for the same reason.
+output is ASCII (``\\uXXXX`` escapes) for the same reason. A printable
+character that stdout's encoding cannot hold is written as an escape too,
+never a crash.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from .config import MAX_PEM_FILE_BYTES, load_config, read_regular_file
 from .decision import Decision
@@ -75,8 +77,16 @@ def _read_certs(path: str) -> list[bytes]:
 
 
 def _parse_time(text: str) -> dt.datetime:
+    """``--at``: ISO 8601, UTC when no offset is given. A time that exists
+    only outside the ``datetime`` range once converted to UTC
+    (``9999-12-31T23:59:59-12:00``) is a usage error, not a verdict."""
     when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    if when.tzinfo is None:
+        return when.replace(tzinfo=dt.UTC)
+    try:
+        return when.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError(f"--at {text!r} is out of range once converted to UTC") from None
 
 
 def _report(decision: Decision, host: str) -> dict[str, Any]:
@@ -98,7 +108,7 @@ def _print_text(report: dict[str, Any]) -> None:
     :func:`safe_text`, so one field is always exactly one line."""
     for key in ("decision", "host", "tenant", "reason", "detail", "fingerprint_sha256"):
         if report.get(key) is not None:
-            print(f"{key + ':':<20} {safe_text(report[key])}")
+            _print(f"{key + ':':<20} {safe_text(report[key])}")
     for key, value in (report.get("identity") or {}).items():
         if key in ("tenant_id", "fingerprint_sha256"):
             continue
@@ -108,11 +118,26 @@ def _print_text(report: dict[str, Any]) -> None:
             text = " <- ".join(safe_text(item) for item in value)
         else:
             text = "-" if value is None else safe_text(value)
-        print(f"{key + ':':<20} {text}")
+        _print(f"{key + ':':<20} {text}")
+
+
+def _print(line: str, stream: TextIO | None = None) -> None:
+    """``print(line)``, writing what ``stream``'s encoding cannot hold as
+    ``\\uNNNN`` escapes: a printable subject in a script a non-UTF-8
+    terminal cannot show must not crash the command (a traceback, exit 1)."""
+    stream = stream or sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        line.encode(encoding)
+    except UnicodeEncodeError:
+        line = line.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know: ASCII is safe
+        line = line.encode("ascii", "backslashreplace").decode("ascii")
+    print(line, file=stream)
 
 
 def _error(message: object) -> None:
-    print(safe_text(message), file=sys.stderr)
+    _print(safe_text(message), sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

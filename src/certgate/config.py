@@ -28,13 +28,16 @@ Files are read defensively: the TOML file and every PEM file it names must be
 regular files (a FIFO, a device such as ``/dev/zero`` or a directory is a
 :class:`ConfigError`, without blocking), of at most
 :data:`MAX_CONFIG_BYTES` and :data:`MAX_PEM_FILE_BYTES` respectively, and
-TOML nested too deeply for the parser is a :class:`ConfigError` too.
+TOML nested too deeply for the parser is a :class:`ConfigError` too, and so
+is a dotted key or table name of more than :data:`MAX_KEY_PARTS` parts
+(refused before parsing: tomllib's time grows with its square).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -55,6 +58,51 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 MAX_PEM_FILE_BYTES = 1024 * 1024
 """Largest PEM file read for a tenant's roots or intermediates (1 MiB: some
 500 certificates; a tenant's CA file is usually a few KiB)."""
+
+MAX_KEY_PARTS = 8
+"""Most parts of a dotted key or table name (``a.b.c = 1``, ``[a.b.c]``)
+accepted (certgate's own keys need at most 2). tomllib's parse time grows
+with the square of that number (one 48 KB key of 24,000 parts: seconds;
+128 KB: over a minute), so a file with a longer one is refused before it is
+parsed."""
+
+# Outside strings and comments, a run of dots not broken by any of "=,[]{}"
+# or a line end belongs to a dotted key or table name (a TOML value holds at
+# most one dot: a float, a time's fraction). Strings are skipped whole: a
+# host name or a file name may hold any number of dots.
+_TOML_TOKEN = re.compile(r'"""|' + r"'''|" + r"""["'#.=,\[\]{}\n]""")
+_TOML_SKIP = {
+    '"""': re.compile(r'[^"\\]*(?:(?:\\.|"(?!""))[^"\\]*)*(?:"""(?:""?(?!"))?|$)', re.S),
+    "'''": re.compile(r"[^']*(?:'(?!'')[^']*)*(?:'''(?:''?(?!'))?|$)"),
+    '"': re.compile(r'[^"\\\n]*(?:\\.[^"\\\n]*)*(?:"|$|(?=\n))'),
+    "'": re.compile(r"[^'\n]*(?:'|$|(?=\n))"),
+    "#": re.compile(r"[^\n]*"),
+}
+
+
+def _longest_dotted_name(text: str, stop: int = MAX_KEY_PARTS) -> int:
+    """The most parts of any dotted key or table name in TOML ``text`` (or
+    the first count past ``stop``), by a linear scan that skips strings and
+    comments (on text that is not TOML it may over-count; the parser then
+    refuses such text anyway)."""
+    longest = dots = 0
+    position = 0
+    while (match := _TOML_TOKEN.search(text, position)) is not None:
+        found = match.group()
+        position = match.end()
+        skip = _TOML_SKIP.get(found)
+        if skip is not None:
+            end = skip.match(text, position)
+            position = end.end() if end is not None else len(text)
+        elif found == ".":
+            dots += 1
+            longest = max(longest, dots)
+            if longest >= stop:
+                break
+        else:
+            dots = 0
+    return longest + 1
+
 
 _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "trusted_proxies": list,
@@ -110,7 +158,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     data = _read_toml(path)
     unknown = set(data) - {"certgate", "tenants"}
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
+        raise ConfigError(f"{path}: unknown top-level key(s) {_some(unknown)}")
     section = data.get("certgate", {})
     if not isinstance(section, Mapping):
         raise ConfigError(f"{path}: [certgate] must be a table")
@@ -167,9 +215,16 @@ def read_regular_file(path: str | os.PathLike[str], limit: int, what: str) -> by
 def _read_toml(path: Path) -> dict[str, Any]:
     data = read_regular_file(path, MAX_CONFIG_BYTES, "config")
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({exc.reason})") from None
+    if _longest_dotted_name(text) > MAX_KEY_PARTS:
+        raise ConfigError(
+            f"{path}: invalid TOML: a dotted key or table name of more than "
+            f"{MAX_KEY_PARTS} parts (certgate's settings need at most 2)"
+        )
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except RecursionError:
@@ -187,7 +242,7 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
             raise ConfigError(f"{where} is not a table")
         unknown = set(entry) - _TENANT_KEYS
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+            raise ConfigError(f"{where}: unknown key(s) {_some(unknown)}")
         tenant_id = entry.get("id")
         if not isinstance(tenant_id, str) or not tenant_id:
             raise ConfigError(f"{where}: 'id' must be a non-empty string")
@@ -213,6 +268,14 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return tenants
+
+
+def _some(keys: set[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``keys``, sorted and escaped, and how many more:
+    a file of a million unknown keys gives a message of one line."""
+    names = sorted(keys)
+    text = ", ".join(repr(name[:80]) for name in names[:shown])
+    return f"[{text}{f', ... ({len(names) - shown} more)' if len(names) > shown else ''}]"
 
 
 def _strings(value: Any, what: str, *, required: bool = False) -> list[str]:
