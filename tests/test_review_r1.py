@@ -1,0 +1,246 @@
+"""Review r1 of the hardening (issue 5): findings in the verification core.
+
+1. Path-building cost within the client-intermediate limits: four crafted
+   P-384 intermediates (two layers of two sharing one key, so every
+   certificate verifies under both candidates of the next layer) made one
+   refusal cost ~12x an ordinary refusal (3.4 ms vs 0.27 ms), far above the
+   issue's ~3x bar. The verifier now bounds the signature work of a
+   presented chain, weighted by key type.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from certgate import CertGate, InMemoryRegistry, Tenant
+from certgate.decision import Decision
+from certgate.devpki import CA
+from certgate.facts import RequestFacts
+from certgate.sources import asgi_tls
+from tests.conftest import PKI
+
+ATTACKED_HOST = "api.globex.test"
+
+
+@pytest.fixture
+def quiet() -> Iterator[None]:
+    logger = logging.getLogger("certgate")
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(logging.NOTSET)
+
+
+def _name(text: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+
+def _ca(subject: x509.Name, issuer: x509.Name, public: Any, signer: Any, serial: int) -> str:
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(serial)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(signer, hashes.SHA384())
+    )
+    return cert.public_bytes(Encoding.PEM).decode()
+
+
+def _fanned(
+    widths: Sequence[int], curve: ec.EllipticCurve, top: x509.Name | None = None
+) -> list[str]:
+    """A made-up leaf and layers of crafted intermediates, nearest the leaf
+    first: every certificate of a layer shares the layer's key, so each
+    verifies under every candidate of the next layer. ``top``: the issuer
+    name of the last layer (default: a name nobody has)."""
+    keys = [ec.generate_private_key(curve) for _ in range(len(widths) + 1)]
+    names = [_name(f"Crafted {i}") for i in range(len(widths) + 1)]
+    if top is not None:
+        names[-1] = top
+    out: list[str] = []
+    serial = 100
+    for level, width in enumerate(widths):
+        for _ in range(width):
+            serial += 1
+            out.append(
+                _ca(
+                    names[level],
+                    names[level + 1],
+                    keys[level].public_key(),
+                    keys[level + 1],
+                    serial,
+                )
+            )
+    now = dt.datetime.now(dt.UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_name("device"))
+        .issuer_name(names[0])
+        .public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(7)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(keys[0], hashes.SHA384())
+    )
+    return [leaf.public_bytes(Encoding.PEM).decode(), *out]
+
+
+def _facts(chain: Sequence[str], host: str = ATTACKED_HOST) -> RequestFacts:
+    presented = asgi_tls.from_scope({"extensions": {"tls": {"client_cert_chain": list(chain)}}})
+    return RequestFacts(host, "/", "203.0.113.9", {}, presented)
+
+
+def _median_costs(
+    gate: CertGate, chains: Sequence[Sequence[str]], host: str = ATTACKED_HOST, runs: int = 11
+) -> list[float]:
+    """Median CPU seconds of one cold decision per chain, runs interleaved."""
+    samples: list[list[float]] = [[] for _ in chains]
+    for _ in range(runs):
+        for index, chain in enumerate(chains):
+            facts = _facts(chain, host)
+            start = time.process_time()
+            gate.decide(facts)
+            samples[index].append(time.process_time() - start)
+    return [statistics.median(s) for s in samples]
+
+
+def _decide(gate: CertGate, chain: Sequence[str], host: str = ATTACKED_HOST) -> Decision:
+    return gate.decide(_facts(chain, host))
+
+
+# -- finding 1: signature work within the count limits ---------------------
+
+
+@pytest.mark.parametrize(
+    ("widths", "curve"),
+    [
+        ((2, 2), ec.SECP384R1()),
+        ((2, 1, 1), ec.SECP521R1()),
+        ((1, 1, 1, 1), ec.SECP384R1()),
+    ],
+    ids=["p384-2x2", "p521-2-1-1", "p384-straight-4"],
+)
+def test_costly_keys_within_the_count_limits_are_refused_cheaply(
+    pki: PKI, quiet: None, widths: Sequence[int], curve: ec.EllipticCurve
+) -> None:
+    ordinary = [
+        pki["acme"].client("r1-ordinary").cert_pem.decode(),
+        pki["acme"].issuer.cert_pem.decode(),
+    ]
+    attack = _fanned(widths, curve)
+    gate = CertGate(pki.registry(), cache_size=0)  # every request cold
+    baseline, attacked = _median_costs(gate, [ordinary, attack])
+    decision = _decide(gate, attack)
+    # measured before the fix: 12.6x (2x2), 8.9x (straight 4) an ordinary refusal
+    assert attacked < 3 * baseline, (attacked / baseline, decision.detail)
+    assert decision.reason == "malformed_certificate", decision.detail
+
+
+def test_fan_out_onto_a_tenant_root_is_bounded(quiet: None) -> None:
+    """Cheap P-256 layers whose every path ends at the tenant's P-384 root:
+    each path end costs one check under the tenant's (costly) key."""
+    root = CA.root("R1 P-384 Root", key_type="ec384")
+    issuing = root.intermediate("R1 P-384 Issuing", key_type="ec384")
+    tenant = Tenant("p384", ("p384.test",), (root.cert,))
+    gate = CertGate(InMemoryRegistry([tenant]), cache_size=0)
+    device = issuing.issue("r1-device", key_type="ec384")
+    ordinary = [device.cert_pem.decode(), issuing.cert_pem.decode()]
+    assert _decide(gate, ordinary, "p384.test").allowed
+    wrong = [pki_leaf_elsewhere(), issuing.cert_pem.decode()]  # an ordinary refusal here
+    attack = _fanned((2, 2), ec.SECP256R1(), top=root.cert.subject)
+    baseline, attacked = _median_costs(gate, [wrong, attack], "p384.test")
+    decision = _decide(gate, attack, "p384.test")
+    assert attacked < 3 * baseline, (attacked / baseline, decision.detail)
+    assert decision.reason == "malformed_certificate", decision.detail
+
+
+def pki_leaf_elsewhere() -> str:
+    other = CA.root("R1 Elsewhere Root").intermediate("R1 Elsewhere Issuing")
+    return other.issue("stranger").cert_pem.decode()
+
+
+def test_ordinary_p384_chains_keep_working() -> None:
+    """Two- and three-tier P-384 PKIs: the client sends its issuing CA (and,
+    when the policy CA is configured on the tenant, nothing more)."""
+    root = CA.root("R1 Ordinary P-384 Root", key_type="ec384")
+    issuing = root.intermediate("R1 Ordinary P-384 Issuing", key_type="ec384")
+    policy = root.intermediate("R1 P-384 Policy", key_type="ec384", path_length=1)
+    deep = policy.intermediate("R1 P-384 Deep Issuing", key_type="ec384")
+    rsa_root = CA.root("R1 RSA Root", key_type="rsa", rsa_bits=4096)
+    rsa_issuing = rsa_root.intermediate("R1 RSA Issuing", key_type="rsa", rsa_bits=4096)
+    tenants = [
+        Tenant("two-tier", ("two.test",), (root.cert,), shared_anchors=True),
+        Tenant("three-tier", ("three.test",), (root.cert,), (policy.cert,), shared_anchors=True),
+        Tenant("rsa", ("rsa.test",), (rsa_root.cert,)),
+    ]
+    gate = CertGate(InMemoryRegistry(tenants))
+    two = issuing.issue("d2", key_type="ec384")
+    three = deep.issue("d3", key_type="ec384")
+    rsa_device = rsa_issuing.issue("d4")
+    assert _decide(gate, [two.cert_pem.decode(), issuing.cert_pem.decode()], "two.test").allowed
+    assert _decide(gate, [three.cert_pem.decode(), deep.cert_pem.decode()], "three.test").allowed
+    assert _decide(
+        gate, [rsa_device.cert_pem.decode(), rsa_issuing.cert_pem.decode()], "rsa.test"
+    ).allowed
+    # P-256 chains of the shape the count limits allow keep verifying
+    p256_root = CA.root("R1 P-256 Root")
+    a = p256_root.intermediate("R1 A", path_length=2)
+    b = a.intermediate("R1 B", path_length=1)
+    c = b.intermediate("R1 C")
+    gate2 = CertGate(InMemoryRegistry([Tenant("p256", ("p256.test",), (p256_root.cert,))]))
+    leaf = c.issue("d5")
+    chain = [leaf.cert_pem.decode(), c.cert_pem.decode(), b.cert_pem.decode(), a.cert_pem.decode()]
+    assert _decide(gate2, chain, "p256.test").allowed
+
+
+def test_the_costliest_chain_within_the_budget(pki: PKI, quiet: None) -> None:
+    """One P-384 and two P-256 client-sent checks: the most the budget allows,
+    about what refusing an ordinary P-384 chain costs (~4x a P-256 one)."""
+    ordinary = [
+        pki["acme"].client("r1-ordinary").cert_pem.decode(),
+        pki["acme"].issuer.cert_pem.decode(),
+    ]
+    keys = [ec.generate_private_key(ec.SECP384R1())] + [
+        ec.generate_private_key(ec.SECP256R1()) for _ in range(3)
+    ]
+    names = [_name(f"Budget {i}") for i in range(4)]
+    layers = [
+        _ca(names[i], names[i + 1], keys[i].public_key(), keys[i + 1], 300 + i) for i in range(3)
+    ]
+    now = dt.datetime.now(dt.UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_name("device"))
+        .issuer_name(names[0])
+        .public_key(keys[1].public_key())
+        .serial_number(9)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(keys[0], hashes.SHA384())
+    )
+    attack = [leaf.public_bytes(Encoding.PEM).decode(), *layers]
+    gate = CertGate(pki.registry(), cache_size=0)
+    baseline, attacked = _median_costs(gate, [ordinary, attack])
+    assert _decide(gate, attack).reason == "untrusted_chain"  # within every limit
+    assert attacked < 6 * baseline, attacked / baseline  # measured: ~3.8x
