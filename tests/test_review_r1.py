@@ -6,15 +6,25 @@
    refusal cost ~12x an ordinary refusal (3.4 ms vs 0.27 ms), far above the
    issue's ~3x bar. The verifier now bounds the signature work of a
    presented chain, weighted by key type.
+2. A hung blocking registry: lookups queued behind the stuck threads stayed
+   queued (each with a copy of its request's context) long after their
+   requests got a 503 - unbounded memory under a flood.
+3. Every gate with a blocking registry kept up to 16 lookup threads for the
+   life of the process, even after the gate was gone.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
+import gc
 import logging
 import statistics
+import threading
 import time
+import tracemalloc
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -24,12 +34,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from certgate import CertGate, InMemoryRegistry, Tenant
+from certgate import CertGate, InMemoryRegistry, Reason, Tenant, lookups
 from certgate.decision import Decision
 from certgate.devpki import CA
 from certgate.facts import RequestFacts
+from certgate.lookups import LOOKUP_THREADS, MAX_BACKLOG
 from certgate.sources import asgi_tls
 from tests.conftest import PKI
+from tests.test_cache import tls_facts
+from tests.test_registry_timeout import ACME, HangingRegistry
 
 ATTACKED_HOST = "api.globex.test"
 
@@ -244,3 +257,100 @@ def test_the_costliest_chain_within_the_budget(pki: PKI, quiet: None) -> None:
     baseline, attacked = _median_costs(gate, [ordinary, attack])
     assert _decide(gate, attack).reason == "untrusted_chain"  # within every limit
     assert attacked < 6 * baseline, attacked / baseline  # measured: ~3.8x
+
+
+# -- findings 2 and 3: the lookup pool under a hung registry, and per gate ----
+
+REQUEST_DATA: contextvars.ContextVar[bytes] = contextvars.ContextVar("request_data")
+"""What a framework or a logging library keeps in a context variable per
+request (request ids, headers, the body...)."""
+
+
+def test_lookups_queued_behind_a_hung_registry_do_not_pile_up(pki: PKI, quiet: None) -> None:
+    """Every stuck lookup thread busy: each further request's lookup waited in
+    an unbounded queue - with a copy of the request's context, so whatever
+    the request kept in context variables - long after the request got its
+    503. 300 requests kept 300 x 64 KiB alive."""
+    hanging = HangingRegistry(pki.registry())
+    gate = CertGate(hanging, registry_timeout=0.01)
+    facts = tls_facts(ACME, pki["acme"].client())
+    try:
+        gc.collect()
+        tracemalloc.start()
+        start = tracemalloc.get_traced_memory()[0]
+        for index in range(300):
+            context = contextvars.copy_context()
+            context.run(REQUEST_DATA.set, index.to_bytes(4, "big") * (16 * 1024))
+            decision = context.run(gate.decide, facts)
+            assert decision.reason is Reason.TRUST_STORE_UNAVAILABLE
+            del context
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+        hanging.release.set()
+    # bounded: at most the stuck threads' and the backlog's requests
+    assert held < (LOOKUP_THREADS + MAX_BACKLOG + 10) * 64 * 1024, held
+
+
+def test_a_full_backlog_is_refused_without_waiting(
+    pki: PKI, quiet: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submitted = threading.Semaphore(0)
+    submit = lookups.LookupPool.submit
+
+    def counted(self: lookups.LookupPool, fn: Any) -> Any:
+        try:
+            return submit(self, fn)
+        finally:
+            submitted.release()
+
+    monkeypatch.setattr(lookups.LookupPool, "submit", counted)
+    hanging = HangingRegistry(pki.registry())
+    gate = CertGate(hanging, registry_timeout=60.0)
+    facts = tls_facts(ACME, pki["acme"].client())
+    waiting = LOOKUP_THREADS + MAX_BACKLOG
+    try:
+        with ThreadPoolExecutor(waiting) as callers:
+            pending = [callers.submit(gate.decide, facts) for _ in range(LOOKUP_THREADS)]
+            deadline = time.monotonic() + 30
+            while hanging.calls < LOOKUP_THREADS and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling a condition, with a deadline
+            assert hanging.calls == LOOKUP_THREADS  # every thread stuck
+            pending += [callers.submit(gate.decide, facts) for _ in range(MAX_BACKLOG)]
+            for _ in range(waiting):  # and the backlog full
+                assert submitted.acquire(timeout=30)
+            started = time.monotonic()
+            decision = gate.decide(facts)
+            elapsed = time.monotonic() - started
+            assert decision.reason is Reason.TRUST_STORE_UNAVAILABLE
+            assert "without waiting" in decision.detail
+            assert elapsed < 10.0, elapsed  # not the 60 s registry_timeout
+            hanging.release.set()
+            assert all(f.result(timeout=30).allowed for f in pending)
+    finally:
+        hanging.release.set()
+
+
+def _pool_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("certgate-registry")}
+
+
+def test_idle_lookup_threads_end(pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gate per configuration reload (or per test) left up to 16 threads
+    behind for ever: pool threads never ended, even after the gate was gone."""
+    monkeypatch.setattr(lookups, "IDLE_TIMEOUT", 0.05)
+    registry = HangingRegistry(pki.registry())
+    registry.release.set()
+    before = _pool_threads()
+    facts = tls_facts(ACME, pki["acme"].client())
+    for _ in range(20):
+        assert CertGate(registry).decide(facts).allowed
+    deadline = time.monotonic() + 20
+    while _pool_threads() - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _pool_threads() - before
+    gate = CertGate(registry)  # a pool whose threads ended still works
+    assert gate.decide(facts).allowed
+    time.sleep(0.3)
+    assert gate.decide(facts).allowed
