@@ -11,6 +11,10 @@
    requests got a 503 - unbounded memory under a flood.
 3. Every gate with a blocking registry kept up to 16 lookup threads for the
    life of the process, even after the gate was gone.
+4. The ASGI middleware memoised up to 4096 client-chosen header names (of
+   any length) for the life of the process.
+5. A scope whose headers are not (bytes, bytes) pairs raised out of the
+   middleware (a 500) instead of a fail-closed refusal.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from certgate import CertGate, InMemoryRegistry, Reason, Tenant, lookups
+from certgate.asgi import CertGateMiddleware
 from certgate.decision import Decision
 from certgate.devpki import CA
 from certgate.facts import RequestFacts
 from certgate.lookups import LOOKUP_THREADS, MAX_BACKLOG
 from certgate.sources import asgi_tls
 from tests.conftest import PKI
+from tests.test_asgi import RecordingApp, http_scope, run_http
 from tests.test_cache import tls_facts
 from tests.test_registry_timeout import ACME, HangingRegistry
 
@@ -354,3 +360,65 @@ def test_idle_lookup_threads_end(pki: PKI, monkeypatch: pytest.MonkeyPatch) -> N
     assert gate.decide(facts).allowed
     time.sleep(0.3)
     assert gate.decide(facts).allowed
+
+
+# -- findings 4 and 5: the ASGI middleware -----------------------------------
+
+
+def test_header_names_sent_by_clients_are_not_kept(pki: PKI, quiet: None) -> None:
+    """The middleware memoised up to 4096 header names for good: a client
+    sending long made-up names (8 KiB each here; a server allows tens of KiB)
+    pinned 32 MiB of its bytes for the life of the process."""
+    app = RecordingApp()
+    middleware = CertGateMiddleware(app, CertGate(pki.registry()))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for index in range(4096):
+            name = b"x-" + index.to_bytes(4, "big").hex().encode() * 1024  # 8 KiB
+            run_http(middleware, http_scope(headers=[(name, b"v")]))
+        app.scopes.clear()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * 1024 * 1024, held
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("host", "api.globex.test")],  # str pairs from an upstream middleware
+        [(b"host", "api.globex.test")],
+        [(b"cf-client-cert-der-base64", "abc")],
+        [(b"host", b"api.globex.test", b"extra")],
+        [None],
+        5,
+        [(bytearray(b"host"), b"x")],
+    ],
+    ids=["str-pair", "str-value", "str-cert-value", "triple", "none", "int", "bytearray"],
+)
+def test_a_malformed_scope_is_refused_not_a_500(pki: PKI, quiet: None, headers: Any) -> None:
+    """Headers that are not (bytes, bytes) pairs - a bug upstream - raised
+    out of the middleware: a 500 from the server instead of certgate's
+    fail-closed answer."""
+    app = RecordingApp()
+    gate = CertGate(
+        pki.registry(),
+        trusted_proxies=["10.0.0.0/8"],
+        header_sources=["cloudflare"],
+        trust_reported_peer=True,
+    )
+    middleware = CertGateMiddleware(app, gate)
+    for client, reasons in (
+        (("10.1.2.3", 5000), {"internal_error"}),
+        # from anyone else a certificate header is dropped unread
+        (("203.0.113.9", 5000), {"internal_error", "no_certificate"}),
+    ):
+        scope = http_scope(client=client)
+        scope["headers"] = headers
+        result = run_http(middleware, scope)
+        assert result.status == 403
+        assert result.reason in reasons
+        assert not app.scopes
