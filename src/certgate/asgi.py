@@ -28,6 +28,7 @@ Lifespan and other scope types pass through untouched.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -44,6 +45,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger("certgate")
 
 IDENTITY_KEY = "certgate.identity"
 DECISION_KEY = "certgate.decision"
@@ -89,6 +92,10 @@ def socket_peer(scope: Scope, *, trust_reported: bool = False) -> str | None:
 
 _PLAIN, _HOST, _WANTED, _STRIP, _ALIAS = range(5)
 
+_MEMO_NAME_BYTES = 64
+"""Longest header name remembered by :meth:`CertGateMiddleware._kind` (every
+certificate header is shorter; longer names are classified per request)."""
+
 
 class CertGateMiddleware:
     """Pure ASGI middleware around :class:`~certgate.gate.CertGate`."""
@@ -119,16 +126,20 @@ class CertGateMiddleware:
             kind = _STRIP
         else:
             kind = _PLAIN
-        if len(self._kinds) < 4096:
-            self._kinds[name] = kind
+        if len(name) <= _MEMO_NAME_BYTES and len(self._kinds) < 4096:
+            self._kinds[name] = kind  # never a client's long made-up name: it would stay
         return kind
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        scope, facts = self._facts(scope)
-        decision = await self.gate.adecide(facts)
+        try:
+            scope, facts = self._facts(scope)
+        except Exception as exc:  # noqa: BLE001 - a malformed scope fails closed, not a 500
+            decision = self._malformed_scope(scope, exc)
+        else:
+            decision = await self.gate.adecide(facts)
         if decision.reason is not None:
             await self._reject(scope, receive, send, decision.reason)
             return
@@ -179,6 +190,16 @@ class CertGateMiddleware:
             transport=transport,
         )
         return scope, facts
+
+    def _malformed_scope(self, scope: Scope, exc: Exception) -> Decision:
+        """The refusal of a scope the middleware could not read (headers that
+        are not ``(bytes, bytes)`` pairs: a bug upstream, logged with its
+        traceback). Neither certgate nor the app sees such a request."""
+        path = scope.get("path")
+        facts = RequestFacts(None, path if isinstance(path, str) else "", None, {}, None)
+        logger.error("certgate: unreadable ASGI scope, request refused: %r", exc, exc_info=exc)
+        detail = f"unreadable scope: {type(exc).__name__}"
+        return self.gate.log_decision(Decision(reason=Reason.INTERNAL_ERROR, detail=detail), facts)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, reason: Reason) -> None:
         body = problem_body(reason)

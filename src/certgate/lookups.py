@@ -19,12 +19,14 @@ that give up after ``timeout`` seconds by raising
 What a deadline cannot do is stop the lookup itself. A thread stuck in a
 blocking call stays stuck: the pool holds at most ``LOOKUP_THREADS`` of them,
 so a hung store ties up that many threads and no more. While all of them are
-stuck, further lookups wait in the pool's queue and time out in turn - every
-request that needs the registry gets a 503 after ``timeout`` (fail closed),
-and a lookup whose caller gave up before it started is dropped, not run. The
-threads are daemon threads, so a stuck one never blocks the process from
-exiting. A coroutine is cancelled at the deadline; one that ignores
-cancellation, or blocks the event loop without awaiting, cannot be bounded.
+stuck, up to ``MAX_BACKLOG`` further lookups wait in the pool's queue and
+time out in turn (a 503 after ``timeout``: fail closed); past that a request
+gets its 503 at once, so a flood cannot grow the queue, and a lookup whose
+caller gave up before it started is dropped, not run. The threads are
+daemon threads, so a stuck one never blocks the process from exiting, and
+an idle one ends after ``IDLE_TIMEOUT`` seconds. A coroutine is cancelled
+at the deadline; one that ignores cancellation, or blocks the event loop
+without awaiting, cannot be bounded.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import math
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import TypeVar, cast
@@ -58,6 +61,13 @@ client waits an hour), and far larger values overflow thread waits."""
 LOOKUP_THREADS = 16
 """Threads of a gate's :class:`LookupPool`: concurrent blocking lookups."""
 
+MAX_BACKLOG = 4 * LOOKUP_THREADS
+"""Most lookups of one gate waiting for a free thread; beyond, a request gets
+its 503 at once (see :class:`LookupPool`)."""
+
+IDLE_TIMEOUT = 30.0
+"""Seconds a lookup thread waits for work before it ends."""
+
 SyncLookup = Callable[[str], Tenant | None]
 AsyncLookup = Callable[[str], Awaitable[Tenant | None]]
 
@@ -75,64 +85,101 @@ def check_timeout(value: object) -> float:
     return seconds
 
 
+class _PoolState:
+    """One process's view of a pool: queued lookups and thread counts, all
+    guarded by ``cond``. Replaced whole after ``fork``."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.cond = threading.Condition(threading.Lock())
+        self.jobs: deque[tuple[Future[object], Callable[[], object]]] = deque()
+        self.threads = 0
+        self.idle = 0
+
+
 class LookupPool:
     """A bounded pool of daemon threads for blocking registry lookups.
 
-    Threads start on demand, up to ``size``, and live as long as the process.
-    Unlike :class:`concurrent.futures.ThreadPoolExecutor` its threads are
-    daemons, which are not joined at interpreter exit: a lookup stuck forever
-    must not keep a server from shutting down. A pool inherited through
-    ``fork`` (a gunicorn worker of a preloading master) starts afresh, since
-    the parent's threads do not exist in the child.
+    Threads start on demand, up to ``size``, and end after
+    :data:`IDLE_TIMEOUT` seconds without work, so a gate that is dropped (a
+    configuration reload, a test) leaves no thread behind. Unlike
+    :class:`concurrent.futures.ThreadPoolExecutor` its threads are daemons,
+    which are not joined at interpreter exit: a lookup stuck forever must not
+    keep a server from shutting down.
+
+    At most :data:`MAX_BACKLOG` lookups wait for a thread. A lookup whose
+    caller gave up is dropped when the backlog is full; if it is still full
+    of live lookups (every thread stuck on a hung store), :meth:`submit`
+    raises :class:`queue.Full` at once rather than queue without bound -
+    each queued lookup holds a copy of its request's context. A pool
+    inherited through ``fork`` (a gunicorn worker of a preloading master)
+    starts afresh, since the parent's threads do not exist in the child.
     """
 
-    def __init__(self, size: int = LOOKUP_THREADS, name: str = "certgate-registry") -> None:
+    def __init__(
+        self, size: int = LOOKUP_THREADS, name: str = "certgate-registry", *, backlog: int = 0
+    ) -> None:
         self.size = size
         self.name = name
-        self._lock = threading.Lock()
-        self._reset()
+        self.backlog = backlog or MAX_BACKLOG
+        self._fork_lock = threading.Lock()
+        self._state = _PoolState()
 
-    def _reset(self) -> None:
-        self._pid = os.getpid()
-        self._queue: queue.SimpleQueue[tuple[Future[object], Callable[[], object]]] = (
-            queue.SimpleQueue()
-        )
-        self._idle = threading.Semaphore(0)
-        self._threads = 0
+    def _current(self) -> _PoolState:
+        state = self._state
+        if state.pid != os.getpid():
+            with self._fork_lock:
+                if self._state.pid != os.getpid():
+                    self._state = _PoolState()
+                state = self._state
+        return state
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
-        """Run ``fn()`` on a pool thread; its future."""
+        """Run ``fn()`` on a pool thread; its future. :class:`queue.Full`
+        when :data:`MAX_BACKLOG` live lookups already wait for a thread."""
         future: Future[T] = Future()
-        with self._lock:
-            if self._pid != os.getpid():
-                self._reset()
-            self._queue.put((cast("Future[object]", future), fn))
-            if not self._idle.acquire(blocking=False) and self._threads < self.size:
-                self._threads += 1
+        state = self._current()
+        with state.cond:
+            jobs = state.jobs
+            if len(jobs) >= self.backlog:
+                live = [job for job in jobs if not job[0].cancelled()]
+                jobs.clear()
+                jobs.extend(live)
+                if len(jobs) >= self.backlog:
+                    raise queue.Full
+            jobs.append((cast("Future[object]", future), fn))
+            if len(jobs) > state.idle and state.threads < self.size:
+                state.threads += 1
                 threading.Thread(
-                    target=self._work,
-                    args=(self._queue, self._idle),
-                    name=f"{self.name}-{self._threads}",
+                    target=_work,
+                    args=(state,),
+                    name=f"{self.name}-{state.threads}",
                     daemon=True,
                 ).start()
+            state.cond.notify()
         return future
 
-    @staticmethod
-    def _work(
-        jobs: queue.SimpleQueue[tuple[Future[object], Callable[[], object]]],
-        idle: threading.Semaphore,
-    ) -> None:
-        while True:
-            future, fn = jobs.get()
-            if future.set_running_or_notify_cancel():  # False: the caller gave up already
-                try:
-                    result = fn()
-                except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
-            del future, fn  # hold nothing of a finished lookup while idle
-            idle.release()
+
+def _work(state: _PoolState) -> None:
+    cond, jobs = state.cond, state.jobs
+    while True:
+        with cond:
+            while not jobs:
+                state.idle += 1
+                cond.wait(IDLE_TIMEOUT)
+                state.idle -= 1
+                if not jobs:  # idle for IDLE_TIMEOUT (or woken for a job another took)
+                    state.threads -= 1
+                    return
+            future, fn = jobs.popleft()
+        if future.set_running_or_notify_cancel():  # False: the caller gave up already
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+        del future, fn  # hold nothing of a finished lookup while idle
 
 
 def _wait(future: Future[T], timeout: float) -> T:
@@ -151,14 +198,23 @@ def bound_blocking(
     """Sync and async callables running ``fn`` on ``pool``, each waiting at
     most ``timeout`` seconds."""
 
-    def call(key: str) -> Tenant | None:
+    def submit(key: str) -> Future[Tenant | None]:
         context = contextvars.copy_context()
-        return _wait(pool.submit(functools.partial(context.run, fn, key)), timeout)
+        try:
+            return pool.submit(functools.partial(context.run, fn, key))
+        except queue.Full:  # every thread stuck, backlog full: no wait could end well
+            busy = RegistryTimeout(timeout)
+            busy.detail = (
+                f"registry lookup refused without waiting: {pool.size} lookups stuck "
+                f"and {pool.backlog} waiting"
+            )
+            raise busy from None
+
+    def call(key: str) -> Tenant | None:
+        return _wait(submit(key), timeout)
 
     async def acall(key: str) -> Tenant | None:
-        context = contextvars.copy_context()
-        future = asyncio.wrap_future(pool.submit(functools.partial(context.run, fn, key)))
-        return await _deadline(future, timeout)
+        return await _deadline(asyncio.wrap_future(submit(key)), timeout)
 
     return call, acall
 
