@@ -62,7 +62,7 @@ class TrustedProxies:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         hit = any(address in network for network in self.networks)
-        if len(self._memo) < 4096:
+        if len(peer) <= 64 and len(self._memo) < 4096:  # never keep long client text
             self._memo[peer] = hit
         return hit
 

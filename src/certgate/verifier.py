@@ -22,7 +22,7 @@ that bound the work a hostile chain can cause, or the chain is refused as
 :data:`MAX_CLIENT_RSA_BITS` (8192) bits with a public exponent of at most
 :data:`MAX_CLIENT_RSA_EXPONENT` (65537), and name constraints asking for at
 most :data:`MAX_NAME_CONSTRAINT_WORK` (1024) comparisons, and signature
-checks costing at most :data:`MAX_SIGNATURE_WORK` (10) P-256 checks under
+checks costing at most :data:`MAX_SIGNATURE_WORK` (24) P-256 checks under
 client-sent keys and :data:`MAX_TRUSTED_CHECKS` (2) under the tenant's keys
 over every path the builder could try. A client-sent
 certificate whose names, key or extensions do not parse is
@@ -316,14 +316,15 @@ def _client_intermediates(
     return certs
 
 
-MAX_SIGNATURE_WORK = 10
+MAX_SIGNATURE_WORK = 24
 """Most signature-check work under client-sent keys one path search may ask
-for, in units of one P-256 (or RSA <= 4096-bit) check: one P-384 or P-521
-check (8) and two cheap ones, two RSA-8192 checks (4 each) and two cheap
-ones, or ten cheap ones. Counted over every path the builder could try (see
-:func:`_check_signature_work`). A chain of one P-384 and two cheaper
-client-sent intermediates fits; two P-384 ones do not (configure one on the
-tenant)."""
+for, in units of one P-256 (or RSA <= 4096-bit) check, where a P-384 or
+P-521 check costs 8 and an RSA-8192 one 4. 24 is what the costliest
+*ordinary* chain needs: a leaf under three client-sent P-384 intermediates
+in a line. Counted over every path the builder could try (see
+:func:`_check_signature_work`), so layers of look-alike issuers do not fit:
+two candidates per level double the count. A refusal within this budget
+therefore costs no more than verifying that ordinary chain."""
 
 MAX_TRUSTED_CHECKS = 2
 """Most checks under the tenant's own keys (roots and configured
