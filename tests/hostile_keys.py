@@ -18,10 +18,12 @@ Nothing here is used outside the tests; no key material is written anywhere.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -110,3 +112,25 @@ def resign(builder: x509.CertificateBuilder, key: BigKey) -> x509.Certificate:
 
 def pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(Encoding.PEM).decode()
+
+
+def ca_builder(
+    subject: x509.Name, issuer: x509.Name, public: Any, serial: int
+) -> x509.CertificateBuilder:
+    """An unsigned "CA" certificate (cA=TRUE, keyCertSign, valid now) of the
+    kind an attacker signs with any key it holds, for the hostile-chain proofs."""
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(serial)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+    )

@@ -17,7 +17,6 @@ log line, remembered by the refusal cache.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import logging
 import random
 import statistics
@@ -44,7 +43,7 @@ from certgate.verifier import (
     MAX_NAME_CONSTRAINT_WORK,
 )
 from tests.conftest import PKI
-from tests.hostile_keys import E_64_BIT, BigKey, big_key, pem, resign
+from tests.hostile_keys import E_64_BIT, BigKey, big_key, ca_builder, pem, resign
 from tests.test_review_findings import _fake_ca
 
 ATTACKED_HOST = "api.globex.test"  # any tenant but the device's own
@@ -52,24 +51,6 @@ ATTACKED_HOST = "api.globex.test"  # any tenant but the device's own
 
 def _name(text: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
-
-
-def _ca_builder(subject: x509.Name, issuer: x509.Name, public: Any, serial: int) -> Any:
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public)
-        .serial_number(serial)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-    )
 
 
 def _layers(pki: PKI, key: BigKey, widths: Sequence[int]) -> list[str]:
@@ -86,7 +67,7 @@ def _layers(pki: PKI, key: BigKey, widths: Sequence[int]) -> list[str]:
             serial += 1
             copy = level == 0 and column == 0
             public = issuing.key.public_key() if copy else key.public_key()
-            builder = _ca_builder(names[level], names[level + 1], public, serial)
+            builder = ca_builder(names[level], names[level + 1], public, serial)
             out.append(pem(resign(builder, key)))
     return out
 
@@ -227,7 +208,7 @@ def test_name_constraint_work_is_bounded(pki: PKI, quiet: None) -> None:
     def copy_of_issuing(sans: int, subtrees: int) -> str:
         permitted = [x509.DNSName(f"n{i}.y") for i in range(subtrees - 1)]
         builder = (
-            _ca_builder(acme.issuer.cert.subject, _name("L2"), acme.issuer.key.public_key(), 9)
+            ca_builder(acme.issuer.cert.subject, _name("L2"), acme.issuer.key.public_key(), 9)
             .add_extension(
                 x509.SubjectAlternativeName([x509.DNSName(f"a{i}.x") for i in range(sans)]),
                 critical=False,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import logging
 import time
 import warnings
@@ -33,6 +32,7 @@ from certgate.devpki import CA
 from certgate.facts import RequestFacts
 from certgate.sources import asgi_tls
 from tests.conftest import PKI
+from tests.hostile_keys import ca_builder
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -210,22 +210,7 @@ def _fake_ca(
     serial: int,
 ) -> str:
     """A "CA" certificate an attacker signs with a device key (PEM)."""
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public)
-        .serial_number(serial)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(signer, hashes.SHA256())
-    )
+    cert = ca_builder(subject, issuer, public, serial).sign(signer, hashes.SHA256())
     return cert.public_bytes(Encoding.PEM).decode()
 
 

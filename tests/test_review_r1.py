@@ -47,6 +47,7 @@ from certgate.facts import RequestFacts
 from certgate.lookups import LOOKUP_THREADS, MAX_BACKLOG
 from certgate.sources import asgi_tls
 from tests.conftest import PKI
+from tests.hostile_keys import ca_builder
 from tests.test_asgi import RecordingApp, http_scope, run_http
 from tests.test_cache import tls_facts
 from tests.test_registry_timeout import ACME, HangingRegistry
@@ -67,22 +68,7 @@ def _name(text: str) -> x509.Name:
 
 
 def _ca(subject: x509.Name, issuer: x509.Name, public: Any, signer: Any, serial: int) -> str:
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public)
-        .serial_number(serial)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(signer, hashes.SHA384())
-    )
+    cert = ca_builder(subject, issuer, public, serial).sign(signer, hashes.SHA384())
     return cert.public_bytes(Encoding.PEM).decode()
 
 
