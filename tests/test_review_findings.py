@@ -310,3 +310,18 @@ def test_fresh_hostile_chains_cost_about_as_much_as_ordinary_ones(pki: PKI) -> N
             assert cost(attack, "pay.acme.test", rounds=1)[1] is None
     finally:
         logging.getLogger("certgate").setLevel(logging.NOTSET)
+
+
+def test_a_refusal_is_never_truthy(pki: PKI) -> None:
+    """``if gate.decide(facts):`` must not let a refusal through: a NamedTuple
+    of non-empty fields is always true unless it says otherwise."""
+    gate = CertGate(pki.registry())
+    refused = gate.decide(RequestFacts("pay.acme.test", "/", "203.0.113.9", {}, None))
+    assert refused.reason is not None
+    assert not refused
+    assert not refused.allowed
+    exempt = CertGate(pki.registry(), exempt_paths=["/healthz"]).decide(
+        RequestFacts("pay.acme.test", "/healthz", "203.0.113.9", {}, None)
+    )
+    assert exempt
+    assert exempt.allowed

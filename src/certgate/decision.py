@@ -61,6 +61,11 @@ class Decision(NamedTuple):
     def allowed(self) -> bool:
         return self.reason is None
 
+    def __bool__(self) -> bool:
+        """True only for an allow: ``if gate.decide(facts):`` must never let a
+        refusal through (a plain tuple is always true)."""
+        return self.reason is None
+
     @property
     def status(self) -> int:
         """HTTP status for a rejection (200 when allowed)."""
