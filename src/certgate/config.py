@@ -247,7 +247,7 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
         if not isinstance(tenant_id, str) or not tenant_id:
             raise ConfigError(f"{where}: 'id' must be a non-empty string")
         try:
-            check_tenant_id(tenant_id)
+            check_tenant_id(tenant_id)  # before any PEM file is read
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         where = f"{path}: tenant {tenant_id!r}"

@@ -44,8 +44,9 @@ class RegistryTimeout(Rejected):
     """A trust registry lookup did not answer within ``timeout`` seconds
     (``registry_timeout``): ``trust_store_unavailable``, fail closed."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, detail: str = "") -> None:
         super().__init__(
-            Reason.TRUST_STORE_UNAVAILABLE, f"registry lookup timed out after {timeout:g} s"
+            Reason.TRUST_STORE_UNAVAILABLE,
+            detail or f"registry lookup timed out after {timeout:g} s",
         )
         self.timeout = timeout

@@ -203,12 +203,11 @@ def bound_blocking(
         try:
             return pool.submit(functools.partial(context.run, fn, key))
         except queue.Full:  # every thread stuck, backlog full: no wait could end well
-            busy = RegistryTimeout(timeout)
-            busy.detail = (
+            raise RegistryTimeout(
+                timeout,
                 f"registry lookup refused without waiting: {pool.size} lookups stuck "
-                f"and {pool.backlog} waiting"
-            )
-            raise busy from None
+                f"and {pool.backlog} waiting",
+            ) from None
 
     def call(key: str) -> Tenant | None:
         return _wait(submit(key), timeout)

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .errors import ConfigError
 from .hosts import parent_domain
-from .tenant import Anchor, Tenant, name_key
+from .tenant import Anchor, Tenant
 
 _SHA256 = SHA256()
 _MAX_ISSUER_HOPS = 8
@@ -179,9 +179,9 @@ def _check_issued_anchors(tenants: list[Tenant]) -> None:
     for tenant in tenants:
         for anchor in tenant.anchors:
             anchored.setdefault(anchor.name_key, []).append(tenant)
-        for cert in (*tenant.roots, *tenant.intermediates):
+        for cert, identity in tenant.ca_name_keys:
             by_subject.setdefault(cert.subject.public_bytes(), []).append(cert)
-            by_identity.setdefault(name_key(cert), []).append(cert)
+            by_identity.setdefault(identity, []).append(cert)
     for tenant in tenants:
         for anchor in tenant.anchors:
             for form in _forms_of(anchor, by_identity):

@@ -65,6 +65,7 @@ def name_key(cert: x509.Certificate) -> bytes:
         digest.update(part)
     return digest.digest()
 
+
 TENANT_ID_RULE = (
     "1 to 128 characters of ASCII letters, digits and . _ : @ -, starting with a letter or digit"
 )
@@ -191,6 +192,13 @@ class Tenant:
     def anchors(self) -> tuple[Anchor, ...]:
         """The identities of :attr:`roots` (computed once)."""
         return tuple(Anchor.of(root) for root in self.roots)
+
+    @functools.cached_property
+    def ca_name_keys(self) -> tuple[tuple[x509.Certificate, bytes], ...]:
+        """Every root and intermediate with its :func:`name_key` (computed
+        once, not on every registry change)."""
+        roots = tuple((anchor.cert, anchor.name_key) for anchor in self.anchors)
+        return roots + tuple((cert, name_key(cert)) for cert in self.intermediates)
 
 
 def load_pem_certificates(data: bytes, where: str) -> list[x509.Certificate]:

@@ -177,17 +177,11 @@ class CertGateWSGIMiddleware:
                     value = environ.get(key)
                     if isinstance(value, str):
                         headers[name] = [value]
-            else:
-                removed = [key for key in environ if key in self._strip_keys]
-                for key in removed:
-                    del environ[key]
-                if any(key in self._read_keys for key in removed):
-                    ambiguous = risk
+            elif any(key in self._read_keys for key in self._strip(environ)):
+                ambiguous = risk
         else:
-            stripped = [key for key in environ if key in self._strip_keys]
+            stripped = self._strip(environ)
             if stripped:
-                for key in stripped:
-                    del environ[key]
                 self.gate.note_stripped(peer, stripped)
         transport = None
         if not trusted and self.gate.transport:
@@ -202,6 +196,13 @@ class CertGateWSGIMiddleware:
             transport=transport,
         )
         return facts, ambiguous
+
+    def _strip(self, environ: Environ) -> list[str]:
+        """Delete every certificate header from ``environ``; the keys deleted."""
+        removed = [key for key in environ if key in self._strip_keys]
+        for key in removed:
+            del environ[key]
+        return removed
 
     def alias_risk(self, environ: Environ) -> str | None:
         """Why a certificate header in this environ might be the underscore

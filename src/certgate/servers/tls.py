@@ -64,13 +64,6 @@ def defer_time_checks(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
-def defer_time_checks_if_verifying(context: ssl.SSLContext) -> ssl.SSLContext:
-    """:func:`defer_time_checks` on a context that asks for client certificates."""
-    if context.verify_mode != ssl.CERT_NONE:
-        defer_time_checks(context)
-    return context
-
-
 def accept_intermediate_anchors(context: ssl.SSLContext) -> ssl.SSLContext:
     """Let a non-self-signed CA in the loaded bundle end a client chain.
 
