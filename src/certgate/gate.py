@@ -482,8 +482,6 @@ class CertGate:
 
 def _fingerprint(presented: Presented) -> str | None:
     """SHA-256 of the presented leaf for logs, if it decodes."""
-    if presented.verdict is not None:  # decoding would raise the source's own object
-        return None
     try:
         ders = presented.decode()
     except Rejected:
