@@ -15,7 +15,7 @@ from examples.devenv import DevEnv, fastapi_uvicorn_cmd, free_port, running
 
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["Server", "free_port", "serve"]
+__all__ = ["Server", "free_port", "serve", "trust_header_source"]
 
 
 @dataclass
@@ -57,6 +57,17 @@ class Server:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def trust_header_source(env: DevEnv, proxies: str) -> DevEnv:
+    """Rewrite ``env``'s certgate.toml to believe the Cloudflare header from
+    the ``proxies`` CIDR range (a TOML string)."""
+    text = env.config.read_text().replace(
+        "[certgate]\n",
+        f'[certgate]\ntrusted_proxies = ["{proxies}"]\nheader_sources = ["cloudflare"]\n',
+    )
+    env.config.write_text(text)
+    return env
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from tests.servers import (
     gunicorn_cmd,
     plain_uvicorn_cmd,
     serve,
+    trust_header_source,
     uvicorn_cmd,
     uvicorn_run_cmd,
     werkzeug_cmd,
@@ -252,13 +253,9 @@ def test_websocket_allowed_and_refused_before_accept(uvicorn_server: Server) -> 
 
 @pytest.fixture(scope="module")
 def proxy_env(tmp_path_factory: pytest.TempPathFactory) -> DevEnv:
-    env = make_dev_environment(tmp_path_factory.mktemp("proxy-pki"))
-    text = env.config.read_text().replace(
-        "[certgate]\n",
-        '[certgate]\ntrusted_proxies = ["10.0.0.0/8"]\nheader_sources = ["cloudflare"]\n',
+    return trust_header_source(
+        make_dev_environment(tmp_path_factory.mktemp("proxy-pki")), "10.0.0.0/8"
     )
-    env.config.write_text(text)
-    return env
 
 
 def test_x_forwarded_for_cannot_make_a_peer_trusted(proxy_env: DevEnv) -> None:

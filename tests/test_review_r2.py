@@ -3,7 +3,6 @@ resumed-session warning on contexts certgate prepared."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import pickle
 import socket
@@ -20,6 +19,7 @@ from certgate import CertGate, ConfigError, InMemoryRegistry, Reason, Tenant
 from certgate.devpki import CA
 from certgate.facts import RequestFacts
 from certgate.sources import asgi_tls
+from tests.hostile_keys import ca_builder
 from tests.servers import Server, free_port, serve, uvicorn_cmd
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -30,22 +30,13 @@ GLOBEX = ("api.globex.test",)
 
 def cross_certificate(subject: CA, issuer: CA) -> x509.Certificate:
     """``subject``'s name and key, certified by ``issuer`` (a cross-certificate)."""
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject.cert.subject)
-        .issuer_name(issuer.cert.subject)
-        .public_key(subject.key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(issuer.key, hashes.SHA256())
+    builder = ca_builder(
+        subject.cert.subject,
+        issuer.cert.subject,
+        subject.key.public_key(),
+        x509.random_serial_number(),
     )
+    return builder.sign(issuer.key, hashes.SHA256())
 
 
 def device_facts(host: str, leaf_pem: bytes) -> RequestFacts:

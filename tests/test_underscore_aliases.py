@@ -30,7 +30,7 @@ from certgate import CertGate
 from certgate.servers import gunicorn
 from certgate.wsgi import CertGateWSGIMiddleware, Environ, StartResponse
 from tests.conftest import PKI
-from tests.servers import ROOT, Server, free_port, serve, werkzeug_cmd
+from tests.servers import ROOT, Server, free_port, serve, trust_header_source, werkzeug_cmd
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -64,12 +64,9 @@ WORKER_HOOK_ONLY_CONF = NO_HEADER_HOOKS_CONF.replace(
 @pytest.fixture(scope="module")
 def proxy_env(tmp_path_factory: pytest.TempPathFactory) -> DevEnv:
     """The dev PKI with the Cloudflare header source trusted from loopback."""
-    env = make_dev_environment(tmp_path_factory.mktemp("alias-pki"))
-    text = env.config.read_text().replace(
-        "[certgate]\n",
-        '[certgate]\ntrusted_proxies = ["127.0.0.1/32"]\nheader_sources = ["cloudflare"]\n',
+    env = trust_header_source(
+        make_dev_environment(tmp_path_factory.mktemp("alias-pki")), "127.0.0.1/32"
     )
-    env.config.write_text(text)
     for name, body in (
         ("no-hooks.conf.py", NO_HEADER_HOOKS_CONF),
         ("worker-hook.conf.py", WORKER_HOOK_ONLY_CONF),
