@@ -157,6 +157,14 @@ def _der_total_length(buf: bytes, pos: int) -> int:
     """Length of the DER SEQUENCE starting at ``buf[pos]`` including its header."""
     if len(buf) - pos < 2 or buf[pos] != 0x30:
         raise Rejected(Reason.MALFORMED_CERTIFICATE, "not a DER SEQUENCE")
+    header, length = _der_header(buf, pos)
+    return header + length
+
+
+def _der_header(buf: bytes, pos: int) -> tuple[int, int]:
+    """(header length, content length) of the DER element at ``buf[pos]``."""
+    if len(buf) - pos < 2:
+        raise Rejected(Reason.MALFORMED_CERTIFICATE, "truncated DER")
     first = buf[pos + 1]
     if first < 0x80:
         header, length = 2, first
@@ -169,4 +177,28 @@ def _der_total_length(buf: bytes, pos: int) -> int:
     total = header + length
     if total > len(buf) - pos or total > MAX_CERTIFICATE_BYTES:
         raise Rejected(Reason.MALFORMED_CERTIFICATE, "truncated or oversized DER")
-    return total
+    return header, length
+
+
+def name_sizes(der: bytes) -> tuple[int, int]:
+    """Encoded sizes of the issuer and subject names of certificate ``der``,
+    read from the DER structure alone (no ``Name`` objects: building one
+    costs time per attribute, which an attacker chooses).
+
+    Walks ``Certificate -> tbsCertificate -> [version] serialNumber
+    signature issuer validity subject`` (RFC 5280, 4.1); bytes without that
+    structure are ``Rejected(malformed_certificate)``. Trust is never read
+    from here: this only sizes the names.
+    """
+    outer, _ = _der_header(der, 0)
+    tbs, _ = _der_header(der, outer)
+    pos = outer + tbs
+    if pos < len(der) and der[pos] == 0xA0:  # [0] EXPLICIT version
+        pos += sum(_der_header(der, pos))
+    for _ in range(2):  # serialNumber, signature
+        pos += sum(_der_header(der, pos))
+    issuer = sum(_der_header(der, pos))
+    pos += issuer
+    pos += sum(_der_header(der, pos))  # validity
+    subject = sum(_der_header(der, pos))
+    return issuer, subject

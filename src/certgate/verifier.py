@@ -21,7 +21,8 @@ that bound the work a hostile chain can cause, or the chain is refused as
 :data:`MAX_CLIENT_SAME_SUBJECT` (2) per subject, RSA keys of at most
 :data:`MAX_CLIENT_RSA_BITS` (8192) bits with a public exponent of at most
 :data:`MAX_CLIENT_RSA_EXPONENT` (65537), and name constraints asking for at
-most :data:`MAX_NAME_CONSTRAINT_WORK` (1024) comparisons, and signature
+most :data:`MAX_NAME_CONSTRAINT_WORK` (1024) comparisons, names of at most
+:data:`MAX_CLIENT_NAME_BYTES` (1024) encoded bytes, and signature
 checks costing at most :data:`MAX_SIGNATURE_WORK` (24) P-256 checks under
 client-sent keys and :data:`MAX_TRUSTED_CHECKS` (2) under the tenant's keys
 over every path the builder could try. A client-sent
@@ -61,7 +62,7 @@ from cryptography.x509.verification import (
 
 from .errors import ConfigError, Rejected
 from .identity import ClientIdentity
-from .pem import MAX_PRESENTED_CERTIFICATES, load_certificate
+from .pem import MAX_PRESENTED_CERTIFICATES, load_certificate, name_sizes
 from .reasons import Reason
 from .tenant import Tenant
 
@@ -288,6 +289,7 @@ def _client_intermediates(
     """
     if len(ders) < 2:  # the leaf alone (header sources that forward only the leaf)
         return []
+    _check_name_sizes(ders)
     seen = {ders[0]}
     certs: list[x509.Certificate] = []
     for der in ders[1:]:
@@ -312,6 +314,27 @@ def _client_intermediates(
             Reason.MALFORMED_CERTIFICATE, f"unparseable client-sent intermediate: {exc!r}"
         ) from None
     return certs
+
+
+MAX_CLIENT_NAME_BYTES = 1024
+"""Largest encoded issuer or subject name accepted in a certificate the
+client sent along with intermediates (real CA and device names take a few
+hundred bytes at most). Handling a name in Python costs time per attribute:
+names of hundreds of attributes made one refusal cost 8-14 times an ordinary
+verification before any other limit applied."""
+
+
+def _check_name_sizes(ders: Sequence[bytes]) -> None:
+    """Refuse a presented chain with a name over :data:`MAX_CLIENT_NAME_BYTES`,
+    measured on the DER before any ``Name`` object is built."""
+    for der in ders:
+        size = max(name_sizes(der))
+        if size > MAX_CLIENT_NAME_BYTES:
+            raise Rejected(
+                Reason.MALFORMED_CERTIFICATE,
+                f"a client-sent certificate with a name of {size} bytes "
+                f"(at most {MAX_CLIENT_NAME_BYTES})",
+            )
 
 
 MAX_SIGNATURE_WORK = 24
@@ -368,7 +391,7 @@ def _check_signature_work(
     stack: list[tuple[x509.Certificate, bool, int]] = [(leaf, False, 0)]
     while stack:
         cert, is_configured, depth = stack.pop()
-        if depth >= max_depth:
+        if depth > max_depth:  # the builder checks issuers up to this depth
             continue
         if not is_configured:
             trusted += anchors[cert.issuer] + trusted_checks[cert.issuer]
