@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 logger = logging.getLogger("certgate")
 
@@ -35,8 +35,7 @@ STAGE_ROUTE = "route"
 """A route-level check (a decorator or dependency with a policy)."""
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionEvent:
+class DecisionEvent(NamedTuple):
     """One decision, allowed or refused.
 
     ``reason`` is ``None`` for an allow; ``mode`` is ``"enforce"`` or
@@ -45,6 +44,8 @@ class DecisionEvent:
     ``access`` the path's access mode (``require``, ``optional``,
     ``exempt``); ``latency_s`` the time the decision took (verification
     included). ``detail`` is for logs only: never show it to clients.
+
+    An immutable ``NamedTuple`` (one is built per decision).
     """
 
     stage: str
