@@ -142,14 +142,15 @@ class LogObserver:
         if event.reason is None:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
-                    "certgate: allowed stage=%s tenant=%s source=%s fingerprint=%s "
-                    "access=%s path=%.255r",
-                    event.stage,
+                    "certgate: allowed tenant=%s source=%s fingerprint=%s exempt=%s "
+                    "path=%.255r stage=%s access=%s",
                     event.tenant,
                     event.source,
                     event.fingerprint,
-                    event.access,
+                    event.exempt,
                     event.path,
+                    event.stage,
+                    event.access,
                     extra={"certgate": event.as_dict()},
                 )
             return
@@ -161,19 +162,20 @@ class LogObserver:
         verb = "would reject (report-only)" if event.mode == "report" else "rejected"
         logger.log(
             level,
-            "certgate: %s reason=%s stage=%s tenant=%s source=%s fingerprint=%s "
-            "policy=%.200r host=%.255r peer=%.64r path=%.255r detail=%.500r",
+            "certgate: %s reason=%s tenant=%s source=%s fingerprint=%s host=%.255r "
+            "peer=%.64r path=%.255r detail=%.500r stage=%s access=%s policy=%.200r",
             verb,
             event.reason,
-            event.stage,
             event.tenant,
             event.source,
             event.fingerprint,
-            event.policy,
             event.host,
             event.peer,
             event.path,
             event.detail,
+            event.stage,
+            event.access,
+            event.policy,
             extra={"certgate": event.as_dict()},
         )
 
