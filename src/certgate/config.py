@@ -6,6 +6,11 @@ trusted_proxies = []             # CIDRs of proxies allowed to set cert headers
 header_sources  = []             # e.g. ["cloudflare"]; needs trusted_proxies
 transport       = true           # use the certificate of the TLS connection
 exempt_paths    = ["/healthz"]   # exact paths, or prefixes ending in "/*"
+access          = "require"      # default access: "require", or "optional" (routes decide)
+mode            = "enforce"      # "enforce", or "report" (report-only: log, count, let through)
+policy          = { }            # default policy of tenants without their own (certgate.policy)
+refusal_format  = "problem+json" # or "text", "html"
+expiry_warning_days = 30         # warn when a client certificate expires sooner
 strip_known_headers = true       # remove every well-known proxy cert header from untrusted peers
 trust_reported_peer = false      # believe scope["client"] / REMOTE_ADDR as the socket peer
 cache_size      = 10000          # verified chains kept (0 = no cache)
@@ -13,12 +18,20 @@ registry_timeout = 5.0           # seconds a registry lookup may take (then 503)
 max_chain_depth = 8
 min_rsa_bits    = 2048
 
+[[certgate.routes]]              # per path prefix; the longest match wins
+path   = "/admin/*"              # exact path, or a prefix ending in "/*"
+access = "require"               # optional: "require", "optional", "exempt"
+mode   = "enforce"               # optional: "enforce", "report"
+policy = { common_name = ["alice"] }   # optional: a route policy (certgate.policy)
+
 [[tenants]]
 id            = "acme"
 hosts         = ["pay.acme.com", "*.acme.example"]
 roots         = ["acme-root.pem"]          # files relative to this TOML file;
 intermediates = ["acme-issuing-ca.pem"]    # one file may hold several PEMs
 shared_anchors = false                     # true on EVERY tenant that knowingly shares a root
+mode          = "report"                   # optional: this tenant's mode
+policy        = { issued_by = { fingerprints = ["..."] } }   # optional: its default policy
 ```
 
 Unknown keys are errors, not ignored: a typo such as ``trusted_proxy`` must
@@ -43,14 +56,18 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
 from .errors import ConfigError
 from .registry import InMemoryRegistry
+from .rollout import Route, parse_access, parse_mode
 from .tenant import Tenant, check_tenant_id, load_pem_certificates
 from .text import safe_text
+
+if TYPE_CHECKING:
+    from .policy import Policy
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 """Largest TOML configuration file read (16 MiB: some 50,000 tenants)."""
@@ -115,8 +132,17 @@ _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_chain_depth": int,
     "min_rsa_bits": int,
     "registry_timeout": (int, float),
+    "access": str,
+    "mode": str,
+    "refusal_format": str,
+    "expiry_warning_days": (int, float),
+    "routes": list,
+    "policy": dict,
 }
-_TENANT_KEYS = {"id", "hosts", "roots", "intermediates", "shared_anchors"}
+_TENANT_KEYS = {"id", "hosts", "roots", "intermediates", "shared_anchors", "mode", "policy"}
+_ROUTE_KEYS = {"path", "access", "mode", "policy"}
+MAX_ROUTES = 1000
+"""Most ``[[certgate.routes]]`` entries."""
 
 
 @dataclass
@@ -172,9 +198,18 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             )
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(f"{path}: [certgate].{key} has the wrong type")
+        if key == "routes" and isinstance(value, list):
+            kwargs[key] = _routes(path, value)
+            continue
+        if key == "policy":
+            kwargs[key] = _policy(value, f"{path}: [certgate].policy")
+            continue
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: [certgate].{key} must be a list of strings")
         kwargs[key] = tuple(value) if isinstance(value, list) else value
+    for key, check in (("access", parse_access), ("mode", parse_mode)):
+        if key in kwargs:
+            check(kwargs[key], f"{path}: [certgate].{key}")
     return Config(registry=TomlRegistry(path, data), gate_kwargs=kwargs)
 
 
@@ -261,13 +296,69 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
         shared = entry.get("shared_anchors", False)
         if not isinstance(shared, bool):
             raise ConfigError(f"{where}: 'shared_anchors' must be true or false")
+        mode = entry.get("mode")
+        if mode is not None:
+            parse_mode(mode, f"{where}: 'mode'")
+        policy = entry.get("policy")
+        if policy is not None:
+            policy = _policy(policy, f"{where}: 'policy'")
         try:
             tenants.append(
-                Tenant(tenant_id, tuple(hosts), tuple(roots), tuple(inters), shared_anchors=shared)
+                Tenant(
+                    tenant_id,
+                    tuple(hosts),
+                    tuple(roots),
+                    tuple(inters),
+                    shared_anchors=shared,
+                    policy=policy,
+                    mode=mode,
+                )
             )
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return tenants
+
+
+def _policy(value: Any, where: str) -> Policy:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    from .policy import policy_from_config  # noqa: PLC0415 - only configs with policies
+
+    return policy_from_config(value, where)
+
+
+def _routes(path: Path, entries: list[Any]) -> tuple[Route, ...]:
+    if len(entries) > MAX_ROUTES:
+        raise ConfigError(f"{path}: more than {MAX_ROUTES} [[certgate.routes]]")
+    routes: list[Route] = []
+    for position, entry in enumerate(entries, 1):
+        where = f"{path}: [[certgate.routes]] #{position}"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where} is not a table")
+        unknown = set(entry) - _ROUTE_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {_some(unknown)}")
+        pattern = entry.get("path")
+        if not isinstance(pattern, str):
+            raise ConfigError(f"{where}: 'path' must be a string")
+        where = f"{path}: route {safe_text(pattern, 80)}"
+        access = entry.get("access")
+        mode = entry.get("mode")
+        policy = entry.get("policy")
+        try:
+            routes.append(
+                Route(
+                    pattern,
+                    access=None if access is None else parse_access(access, where),
+                    mode=None if mode is None else parse_mode(mode, where),
+                    policy=None if policy is None else _policy(policy, f"{where}: 'policy'"),
+                )
+            )
+        except ConfigError as exc:
+            if str(exc).startswith(str(path)):
+                raise
+            raise ConfigError(f"{where}: {exc}") from None
+    return tuple(routes)
 
 
 def _some(keys: set[str], shown: int = 5) -> str:

@@ -12,3 +12,7 @@ class Policy:
 
     def check(self, identity: ClientIdentity, now: datetime) -> str | None:
         raise NotImplementedError
+
+
+def policy_from_config(table: object, where: str) -> Policy:
+    raise NotImplementedError

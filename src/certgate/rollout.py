@@ -37,7 +37,6 @@ from __future__ import annotations
 import enum
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import ConfigError
@@ -61,29 +60,49 @@ class Mode(enum.StrEnum):
     REPORT = "report"
 
 
-@dataclass(frozen=True)
 class Route:
     """A rule for the paths matching ``path`` (exact, or a prefix ending in
     ``/*``). Each setting left ``None`` falls through to the next shorter
-    matching rule, then to the default."""
+    matching rule, then to the default. ``access`` and ``mode`` take the
+    enum members or their strings (``"optional"``, ``"report"``).
+    Immutable."""
+
+    __slots__ = ("access", "mode", "path", "policy")
 
     path: str
-    access: Access | None = None
-    mode: Mode | None = None
-    policy: Policy | None = None
+    access: Access | None
+    mode: Mode | None
+    policy: Policy | None
 
-    def __post_init__(self) -> None:
-        check_pattern(self.path)
-        if self.access is not None:
-            object.__setattr__(self, "access", parse_access(self.access, f"route {self.path!r}"))
-        if self.mode is not None:
-            object.__setattr__(self, "mode", parse_mode(self.mode, f"route {self.path!r}"))
-        if self.path == "/*" and self.access is Access.EXEMPT:
+    def __init__(
+        self,
+        path: str,
+        access: Access | str | None = None,
+        mode: Mode | str | None = None,
+        policy: Policy | None = None,
+    ) -> None:
+        where = f"route {str(path)[:80]!r}"
+        check_pattern(path)
+        set_ = object.__setattr__
+        set_(self, "path", path)
+        set_(self, "access", None if access is None else parse_access(access, where))
+        set_(self, "mode", None if mode is None else parse_mode(mode, where))
+        set_(self, "policy", policy)
+        if path == "/*" and self.access is Access.EXEMPT:
             raise ConfigError(
                 "'/*' exempts every path, which turns certgate off. List only the paths "
                 "served without a client certificate (e.g. '/healthz', '/public/*'), or use "
                 "access 'optional' to let routes decide."
             )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a Route is immutable")
+
+    def __repr__(self) -> str:
+        return (
+            f"Route({self.path!r}, access={self.access and self.access.value!r}, "
+            f"mode={self.mode and self.mode.value!r}, policy={self.policy!r})"
+        )
 
 
 class PathRule(NamedTuple):
