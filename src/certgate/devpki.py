@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .errors import ConfigError
+
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 _UNSET: object = object()
 
@@ -47,7 +49,7 @@ def make_key(key_type: str = "ec", rsa_bits: int = 2048) -> PrivateKey:
         return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
     if key_type == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
-    raise ValueError(f"unknown key type {key_type!r}")
+    raise ConfigError(f"unknown key type {key_type!r}")
 
 
 def _now() -> dt.datetime:
