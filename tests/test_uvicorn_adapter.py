@@ -41,3 +41,14 @@ def test_config_accepts_certgate_classes_by_object_or_name() -> None:
 def test_cli_refuses_unwrapped_websocket_protocol() -> None:
     with pytest.raises(SystemExit, match="--ws='websockets' is not one of certgate's"):
         adapter.main(["app:app", "--ws", "websockets"])
+
+
+def test_setup_errors_belong_to_certgates_hierarchy() -> None:
+    from certgate.errors import CertgateError, ServerSetupError
+    from certgate.servers.tls import client_auth_context
+
+    with pytest.raises(ServerSetupError, match="TLS-aware protocol classes") as info:
+        adapter.config(_app, http="h11")
+    assert isinstance(info.value, CertgateError)
+    with pytest.raises(CertgateError, match="needs ca_file or ca_pem"):
+        client_auth_context("server.pem", "server.key")
