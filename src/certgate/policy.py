@@ -493,12 +493,12 @@ class _DnsRule(Policy):
         return self.label
 
 
-def _dns_name(pattern: str, what: str) -> str:
+def _dns_name(pattern: str, what: str, shown: str | None = None) -> str:
     name = pattern.lower()
     labels = name.split(".")
     if not name.isascii() or _DNS_BAD.search(name) or not all(labels):
         raise ConfigError(
-            f"{what}: {safe_text(pattern, 80)!r} is not a DNS name or a '*.' wildcard "
+            f"{what}: {safe_text(shown or pattern, 80)!r} is not a DNS name or a '*.' wildcard "
             "(ASCII letters, digits, '-', '_', '.'; use the xn-- form for IDNs)"
         )
     return name
@@ -525,7 +525,7 @@ def san_dns(*patterns: str, regex: bool = False) -> Policy:
     suffixes: set[str] = set()
     for pattern in _strings(patterns, "san_dns"):
         if pattern.startswith("*."):
-            suffixes.add(_dns_name(pattern[2:], "san_dns"))
+            suffixes.add(_dns_name(pattern[2:], "san_dns", pattern))
         else:
             exact.add(_dns_name(pattern, "san_dns"))
     return _DnsRule(f"san_dns {_shown(patterns)}", frozenset(exact), frozenset(suffixes))
@@ -600,7 +600,7 @@ def san_email(*patterns: str, regex: bool = False) -> Policy:
             raise ConfigError(
                 f"san_email: {safe_text(pattern, 80)!r} is not 'local@domain' or '*@domain'"
             )
-        domain = _dns_name(domain, "san_email")
+        domain = _dns_name(domain, "san_email", pattern)
         if local == "*":
             domains.add(domain)
         else:
