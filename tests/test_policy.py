@@ -10,6 +10,7 @@ import time
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -358,6 +359,9 @@ def test_subject_attributes_must_all_be_listed(world: World) -> None:
     assert allows(p.subject(OU=["ops", "guests"]), smuggled)
     # Absent attribute: the allow rule refuses.
     assert not allows(p.subject(C=["US"]), ops)
+    assert dict(ops.subject_attributes) == {"2.5.4.10": ("Acme",), "2.5.4.11": ("ops",)}
+    with pytest.raises(TypeError):
+        ops.subject_attributes["2.5.4.3"] = ("x",)  # type: ignore[index]
     # By dotted OID and lowercase name.
     assert allows(p.subject({"2.5.4.11": ["ops"]}), ops)
     assert allows(p.subject(ou=["ops"]), ops)
@@ -410,6 +414,9 @@ def test_issued_by_fingerprint_of_an_intermediate_or_the_root(world: World) -> N
     assert allows(root_rule, staff)
     # The leaf itself is not an issuer.
     assert not allows(p.issued_by(fingerprints=[device.fingerprint_sha256]), device)
+    assert device.chain_fingerprints_sha256 == tuple(sha256(cert) for cert in device.chain)
+    assert device.chain_fingerprints_sha256[0] == device.fingerprint_sha256
+    assert len(device.chain) == 3
 
 
 def test_issued_by_name_also_accepts_a_ca_reusing_the_name(world: World) -> None:
@@ -422,6 +429,15 @@ def test_issued_by_name_also_accepts_a_ca_reusing_the_name(world: World) -> None
     assert allows(by_print, device)
     assert not allows(by_print, twin)
     assert not allows(p.issued_by(names=["CN=Staff CA,O=PolicyCo"]), device)
+    # A leaf whose own subject is the CA's name was not issued by that CA.
+    lookalike = world.identify(
+        leaf(
+            world.staff,
+            [(NameOID.ORGANIZATION_NAME, "PolicyCo"), (NameOID.COMMON_NAME, "Devices CA")],
+        )
+    )
+    assert lookalike.subject == "CN=Devices CA,O=PolicyCo"
+    assert not allows(by_name, lookalike)
     either = p.issued_by(
         names=["CN=Staff CA,O=PolicyCo"], fingerprints=[sha256(world.devices.cert)]
     )
@@ -739,3 +755,14 @@ def test_config_depth_and_rule_count_are_bounded() -> None:
         p.policy_from_config(over, "W")
     with pytest.raises(ConfigError, match="W: policy: expected a table"):
         p.policy_from_config(["common_name"], "W")  # type: ignore[arg-type]
+
+
+def test_readme_toml_example_parses() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Policies\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    data = tomllib.loads(block)
+    tenant = p.policy_from_config(data["tenants"][0]["policy"], "README: tenant 'acme'")
+    route = p.policy_from_config(data["certgate"]["routes"][0]["policy"], "README: route")
+    assert tenant.label.startswith("all_of(issued_by fingerprint ['3f9a")
+    assert route.label.startswith("any_of(all_of(common_name in ['alice', 'bob'], issued_by name")

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 _LEGACY_NAMES = {
@@ -223,6 +224,14 @@ class ClientIdentity:
             value = attr.value if isinstance(attr.value, str) else attr.value.hex()
             values.setdefault(attr.oid.dotted_string, []).append(value)
         return MappingProxyType({oid: tuple(found) for oid, found in values.items()})
+
+    @functools.cached_property
+    def chain_fingerprints_sha256(self) -> tuple[str, ...]:
+        """SHA-256 of each certificate of :attr:`chain` (its DER), lowercase
+        hex, leaf first: ``[1:]`` are the CAs the verified path went through."""
+        return tuple(
+            hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest() for cert in self.chain
+        )
 
     def days_left(self, now: datetime | None = None) -> float:
         """Days from ``now`` (default: the current time) until ``not_after``,

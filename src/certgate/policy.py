@@ -58,7 +58,6 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NoReturn
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import Name
 from cryptography.x509.oid import NameOID
 
@@ -802,11 +801,14 @@ class _IssuedBy(Policy):
         self._set(fingerprints=fingerprints, names=names)
 
     def check(self, identity: ClientIdentity, now: datetime) -> str | None:
-        for ca in identity.chain[1:]:
-            if self.names and ca.subject in self.names:
-                return None
-            if self.fingerprints and ca.fingerprint(hashes.SHA256()).hex() in self.fingerprints:
-                return None
+        if self.fingerprints:
+            for fingerprint in identity.chain_fingerprints_sha256[1:]:
+                if fingerprint in self.fingerprints:
+                    return None
+        if self.names:
+            for ca in identity.chain[1:]:
+                if ca.subject in self.names:
+                    return None
         return self.label
 
 
