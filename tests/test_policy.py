@@ -391,6 +391,8 @@ def test_subject_excludes_is_the_safe_deny(world: World) -> None:
         ((), {"OU": "ops"}, "not a single string"),
         ((), {"OU": []}, "at least one value"),
         (({"O": ["a"]},), {"o": ["b"]}, "given twice"),
+        (({"O": ["a"]},), {"O": ["b"]}, "given twice"),
+        (({"OU": ["a"], "2.5.4.11": ["b"]},), {}, "given twice"),
         (({"1.2.x": ["a"]},), {}, "unknown attribute"),
     ],
 )

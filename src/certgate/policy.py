@@ -369,15 +369,15 @@ _DOTTED_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]{0,9})){1,20}")
 def _attributes(
     what: str, mapping: Mapping[str, Iterable[str]] | None, kwargs: Mapping[str, Iterable[str]]
 ) -> tuple[tuple[str, str, frozenset[str]], ...]:
-    merged: dict[str, Iterable[str]] = {}
+    merged: list[tuple[str, Iterable[str]]] = []
     for source in (mapping or {}, kwargs):
         if not isinstance(source, Mapping):
             raise ConfigError(f"{what}: expected a table of attribute = [values]")
-        merged.update(source)
+        merged.extend(source.items())
     if not merged:
         raise ConfigError(f"{what}: needs at least one attribute")
     result: dict[str, tuple[str, str, frozenset[str]]] = {}
-    for key, values in merged.items():
+    for key, values in merged:
         if not isinstance(key, str):
             raise ConfigError(f"{what}: attribute names must be strings")
         known = _ATTRIBUTE_OIDS.get(key.lower())
