@@ -596,6 +596,9 @@ def test_labels_are_bounded_and_log_safe(world: World) -> None:
     huge = p.all_of(*(p.common_name("x" * 60 + str(n)) for n in range(20)))
     assert len(huge.label) <= p.MAX_LABEL + 20
     assert huge.label.endswith("more]")
+    noisy = p.predicate(lambda i: False, "\x1b" * 300)
+    assert noisy.label.isprintable()
+    assert len(noisy.label) <= p.MAX_LABEL + 20
     evil = p.common_name("a\x1b[2J\nFAKE LOG LINE\u202e")
     identity = world.identify(world.devices.issue("alice"))
     failure = evil.check(identity, NOW)

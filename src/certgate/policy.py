@@ -96,7 +96,8 @@ __all__ = [
 ]
 
 MAX_LABEL = 200
-"""Labels (and failure texts) are cut to this many characters."""
+"""Labels and failure texts are escaped, then cut to this many characters
+(a cut is marked ``...[N more]``; :func:`min_days_left` adds the days left)."""
 
 MAX_SAN_LENGTH = 1024
 """SAN values longer than this never match any SAN rule (not even exactly):
@@ -124,8 +125,9 @@ class Policy:
     __slots__ = ("label",)
 
     label: str
-    """Short, log-safe text naming the rule (``common_name in ['alice']``),
-    at most :data:`MAX_LABEL` characters."""
+    """Short, log-safe text naming the rule (``common_name in ['alice']``):
+    escaped, at most :data:`MAX_LABEL` characters plus a ``...[N more]``
+    mark when cut."""
 
     def __init__(self, label: str) -> None:
         object.__setattr__(self, "label", _bounded(label))
@@ -163,7 +165,8 @@ class Policy:
 
 
 def _bounded(text: str) -> str:
-    return safe_text(text, MAX_LABEL)
+    """Escaped first, then cut: at most MAX_LABEL characters plus the mark."""
+    return safe_text(safe_text(text), MAX_LABEL)
 
 
 def _shown(values: Iterable[object]) -> str:
