@@ -495,9 +495,9 @@ def test_deny_list_cost_does_not_grow_with_its_length(world: World) -> None:
 
     def cost(rule: p.Policy) -> float:
         best = float("inf")
-        for _ in range(5):
+        for _ in range(7):
             start = time.perf_counter()
-            for _ in range(2000):
+            for _ in range(20_000):
                 rule.check(identity, NOW)
             best = min(best, time.perf_counter() - start)
         return best
