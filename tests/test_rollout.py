@@ -25,7 +25,7 @@ from certgate import CertGate, ClientIdentity, ConfigError, InMemoryRegistry, Re
 from certgate.asgi import DECISION_KEY, GATE_KEY, IDENTITY_KEY, CertGateMiddleware
 from certgate.decision import Decision
 from certgate.events import DecisionEvent, ExpiryEvent
-from certgate.policy import Policy
+from certgate.policy import Policy, common_name
 from certgate.problem import problem_body
 from certgate.rollout import Access, Mode, Rollout, Route
 from certgate.wsgi import CertGateWSGIMiddleware
@@ -37,17 +37,8 @@ ACME = "pay.acme.test"
 GLOBEX = "api.globex.test"
 
 
-class CommonNameIn(Policy):
-    """A minimal policy for these tests (the real ones: tests/test_policy.py)."""
-
-    def __init__(self, *names: str) -> None:
-        self.names = frozenset(names)
-        self.label = f"cn in {sorted(names)}"
-
-    def check(self, identity: ClientIdentity, now: datetime) -> str | None:
-        if identity.common_name in self.names:
-            return None
-        return f"common name {identity.common_name!r} not in {sorted(self.names)}"
+def CommonNameIn(*names: str) -> Policy:
+    return common_name(*names)
 
 
 class Recorder:
@@ -240,7 +231,7 @@ def test_report_only_attaches_a_valid_identity_that_fails_policy(
     assert run_http(mw, http_scope(host=ACME, tls_chain=tls(pki, cn="mallory"))).status == 200
     decision = app.scope[DECISION_KEY]
     assert decision.reason is Reason.POLICY_DENIED
-    assert decision.policy == "cn in ['alice']"
+    assert decision.policy == "common_name in ['alice']"
     assert app.scope[IDENTITY_KEY].common_name == "mallory"
 
 
@@ -327,8 +318,8 @@ def test_tenant_policy_denies_with_a_bare_reason(
     assert b"alice" not in denied.body
     assert b"mallory" not in denied.body
     (record,) = [r for r in caplog.records if "policy_denied" in r.getMessage()]
-    assert "cn in ['alice']" in record.getMessage()
-    assert "mallory" in record.getMessage()  # the failing rule, in the log
+    assert "common_name in ['alice']" in record.getMessage()
+    assert "fingerprint=" in record.getMessage()  # which certificate, in the log
     assert run_http(mw, http_scope(host=ACME, tls_chain=tls(pki, cn="alice"))).status == 200
     assert app.scope[IDENTITY_KEY].common_name == "alice"
 
@@ -373,7 +364,7 @@ def test_policy_denial_is_observed_with_the_rule(pki: PKI, make_gate: GateFactor
     run_http(CertGateMiddleware(RecordingApp(), gate), http_scope(host=ACME, tls_chain=tls(pki)))
     (event,) = recorder.decisions
     assert event.reason == "policy_denied"
-    assert event.policy == "cn in ['alice']"
+    assert event.policy == "common_name in ['alice']"
     assert event.tenant == "acme"
     assert event.subject is not None
     assert "dev1" in event.subject
@@ -382,7 +373,8 @@ def test_policy_denial_is_observed_with_the_rule(pki: PKI, make_gate: GateFactor
 
 def test_a_raising_policy_fails_closed(pki: PKI, make_gate: GateFactory) -> None:
     class Buggy(Policy):
-        label = "buggy"
+        def __init__(self) -> None:
+            super().__init__("buggy")
 
         def check(self, identity: ClientIdentity, now: datetime) -> str | None:
             raise KeyError("bug")
@@ -623,3 +615,60 @@ def test_decision_is_false_for_a_report_only_refusal() -> None:
     assert Decision(reason=Reason.NO_CERTIFICATE).blocks
     assert Decision()
     assert not Decision().blocks
+
+
+def test_toml_policies_of_tenant_route_and_default(pki: PKI, tmp_path: Path) -> None:
+    acme, globex = pki["acme"], pki["globex"]
+    (tmp_path / "acme.pem").write_bytes(acme.roots[0].cert.public_bytes(Encoding.PEM))
+    (tmp_path / "globex.pem").write_bytes(globex.roots[0].cert.public_bytes(Encoding.PEM))
+    config = tmp_path / "certgate.toml"
+    config.write_text(
+        """
+[certgate]
+policy = { common_name = ["gw"] }
+
+[[certgate.routes]]
+path = "/admin/*"
+policy = { not = { common_name = ["bob"] } }
+
+[[tenants]]
+id = "acme"
+hosts = ["pay.acme.test"]
+roots = ["acme.pem"]
+policy = { any = [ { common_name = ["alice"] }, { common_name = ["bob"] } ] }
+
+[[tenants]]
+id = "globex"
+hosts = ["api.globex.test"]
+roots = ["globex.pem"]
+"""
+    )
+    mw = CertGateMiddleware(RecordingApp(), CertGate.from_toml(config))
+
+    def status(tenant: str, host: str, cn: str, path: str = "/") -> int | None:
+        scope = http_scope(host=host, path=path, tls_chain=tls(pki, tenant, cn=cn))
+        return run_http(mw, scope).status
+
+    assert status("acme", ACME, "alice") == 200
+    assert status("acme", ACME, "bob") == 200
+    assert status("acme", ACME, "gw") == 403  # the tenant's policy replaces the default
+    assert status("acme", ACME, "bob", "/admin/x") == 403  # the route's adds to it
+    assert status("acme", ACME, "alice", "/admin/x") == 200
+    assert status("globex", GLOBEX, "gw") == 200  # globex has no policy: the default
+    assert status("globex", GLOBEX, "alice") == 403
+
+
+def test_toml_policy_errors_name_the_place(pki: PKI, tmp_path: Path) -> None:
+    acme = pki["acme"]
+    (tmp_path / "acme.pem").write_bytes(acme.roots[0].cert.public_bytes(Encoding.PEM))
+    config = tmp_path / "certgate.toml"
+    base = '[[tenants]]\nid = "acme"\nhosts = ["pay.acme.test"]\nroots = ["acme.pem"]\n'
+    config.write_text(base + 'policy = { common_nam = ["x"] }\n')
+    with pytest.raises(ConfigError, match=r"tenant 'acme'.*common_nam"):
+        CertGate.from_toml(config)
+    config.write_text('[[certgate.routes]]\npath = "/a"\npolicy = { san_dns = [] }\n' + base)
+    with pytest.raises(ConfigError, match=r"route /a.*san_dns"):
+        CertGate.from_toml(config)
+    config.write_text(base + 'policy = "cn=alice"\n')
+    with pytest.raises(ConfigError, match="must be a table"):
+        CertGate.from_toml(config)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 _LEGACY_NAMES = {
@@ -207,6 +210,41 @@ class ClientIdentity:
         if len(uris) == 1 and uris[0].lower().startswith("spiffe://"):
             return uris[0]
         return None
+
+    @functools.cached_property
+    def subject_attributes(self) -> Mapping[str, tuple[str, ...]]:
+        """Every attribute value of the subject, by dotted OID (``"2.5.4.11"``
+        for OU), in certificate order; all values of a repeated attribute.
+
+        Byte-valued attributes (rare: ``x500UniqueIdentifier``) are given as
+        lowercase hex. Read-only.
+        """
+        values: dict[str, list[str]] = {}
+        for attr in self.certificate.subject:
+            value = attr.value if isinstance(attr.value, str) else attr.value.hex()
+            values.setdefault(attr.oid.dotted_string, []).append(value)
+        return MappingProxyType({oid: tuple(found) for oid, found in values.items()})
+
+    @functools.cached_property
+    def chain_fingerprints_sha256(self) -> tuple[str, ...]:
+        """SHA-256 of each certificate of :attr:`chain` (its DER), lowercase
+        hex, leaf first: ``[1:]`` are the CAs the verified path went through."""
+        return tuple(
+            hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest() for cert in self.chain
+        )
+
+    def days_left(self, now: datetime | None = None) -> float:
+        """Days from ``now`` (default: the current time) until ``not_after``,
+        as a float (``29.5`` is 29 days and 12 hours).
+
+        Negative once the certificate has expired. A naive ``now`` is taken
+        as UTC.
+        """
+        if now is None:
+            now = datetime.now(UTC)
+        elif now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        return (self.not_after - now).total_seconds() / 86400.0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no certificate bodies, no key material)."""
