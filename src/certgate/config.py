@@ -202,7 +202,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             kwargs[key] = _routes(path, value)
             continue
         if key == "policy":
-            kwargs[key] = _policy(value, f"{path}: [certgate].policy")
+            kwargs[key] = _policy(value, f"{path}: [certgate]")
             continue
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: [certgate].{key} must be a list of strings")
@@ -301,7 +301,7 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
             parse_mode(mode, f"{where}: 'mode'")
         policy = entry.get("policy")
         if policy is not None:
-            policy = _policy(policy, f"{where}: 'policy'")
+            policy = _policy(policy, where)
         try:
             tenants.append(
                 Tenant(
@@ -321,7 +321,7 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
 
 def _policy(value: Any, where: str) -> Policy:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a table")
+        raise ConfigError(f"{where}: 'policy' must be a table")
     from .policy import policy_from_config  # noqa: PLC0415 - only configs with policies
 
     return policy_from_config(value, where)
@@ -351,7 +351,7 @@ def _routes(path: Path, entries: list[Any]) -> tuple[Route, ...]:
                     pattern,
                     access=None if access is None else parse_access(access, where),
                     mode=None if mode is None else parse_mode(mode, where),
-                    policy=None if policy is None else _policy(policy, f"{where}: 'policy'"),
+                    policy=None if policy is None else _policy(policy, where),
                 )
             )
         except ConfigError as exc:
