@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -24,37 +23,42 @@ HOSTILE = "/x\r\nINFO certgate: allowed tenant=acme\x1b[31m\x00\u2028end"
 """Text that would forge a second log line or colour a terminal if logged raw."""
 
 
+DECISION_FIELDS: dict[str, Any] = {
+    "stage": STAGE_REQUEST,
+    "reason": None,
+    "mode": "enforce",
+    "access": "require",
+    "tenant": "acme",
+    "source": "tls",
+    "fingerprint": FINGERPRINT,
+    "subject": "CN=device-1,O=Acme",
+    "policy": None,
+    "host": "pay.acme.test",
+    "path": "/orders",
+    "peer": "127.0.0.1",
+    "detail": "",
+    "latency_s": 0.0012,
+    "exempt": False,
+}
+"""Every field of a DecisionEvent: an allow for tenant acme over TLS."""
+
+EXPIRY_FIELDS: dict[str, Any] = {
+    "tenant": "acme",
+    "source": "tls",
+    "fingerprint": FINGERPRINT,
+    "subject": "CN=device-1,O=Acme",
+    "not_after": "2026-12-05T00:00:00+00:00",
+    "days_left": 9.5,
+}
+
+
 def decision(**changes: Any) -> DecisionEvent:
     """An allow for tenant acme over TLS; ``changes`` override fields."""
-    base = DecisionEvent(
-        stage=STAGE_REQUEST,
-        reason=None,
-        mode="enforce",
-        access="require",
-        tenant="acme",
-        source="tls",
-        fingerprint=FINGERPRINT,
-        subject="CN=device-1,O=Acme",
-        policy=None,
-        host="pay.acme.test",
-        path="/orders",
-        peer="127.0.0.1",
-        detail="",
-        latency_s=0.0012,
-    )
-    return dataclasses.replace(base, **changes)
+    return DecisionEvent(**{**DECISION_FIELDS, **changes})
 
 
 def expiry(**changes: Any) -> ExpiryEvent:
-    base = ExpiryEvent(
-        tenant="acme",
-        source="tls",
-        fingerprint=FINGERPRINT,
-        subject="CN=device-1,O=Acme",
-        not_after="2026-12-05T00:00:00+00:00",
-        days_left=9.5,
-    )
-    return dataclasses.replace(base, **changes)
+    return ExpiryEvent(**{**EXPIRY_FIELDS, **changes})
 
 
 def certgate_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -163,7 +167,7 @@ def test_extra_carries_every_field(caplog: pytest.LogCaptureFixture, event: Deci
     record = log_one(caplog, event)
     extra = record.__dict__["certgate"]
     assert extra == event.as_dict()
-    assert set(extra) == {f.name for f in dataclasses.fields(DecisionEvent)}
+    assert set(extra) == set(DECISION_FIELDS)
     # host, path and detail included, verbatim (the message is where text is escaped)
     assert extra["host"] == event.host
     assert extra["path"] == event.path
@@ -220,7 +224,7 @@ def test_expiry_is_a_warning_with_every_field(caplog: pytest.LogCaptureFixture) 
     assert "\n" not in message
     assert "\x1b" not in message
     assert record.__dict__["certgate"] == event.as_dict()
-    assert set(record.__dict__["certgate"]) == {f.name for f in dataclasses.fields(ExpiryEvent)}
+    assert set(record.__dict__["certgate"]) == set(EXPIRY_FIELDS)
 
 
 # --- DecisionEvent --------------------------------------------------------------------
@@ -239,7 +243,7 @@ def test_allowed_and_blocked() -> None:
 
 def test_events_are_immutable() -> None:
     event = decision()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         event.reason = "expired"  # type: ignore[misc]
 
 
