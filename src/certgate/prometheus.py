@@ -98,6 +98,9 @@ __all__ = [
 ]
 
 DEFAULT_BUCKETS: Final[tuple[float, ...]] = (
+    0.00001,
+    0.000025,
+    0.00005,
     0.0001,
     0.00025,
     0.0005,
@@ -112,9 +115,11 @@ DEFAULT_BUCKETS: Final[tuple[float, ...]] = (
     0.5,
     1.0,
     2.5,
+    5.0,
 )
-"""Latency buckets in seconds: a cached decision takes tens of microseconds,
-a cold verification about a millisecond, a slow trust registry far more."""
+"""Latency buckets in seconds, 10 microseconds to 5 seconds: a decision from
+the verification cache takes about ten microseconds, a cold verification tens
+to hundreds of microseconds, a slow trust registry up to its timeout."""
 
 MAX_BOUND_CHILDREN: Final = 4096
 """How many label combinations keep a pre-bound child per metric."""
