@@ -44,8 +44,9 @@ never from free text:
     ``allowed`` or ``refused`` (a report-only refusal counts as ``refused``:
     it is what enforcing would do).
 ``source``
-    The certificate source's name (``tls``, ``cloudflare``, ... - names
-    chosen in code or configuration), ``none`` when no certificate was
+    The certificate source's name (``asgi_tls``, ``wsgi_environ``,
+    ``cloudflare`` or a custom header source's - names chosen in code or
+    configuration), ``none`` when no certificate was
     presented, ``other`` for a name that is not a short identifier.
 ``tenant``
     The id of the tenant the certificate was checked against - only ids of
