@@ -29,7 +29,7 @@ DECISION_FIELDS: dict[str, Any] = {
     "mode": "enforce",
     "access": "require",
     "tenant": "acme",
-    "source": "tls",
+    "source": "asgi_tls",
     "fingerprint": FINGERPRINT,
     "subject": "CN=device-1,O=Acme",
     "policy": None,
@@ -44,7 +44,7 @@ DECISION_FIELDS: dict[str, Any] = {
 
 EXPIRY_FIELDS: dict[str, Any] = {
     "tenant": "acme",
-    "source": "tls",
+    "source": "asgi_tls",
     "fingerprint": FINGERPRINT,
     "subject": "CN=device-1,O=Acme",
     "not_after": "2026-12-05T00:00:00+00:00",

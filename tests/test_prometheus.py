@@ -23,7 +23,7 @@ def labels(
     reason: str = "allowed",
     mode: str = "enforce",
     stage: str = "request",
-    source: str = "tls",
+    source: str = "asgi_tls",
 ) -> dict[str, str]:
     return {"tenant": tenant, "reason": reason, "mode": mode, "stage": stage, "source": source}
 
