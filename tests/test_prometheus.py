@@ -8,8 +8,10 @@ import sys
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
+from certgate.errors import ConfigError
 from certgate.events import STAGE_ROUTE, Observer
 from certgate.prometheus import MAX_BOUND_CHILDREN, PrometheusObserver
+from certgate.tenant import check_tenant_id
 
 from .test_events import HOSTILE, decision, expiry
 
@@ -243,3 +245,19 @@ def test_missing_prometheus_client_says_how_to_install(monkeypatch: pytest.Monke
     monkeypatch.delitem(sys.modules, "certgate.prometheus")
     with pytest.raises(ImportError, match=r"pip install 'certgate\[prometheus\]'"):
         importlib.import_module("certgate.prometheus")
+
+
+@pytest.mark.parametrize(
+    "tenant",
+    ["acme", "org:123", "eu.acme", "a@b", "A-1_x", "x" * 128, "x" * 129, "_all", "-a", "", "a b"],
+)
+def test_tenant_grammar_agrees_with_the_registry(
+    registry: CollectorRegistry, observer: PrometheusObserver, tenant: str
+) -> None:
+    try:
+        check_tenant_id(tenant)
+        expected = tenant
+    except ConfigError:
+        expected = "_invalid"
+    observer.on_decision(decision(tenant=tenant))
+    assert count(registry, tenant=expected) == 1

@@ -84,7 +84,7 @@ from typing import Final, Generic, TypeVar
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-except ImportError as exc:  # pragma: no cover - exercised by a test with the import blocked
+except ImportError as exc:  # tested with the import blocked
     raise ImportError(
         "certgate.prometheus needs prometheus-client: pip install 'certgate[prometheus]'"
     ) from exc
@@ -143,7 +143,7 @@ _TENANT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 _SOURCE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 
 
-def reason_label(event: DecisionEvent) -> str:
+def _reason_label(event: DecisionEvent) -> str:
     """The ``reason`` label of ``event`` (see the module docs)."""
     if event.reason is None:
         if event.exempt or event.access == "exempt":
@@ -154,14 +154,14 @@ def reason_label(event: DecisionEvent) -> str:
     return event.reason if event.reason in _REASONS else OTHER
 
 
-def tenant_label(tenant: str | None) -> str:
+def _tenant_label(tenant: str | None) -> str:
     """The ``tenant`` label for a tenant id (grammar-checked)."""
     if tenant is None:
         return NO_TENANT
     return tenant if _TENANT_ID.fullmatch(tenant) else INVALID_TENANT
 
 
-def source_label(source: str | None) -> str:
+def _source_label(source: str | None) -> str:
     """The ``source`` label for a certificate source name."""
     if source is None:
         return NO_SOURCE
@@ -259,15 +259,15 @@ class PrometheusObserver:
         counter.inc()
 
     def _tenant(self, tenant: str | None) -> str:
-        return tenant_label(tenant) if self._tenant_label else ALL_TENANTS
+        return _tenant_label(tenant) if self._tenant_label else ALL_TENANTS
 
     def _decision_labels(self, event: DecisionEvent) -> tuple[str, ...]:
         return (
             self._tenant(event.tenant),
-            reason_label(event),
+            _reason_label(event),
             event.mode if event.mode in _MODES else OTHER,
             event.stage if event.stage in _STAGES else OTHER,
-            source_label(event.source),
+            _source_label(event.source),
         )
 
 
