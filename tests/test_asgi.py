@@ -638,12 +638,14 @@ def test_exempt_path_without_certificate(make_gate: GateFactory) -> None:
     for seen in app.scopes:
         assert identity_from_scope(seen) is None
         assert IDENTITY_KEY not in seen
-        assert seen[DECISION_KEY] == Decision(exempt=True)
-    for path in ("/healthz/", "/public/../admin", "/public//x", "/publicity"):
+        assert seen[DECISION_KEY] == Decision(exempt=True, access="exempt")
+    assert run_http(mw, http_scope(path="/healthz/", host=None)).status == 200  # same route
+    assert len(app.scopes) == 3
+    for path in ("/healthz/x", "/public/../admin", "/public//x", "/publicity"):
         result = run_http(mw, http_scope(path=path))
         assert result.status == 403, path
         assert result.reason == "no_certificate"
-    assert len(app.scopes) == 2
+    assert len(app.scopes) == 3
 
 
 # -- (l) lifespan ----------------------------------------------------------------------------
@@ -837,13 +839,17 @@ def test_rejection_is_logged_without_certificate_material(
     assert "tenant=globex" in message
     assert f"fingerprint={fingerprint}" in message
     assert "source=asgi_tls" in message
-    assert getattr(record, "certgate") == {  # noqa: B009
+    extra = getattr(record, "certgate")  # noqa: B009
+    assert {k: extra[k] for k in ("reason", "tenant", "source", "fingerprint", "peer")} == {
         "reason": "untrusted_chain",
         "tenant": "globex",
         "source": "asgi_tls",
         "fingerprint": fingerprint,
         "peer": UNTRUSTED[0],
     }
+    assert extra["path"] == "/"
+    assert extra["host"] == "api.globex.test"
+    assert extra["detail"]
     assert any("reason=malformed_certificate" in r.getMessage() for r in records)
     assert any("reason=trust_store_unavailable" in r.getMessage() for r in records)
     text = _formatted(records)

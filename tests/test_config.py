@@ -117,17 +117,17 @@ def test_paths_are_relative_to_the_toml_file(
 
 def test_from_toml_applies_settings(tmp_path: Path, pki_dir: Path, pki: PKI) -> None:
     gate = CertGate.from_toml(write(tmp_path, GOOD))
-    assert gate.transport is False
+    assert gate.trust.transport is False
     assert gate.cache.maxsize == 123
     assert gate.verifier.max_chain_depth == 4
     assert gate.verifier.min_rsa_bits == 3072
-    assert [s.name for s in gate.header_sources] == ["cloudflare"]
-    assert gate.peer_is_trusted("10.1.2.3")
-    assert gate.peer_is_trusted("192.168.1.1")
-    assert not gate.peer_is_trusted("192.168.1.2")
-    assert gate.exempt.matches("/healthz")
-    assert gate.exempt.matches("/public/x")
-    assert not gate.exempt.matches("/private")
+    assert [s.name for s in gate.trust.header_sources] == ["cloudflare"]
+    assert gate.trust.peer_is_trusted("10.1.2.3")
+    assert gate.trust.peer_is_trusted("192.168.1.1")
+    assert not gate.trust.peer_is_trusted("192.168.1.2")
+    assert gate.rollout.rule("/healthz").access == "exempt"
+    assert gate.rollout.rule("/public/x").access == "exempt"
+    assert gate.rollout.rule("/private").access == "require"
     # acme's intermediate comes from the file: the leaf alone verifies
     assert gate.check("pay.acme.test", [pki["acme"].client().der]).reason is None
     assert gate.check("pay.acme.test", pki["globex"].client().chain_ders).reason is (
@@ -142,9 +142,9 @@ def test_from_toml_overrides(tmp_path: Path, pki_dir: Path) -> None:
 
 def test_defaults_without_certgate_section(tmp_path: Path, pki_dir: Path) -> None:
     gate = CertGate.from_toml(write(tmp_path, TENANT))
-    assert gate.transport is True
-    assert gate.header_sources == ()
-    assert not gate.peer_is_trusted("10.1.2.3")
+    assert gate.trust.transport is True
+    assert gate.trust.header_sources == ()
+    assert not gate.trust.peer_is_trusted("10.1.2.3")
     assert gate.cache.maxsize == 10_000
     assert gate.verifier.max_chain_depth == 8
     assert gate.verifier.min_rsa_bits == 2048

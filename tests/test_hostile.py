@@ -390,7 +390,7 @@ def test_exempting_every_path_is_refused(pki: PKI, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="exempts every path"):
         CertGate.from_toml(config)
     # narrower prefixes and the root page alone are fine
-    assert CertGate(pki.registry(), exempt_paths=["/", "/public/*"]).exempt
+    assert not CertGate(pki.registry(), exempt_paths=["/", "/public/*"]).rollout.trivial
 
 
 @pytest.mark.parametrize(
@@ -423,9 +423,9 @@ def test_ipv4_mapped_proxy_range_trusts_its_ipv4_peers(pki: PKI) -> None:
     gate = CertGate(
         pki.registry(), trusted_proxies=["::ffff:10.1.0.0/112"], header_sources=["cloudflare"]
     )
-    assert gate.peer_is_trusted("10.1.2.3")
-    assert gate.peer_is_trusted("::ffff:10.1.2.3")
-    assert not gate.peer_is_trusted("10.2.0.1")
+    assert gate.trust.peer_is_trusted("10.1.2.3")
+    assert gate.trust.peer_is_trusted("::ffff:10.1.2.3")
+    assert not gate.trust.peer_is_trusted("10.2.0.1")
 
 
 def test_a_hostile_reported_peer_cannot_forge_log_lines(

@@ -406,8 +406,9 @@ def test_ssl_client_cert_chain_entries(
 
 
 def is_exempt(path: str) -> bool:
-    """Independent oracle for exempt_paths=["/healthz", "/public/*"]."""
-    if path == "/healthz":
+    """Independent oracle for exempt_paths=["/healthz", "/public/*"] (a
+    trailing slash and the bare prefix match too: issue 6)."""
+    if path in ("/healthz", "/healthz/", "/public"):
         return True
     if not path.startswith("/public/"):
         return False

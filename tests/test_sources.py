@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from certgate import CertGate, ConfigError, Presented, Reason, Rejected, RequestFacts
-from certgate.exempt import ExemptPaths
 from certgate.pem import (
     MAX_CERTIFICATE_BYTES,
     MAX_PRESENTED_CERTIFICATES,
@@ -27,6 +26,7 @@ from certgate.pem import (
     split_concatenated_der,
 )
 from certgate.proxies import TrustedProxies
+from certgate.rollout import Access, Rollout, Route
 from certgate.sources import asgi_tls, header_source, wsgi_environ
 from certgate.sources.cloudflare import CERT_HEADER, SHA256_HEADER, CloudflareSource
 from tests.conftest import PKI
@@ -585,20 +585,33 @@ def test_gate_requires_proxies_and_sources_together(make_gate: GateFactory) -> N
         make_gate(trusted_proxies=["10.0.0.0/8"])
 
 
-# -- exempt.py ----------------------------------------------------------------
+# -- exempt paths (certgate.rollout) -------------------------------------------
+
+
+class ExemptPaths:
+    """The exempt-path view of a :class:`Rollout` (what ``exempt_paths`` builds)."""
+
+    def __init__(self, patterns: list[str] | tuple[str, ...] = ()) -> None:
+        self.rollout = Rollout([Route(p, access=Access.EXEMPT) for p in patterns])
+
+    def __bool__(self) -> bool:
+        return not self.rollout.trivial
+
+    def matches(self, path: str) -> bool:
+        return self.rollout.rule(path).access is Access.EXEMPT
 
 
 @pytest.mark.parametrize(
     ("path", "exempt"),
     [
         ("/healthz", True),
-        ("/healthz/", False),
+        ("/healthz/", True),  # a trailing slash is the same route (issue 6)
         ("/healthzz", False),
         ("/HEALTHZ", False),
         ("/public/a", True),
         ("/public/a/b.css", True),
         ("/public/", True),
-        ("/public", False),
+        ("/public", True),  # the prefix itself (issue 6: no surprise 403)
         ("/publicity", False),
         ("/publicity/a", False),
         ("/public/../admin", False),
@@ -629,5 +642,5 @@ def test_exempt_empty() -> None:
 
 @pytest.mark.parametrize("pattern", ["healthz", "", "*", "/pub*", "/a/*/b", "/a*/", "public/*"])
 def test_exempt_bad_patterns(pattern: str) -> None:
-    with pytest.raises(ConfigError, match="exempt path"):
+    with pytest.raises(ConfigError, match="path pattern"):
         ExemptPaths([pattern])

@@ -198,7 +198,7 @@ def test_untrusted_cloudflare_header_removed_before_app(pki: PKI, make_gate: Gat
     assert CF_SHA_KEY not in app.environ
     assert app.environ["HTTP_X_OTHER"] == "kept"
     assert identity_from_environ(app.environ) is None
-    assert app.environ[DECISION_KEY] == Decision(exempt=True)
+    assert app.environ[DECISION_KEY] == Decision(exempt=True, access="exempt")
 
 
 def test_untrusted_header_removed_when_transport_allows(pki: PKI, make_gate: GateFactory) -> None:

@@ -18,10 +18,17 @@ For every HTTP request and WebSocket handshake it
   an unknown peer is never a trusted proxy;
 * removes every configured certificate header when that peer is not a trusted
   proxy, so neither certgate nor the app ever sees a forged one;
-* asks :class:`~certgate.gate.CertGate` for a decision; on allow it stores the
-  :class:`~certgate.identity.ClientIdentity` in ``scope["certgate.identity"]``
-  and calls the app; on reject it answers with the reason (403, or 400/503)
-  as ``application/problem+json`` - a WebSocket is refused before accept.
+* asks :class:`~certgate.gate.CertGate` for a decision; when it does not
+  block, it stores the decision in ``scope["certgate.decision"]``, the
+  :class:`~certgate.identity.ClientIdentity` (if any) in
+  ``scope["certgate.identity"]`` and the gate in ``scope["certgate.gate"]``
+  (for route-level checks), and calls the app; on a refusal it answers with
+  the reason (403, or 400/503) in the gate's refusal format
+  (``application/problem+json`` by default) - a WebSocket is refused before
+  accept;
+* answers a :class:`~certgate.errors.ClientCertificateRefused` raised by a
+  route-level check inside the app (see :mod:`certgate.starlette`) the same
+  way, if the response has not started.
 
 Lifespan and other scope types pass through untouched.
 """
@@ -33,10 +40,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .decision import Decision
+from .errors import ClientCertificateRefused
 from .facts import RequestFacts
 from .gate import CertGate
 from .identity import ClientIdentity
-from .problem import problem_body, problem_headers
+from .problem import RefusalResponse
 from .reasons import Reason
 from .sources import asgi_tls
 
@@ -50,6 +58,7 @@ logger = logging.getLogger("certgate")
 
 IDENTITY_KEY = "certgate.identity"
 DECISION_KEY = "certgate.decision"
+GATE_KEY = "certgate.gate"
 SOCKET_PEER_KEY = "certgate.socket_peer"
 
 
@@ -103,8 +112,9 @@ class CertGateMiddleware:
     def __init__(self, app: ASGIApp, gate: CertGate) -> None:
         self.app = app
         self.gate = gate
-        self._wanted = frozenset(name.encode("latin-1") for name in gate.header_names)
-        self._strip = frozenset(name.encode("latin-1") for name in gate.strip_names)
+        self._trust = gate.trust
+        self._wanted = frozenset(name.encode("latin-1") for name in gate.trust.header_names)
+        self._strip = frozenset(name.encode("latin-1") for name in gate.trust.strip_names)
         # header name -> _PLAIN/_HOST/_WANTED/_STRIP/_ALIAS, memoised (bounded):
         # one dict lookup per header on the hot path.
         self._kinds: dict[bytes, int] = {}
@@ -140,21 +150,26 @@ class CertGateMiddleware:
             decision = self._malformed_scope(scope, exc)
         else:
             decision = await self.gate.adecide(facts)
-        if decision.reason is not None:
-            await self._reject(scope, receive, send, decision.reason)
+        if decision.blocks:
+            await self._reject(scope, receive, send, decision.reason)  # type: ignore[arg-type]
             return
         scope[DECISION_KEY] = decision
+        scope[GATE_KEY] = self.gate
         if decision.identity is not None:
             scope[IDENTITY_KEY] = decision.identity
-        elif IDENTITY_KEY in scope:  # exempt: never let an identity set upstream through
+        elif IDENTITY_KEY in scope:  # no identity: never let one set upstream through
             del scope[IDENTITY_KEY]
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except ClientCertificateRefused as exc:  # a route-level check inside the app
+            await self._reject(scope, receive, send, exc.reason)
 
     def _facts(self, scope: Scope) -> tuple[Scope, RequestFacts]:
-        peer = socket_peer(scope, trust_reported=self.gate.trust_reported_peer)
+        trust = self._trust
+        peer = socket_peer(scope, trust_reported=trust.trust_reported_peer)
         if peer is None and SOCKET_PEER_KEY not in scope:
-            self.gate.note_unknown_peer("no scope['certgate.socket_peer']")
-        trusted = self.gate.peer_is_trusted(peer)
+            trust.note_unknown_peer("no scope['certgate.socket_peer']")
+        trusted = trust.peer_is_trusted(peer)
         host: str | None = None
         found: dict[str, list[str]] = {}
         removed: list[str] = []
@@ -177,9 +192,9 @@ class CertGateMiddleware:
             drop = {name.encode("latin-1") for name in removed}
             scope = dict(scope)
             scope["headers"] = [(n, v) for n, v in raw_headers if n not in drop]
-            self.gate.note_stripped(peer, removed)
+            trust.note_stripped(peer, removed)
         transport = None
-        if not trusted and self.gate.transport:
+        if not trusted and trust.transport:
             transport = asgi_tls.from_scope(scope)
         path = scope.get("path")
         facts = RequestFacts(
@@ -199,39 +214,49 @@ class CertGateMiddleware:
         facts = RequestFacts(None, path if isinstance(path, str) else "", None, {}, None)
         logger.error("certgate: unreadable ASGI scope, request refused: %r", exc, exc_info=exc)
         detail = f"unreadable scope: {type(exc).__name__}"
-        return self.gate.log_decision(Decision(reason=Reason.INTERNAL_ERROR, detail=detail), facts)
+        return self.gate.conclude(Decision(reason=Reason.INTERNAL_ERROR, detail=detail), facts)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, reason: Reason) -> None:
-        body = problem_body(reason)
-        headers = [(k.encode(), v.encode()) for k, v in problem_headers(reason)]
-        if scope["type"] == "http":
-            await send({"type": "http.response.start", "status": reason.status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        # WebSocket: refuse the handshake; never accept.
-        message = await receive()
-        if message.get("type") != "websocket.connect":
-            return
-        extensions = scope.get("extensions") or {}
-        if "websocket.http.response" in extensions:
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": reason.status,
-                    "headers": headers,
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": 1008, "reason": reason.value})
+        await send_refusal(self.gate.refusal(reason), reason, scope, receive, send)
+
+
+async def send_refusal(
+    refusal: RefusalResponse, reason: Reason, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Answer an HTTP request, or refuse a WebSocket handshake, with ``refusal``."""
+    body = refusal.body
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in refusal.headers]
+    status = refusal.status
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return
+    # WebSocket: refuse the handshake; never accept.
+    message = await receive()
+    if message.get("type") != "websocket.connect":
+        return
+    extensions = scope.get("extensions") or {}
+    if "websocket.http.response" in extensions:
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": headers,
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": reason.value})
 
 
 __all__ = [
     "DECISION_KEY",
+    "GATE_KEY",
     "IDENTITY_KEY",
     "SOCKET_PEER_KEY",
     "CertGateMiddleware",
     "Decision",
     "identity_from_scope",
+    "send_refusal",
     "socket_peer",
 ]

@@ -14,8 +14,15 @@ logger = logging.getLogger("certgate")
 
 
 class Decision(NamedTuple):
-    """Either an allow (``identity`` set, or ``exempt``) or a rejection
-    (``reason`` set). ``detail`` is for logs only, never for clients.
+    """Either an allow (``reason`` is ``None``) or a refusal (``reason``
+    set). ``detail`` is for logs only, never for clients.
+
+    An allow carries the ``identity``, or none on an exempt path and on an
+    optional path without a certificate. A refusal in report-only mode
+    (``mode == "report"``) does not block the request, and keeps the
+    identity when the certificate itself was valid (a ``policy_denied``).
+    ``bool(decision)`` is true only for an allow; :attr:`blocks` says whether
+    an adapter must answer with the refusal.
 
     An immutable ``NamedTuple`` (one is built per request)."""
 
@@ -29,6 +36,14 @@ class Decision(NamedTuple):
     host: str | None = None
     """The normalised Host the tenant was selected by (``None`` with a
     custom tenant resolver)."""
+    mode: str = "enforce"
+    """``"enforce"``, or ``"report"``: a refusal in report-only mode is logged
+    and observed but the request goes through (see :attr:`blocks`)."""
+    access: str = "require"
+    """The path's access mode: ``require``, ``optional`` or ``exempt``."""
+    policy: str | None = None
+    """The label of the policy that refused the certificate
+    (``policy_denied``), for logs and events only."""
 
     def identity_for_host(self, raw_host: str | None) -> ClientIdentity | None:
         """The identity, provided the application still sees the Host it was
@@ -65,6 +80,11 @@ class Decision(NamedTuple):
         """True only for an allow: ``if gate.decide(facts):`` must never let a
         refusal through (a plain tuple is always true)."""
         return self.reason is None
+
+    @property
+    def blocks(self) -> bool:
+        """True when the request must be refused: a refusal in enforce mode."""
+        return self.reason is not None and self.mode == "enforce"
 
     @property
     def status(self) -> int:

@@ -4,6 +4,9 @@
 a 4xx/503 answer by the adapters; it never escapes an ASGI or WSGI app.
 :class:`RegistryTimeout` is the :class:`Rejected` of a trust registry
 lookup that did not answer in time (see :mod:`certgate.lookups`).
+:class:`ClientCertificateRefused` is the :class:`Rejected` a route-level
+check raises. :class:`ServerSetupError` is raised by server adapters and
+framework helpers wired in a way that cannot work.
 :class:`ConfigError` is raised at start-up (or by the CLI) for a bad
 configuration: certgate refuses to start rather than run half-configured.
 """
@@ -50,3 +53,17 @@ class RegistryTimeout(Rejected):
             detail or f"registry lookup timed out after {timeout:g} s",
         )
         self.timeout = timeout
+
+
+class ClientCertificateRefused(Rejected):
+    """A route-level check (a FastAPI dependency, a Starlette decorator)
+    refused the request. :class:`~certgate.asgi.CertGateMiddleware` answers
+    it with the gate's refusal format, as it answers its own refusals (see
+    :mod:`certgate.starlette` for apps without the middleware)."""
+
+
+class ServerSetupError(CertgateError, ValueError, RuntimeError):
+    """A server adapter (:mod:`certgate.servers`) or a framework helper was
+    set up in a way that cannot work; the message says what to fix.
+
+    Also a ``ValueError`` and a ``RuntimeError`` (what these raised before)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 logger = logging.getLogger("certgate")
 
@@ -35,8 +35,7 @@ STAGE_ROUTE = "route"
 """A route-level check (a decorator or dependency with a policy)."""
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionEvent:
+class DecisionEvent(NamedTuple):
     """One decision, allowed or refused.
 
     ``reason`` is ``None`` for an allow; ``mode`` is ``"enforce"`` or
@@ -45,6 +44,8 @@ class DecisionEvent:
     ``access`` the path's access mode (``require``, ``optional``,
     ``exempt``); ``latency_s`` the time the decision took (verification
     included). ``detail`` is for logs only: never show it to clients.
+
+    An immutable ``NamedTuple`` (one is built per decision).
     """
 
     stage: str
@@ -141,14 +142,15 @@ class LogObserver:
         if event.reason is None:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
-                    "certgate: allowed stage=%s tenant=%s source=%s fingerprint=%s "
-                    "access=%s path=%.255r",
-                    event.stage,
+                    "certgate: allowed tenant=%s source=%s fingerprint=%s exempt=%s "
+                    "path=%.255r stage=%s access=%s",
                     event.tenant,
                     event.source,
                     event.fingerprint,
-                    event.access,
+                    event.exempt,
                     event.path,
+                    event.stage,
+                    event.access,
                     extra={"certgate": event.as_dict()},
                 )
             return
@@ -160,19 +162,20 @@ class LogObserver:
         verb = "would reject (report-only)" if event.mode == "report" else "rejected"
         logger.log(
             level,
-            "certgate: %s reason=%s stage=%s tenant=%s source=%s fingerprint=%s "
-            "policy=%.200r host=%.255r peer=%.64r path=%.255r detail=%.500r",
+            "certgate: %s reason=%s tenant=%s source=%s fingerprint=%s host=%.255r "
+            "peer=%.64r path=%.255r detail=%.500r stage=%s access=%s policy=%.200r",
             verb,
             event.reason,
-            event.stage,
             event.tenant,
             event.source,
             event.fingerprint,
-            event.policy,
             event.host,
             event.peer,
             event.path,
             event.detail,
+            event.stage,
+            event.access,
+            event.policy,
             extra={"certgate": event.as_dict()},
         )
 

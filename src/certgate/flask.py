@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, cast
 
 from flask import Flask, abort, request
 
+from .errors import ServerSetupError
 from .gate import CertGate
 from .identity import ClientIdentity
 from .wsgi import CertGateWSGIMiddleware, identity_from_environ
@@ -67,7 +68,7 @@ class CertGateFlask:
         if gate is None:
             path = app.config.get("CERTGATE_CONFIG")
             if not path:
-                raise RuntimeError(
+                raise ServerSetupError(
                     "CertGateFlask needs a CertGate, or app.config['CERTGATE_CONFIG'] "
                     "naming a certgate TOML file"
                 )

@@ -4,19 +4,28 @@
 :class:`~certgate.decision.Decision`. It does not know about ASGI, WSGI,
 Flask or Starlette; the adapters in :mod:`certgate.asgi` and
 :mod:`certgate.wsgi` translate requests into facts and decisions into
-responses.
+responses. Each concern has its own module, and the gate only puts them in
+order:
 
-The order of checks:
-
-1. exempt path -> allowed without identity;
-2. pick the certificate: from a **trusted proxy** peer, only the configured
-   header sources count (the transport certificate on such a connection is
-   the proxy's own); from any other peer, only the TLS transport counts
-   (its forwarded headers were already stripped by the adapter);
-3. no certificate -> ``no_certificate``;
-4. find the tenant: by the ``Host`` header, or by a custom resolver;
-5. verify (cache first) against that tenant's trust, at the time of the
-   request; check a forwarded fingerprint against the leaf.
+1. the path's rule (:mod:`certgate.rollout`): an exempt path is allowed
+   without a look at the request;
+2. header trust (:mod:`certgate.trust`, ``gate.trust``): from a **trusted
+   proxy** peer only the configured header sources count (the transport
+   certificate on such a connection is the proxy's own); from any other
+   peer only the TLS transport counts (its forwarded headers were already
+   stripped by the adapter);
+3. no certificate -> ``no_certificate`` (on an optional path: allowed, no
+   identity);
+4. the tenant: by the ``Host`` header, or by a custom resolver;
+5. cached verification (:mod:`certgate.verification`) against that
+   tenant's trust, at the time of the request;
+6. authorization (:mod:`certgate.policy`): the tenant's default policy (or
+   the gate's ``policy``) and the route's policy -> ``policy_denied``;
+7. the mode (:mod:`certgate.rollout`): in report-only mode a refusal is
+   recorded but does not block;
+8. the observer point (:mod:`certgate.events`): one
+   :class:`~certgate.events.DecisionEvent` per decision to every observer -
+   certgate's log lines, metrics, your audit trail.
 
 A registry lookup that does not answer within ``registry_timeout`` seconds
 is a ``503 trust_store_unavailable`` (see :mod:`certgate.lookups`). Any
@@ -37,77 +46,102 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .cache import REFUSAL_TTL, Refusal, ValidationCache
+from .cache import Refusal, ValidationCache
 from .decision import Decision
-from .errors import ConfigError, RegistryTimeout, Rejected
-from .exempt import ExemptPaths
+from .errors import Rejected
+from .events import (
+    STAGE_REQUEST,
+    STAGE_ROUTE,
+    DecisionEvent,
+    ExpiryEvent,
+    LogObserver,
+    Observer,
+    Observers,
+)
 from .facts import Presented, RequestFacts
 from .hosts import normalize_host
 from .identity import ClientIdentity
 from .lookups import DEFAULT_REGISTRY_TIMEOUT, bind_registry, check_timeout
-from .proxies import TrustedProxies
+from .problem import BodyMaker, RefusalResponse, Refusals
 from .reasons import Reason
 from .registry import AsyncTrustRegistry, TrustRegistry
-from .sources.base import HeaderSource, header_source
-from .sources.known_headers import KNOWN_CERTIFICATE_HEADERS
+from .rollout import Access, Mode, PathRule, Rollout, Route
+from .sources.base import HeaderSource
 from .tenant import Tenant
+from .trust import HeaderTrust
+from .verification import CachedVerification, Clock, leaf_fingerprint, utc_now
 from .verifier import ChainVerifier
+
+if TYPE_CHECKING:
+    from .policy import Policy
 
 logger = logging.getLogger("certgate")
 
 TenantResolver = Callable[[RequestFacts], str | None]
 """Returns the id of the tenant a request is addressed to, or ``None``."""
 
-Clock = Callable[[], datetime]
+__all__ = ["CertGate", "Clock", "TenantResolver", "utc_now"]
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-_REMEMBERED_REFUSALS = frozenset(
-    {
-        Reason.UNTRUSTED_CHAIN,
-        Reason.EXPIRED,
-        Reason.WRONG_USAGE,
-        Reason.WEAK_KEY,
-        Reason.MALFORMED_CERTIFICATE,
-    }
-)
-"""Refusals that depend only on the presented bytes, the tenant's trust and a
-time that only moves forward - and so may be remembered briefly.
-``not_yet_valid`` may turn valid any second, and ``fingerprint_mismatch``
-depends on a header outside the cache key."""
+_DAY = 86400.0
 
 
 class _Pending(NamedTuple):
-    presented: Presented
+    """A request that needs its tenant looked up. ``preset`` is a decision
+    already reached without the tenant (no certificate, a source's verdict):
+    the lookup then only names the tenant and its mode."""
+
+    presented: Presented | None
     by_id: bool
     key: str
+    rule: PathRule
+    preset: Decision | None
 
 
 class CertGate:
     """Verifies client certificates against the trust of the addressed tenant.
 
     ``registry`` finds tenants (see :mod:`certgate.registry`).
+
+    Header trust (:class:`~certgate.trust.HeaderTrust`, ``gate.trust``):
     ``trusted_proxies`` lists the CIDR ranges of socket peers whose
     ``header_sources`` headers are believed; both are empty by default, so
     out of the box only the TLS transport certificate counts.
-    ``transport`` enables the TLS transport source. ``exempt_paths`` are
-    served without a certificate. ``strip_known_headers`` removes the
-    certificate headers of every well-known proxy (not only the configured
-    ones) from requests of untrusted peers. ``trust_reported_peer`` lets the
-    adapters take the peer address the server reports (``scope["client"]``,
-    ``REMOTE_ADDR``) as the socket peer when they cannot see the socket
-    themselves - only correct when nothing rewrites that address from
-    ``X-Forwarded-For`` (see :func:`certgate.asgi.socket_peer`).
-    ``tenant_resolver`` replaces Host-based
-    tenant selection (it returns a tenant id). ``cache_size`` bounds the
-    verification cache (0 disables it). ``registry_timeout`` (seconds) bounds
-    every lookup of a blocking or coroutine registry: past it the request gets
-    ``503 trust_store_unavailable`` (see :mod:`certgate.lookups`).
+    ``transport`` enables the TLS transport source. ``strip_known_headers``
+    removes the certificate headers of every well-known proxy (not only the
+    configured ones) from requests of untrusted peers. ``trust_reported_peer``
+    lets the adapters take the peer address the server reports
+    (``scope["client"]``, ``REMOTE_ADDR``) as the socket peer when they
+    cannot see the socket themselves - only correct when nothing rewrites
+    that address from ``X-Forwarded-For`` (see :func:`certgate.asgi.socket_peer`).
+
+    Paths and modes (:class:`~certgate.rollout.Rollout`, ``gate.rollout``):
+    ``exempt_paths`` are served without a certificate (short for
+    ``Route(path, access="exempt")``); ``routes`` set access, mode and policy
+    per path; ``access`` is the default access (``require``, or ``optional``
+    to authenticate everywhere and let routes decide); ``mode`` the global
+    mode (``enforce`` or ``report``).
+
+    Authorization: ``policy`` is the default policy for tenants that have
+    none of their own (see :mod:`certgate.policy`).
+
+    Tenants: ``tenant_resolver`` replaces Host-based tenant selection (it
+    returns a tenant id). ``registry_timeout`` (seconds) bounds every lookup
+    of a blocking or coroutine registry: past it the request gets ``503
+    trust_store_unavailable`` (see :mod:`certgate.lookups`).
+
+    Verification (:class:`~certgate.verification.CachedVerification`,
+    ``gate.verification``): ``cache_size`` bounds the verification cache (0
+    disables it); ``max_chain_depth`` and ``min_rsa_bits`` go to the
+    verifier.
+
+    Observing: ``observers`` receive every decision and expiry warning (see
+    :mod:`certgate.events`), after certgate's own log observer.
+    ``expiry_warning_days``: a verified client certificate with fewer days
+    left gives an :class:`~certgate.events.ExpiryEvent` (0 disables).
+    ``refusal_format``: ``"problem+json"`` (default), ``"text"``, ``"html"``
+    or a callable (see :mod:`certgate.problem`).
     """
 
     def __init__(
@@ -118,6 +152,10 @@ class CertGate:
         header_sources: Iterable[HeaderSource | str] = (),
         transport: bool = True,
         exempt_paths: Iterable[str] = (),
+        routes: Iterable[Route] = (),
+        access: Access | str = Access.REQUIRE,
+        mode: Mode | str = Mode.ENFORCE,
+        policy: Policy | None = None,
         strip_known_headers: bool = True,
         trust_reported_peer: bool = False,
         tenant_resolver: TenantResolver | None = None,
@@ -126,46 +164,45 @@ class CertGate:
         min_rsa_bits: int = 2048,
         registry_timeout: float = DEFAULT_REGISTRY_TIMEOUT,
         clock: Clock = utc_now,
+        observers: Iterable[Observer] = (),
+        expiry_warning_days: float = 30,
+        refusal_format: str | BodyMaker = "problem+json",
     ) -> None:
         self.registry = registry
         self.registry_timeout = check_timeout(registry_timeout)
-        self.proxies = TrustedProxies(trusted_proxies)
-        self.header_sources: tuple[HeaderSource, ...] = tuple(
-            header_source(s) if isinstance(s, str) else s for s in header_sources
+        self.trust = HeaderTrust(
+            trusted_proxies,
+            header_sources,
+            transport=transport,
+            strip_known_headers=strip_known_headers,
+            trust_reported_peer=trust_reported_peer,
         )
-        if self.header_sources and not self.proxies:
-            raise ConfigError(
-                "header sources are configured but trusted_proxies is empty: the headers "
-                "would never be believed. List the CIDR ranges of the proxies that set them."
-            )
-        if self.proxies and not self.header_sources:
-            raise ConfigError(
-                "trusted_proxies is set but no header source is configured: requests from "
-                "those proxies could never carry a client certificate. Add header_sources."
-            )
-        self.transport = transport
-        self.trust_reported_peer = trust_reported_peer
-        self._warned_unknown_peer = False
-        self.exempt = ExemptPaths(exempt_paths)
+        self.rollout = Rollout(
+            [Route(path, access=Access.EXEMPT) for path in exempt_paths] + list(routes),
+            access=access,
+            mode=mode,
+        )
+        self.policy = policy
         self.tenant_resolver = tenant_resolver
-        self.cache: ValidationCache[ClientIdentity] = ValidationCache(cache_size)
-        # Every refusal lives REFUSAL_TTL: insertion order is expiry order.
-        self.refusals: ValidationCache[Refusal] = ValidationCache(
-            max(1, cache_size // 4) if cache_size else 0, lru=False
-        )
-        self.verifier = ChainVerifier(max_chain_depth=max_chain_depth, min_rsa_bits=min_rsa_bits)
         self.clock = clock
-        names: list[str] = []
-        for source in self.header_sources:
-            names.extend(n.lower() for n in source.header_names)
-        self.header_names: tuple[str, ...] = tuple(dict.fromkeys(names))
-        """The forwarded-certificate headers certgate reads, lowercase."""
-        strip = set(self.header_names)
-        if strip_known_headers:
-            strip |= KNOWN_CERTIFICATE_HEADERS
-        self.strip_names: frozenset[str] = frozenset(strip)
-        """Every header removed from requests of untrusted peers: the ones read,
-        plus (by default) every well-known proxy certificate header."""
+        self.verification = CachedVerification(
+            ChainVerifier(max_chain_depth=max_chain_depth, min_rsa_bits=min_rsa_bits),
+            cache_size=cache_size,
+            clock=clock,
+            on_verified=self._verified if expiry_warning_days > 0 else None,
+        )
+        self.expiry_warning_days = expiry_warning_days
+        extra = tuple(observers)
+        for observer in extra:
+            if not isinstance(observer, Observer):
+                raise TypeError(
+                    f"observer {observer!r} lacks on_decision/on_expiring (see certgate.events)"
+                )
+        self.observers = Observers((LogObserver(), *extra))
+        """The observer point: certgate's log observer, then ``observers``."""
+        self._observed_allows = bool(extra)
+        self.refusal: Callable[[Reason], RefusalResponse] = Refusals(refusal_format)
+        """Renders a refusal (status, headers, body) in the gate's format."""
         self._lookup_host, self._lookup_id, self._alookup_host, self._alookup_id = bind_registry(
             registry, self.registry_timeout
         )
@@ -180,72 +217,126 @@ class CertGate:
         kwargs.update(overrides)
         return cls(config.registry, **kwargs)
 
-    # -- public API -------------------------------------------------------
+    # -- the parts, for tests and tools ----------------------------------
 
-    def peer_is_trusted(self, peer: str | None) -> bool:
-        """Whether ``peer`` (the socket peer's IP) may set certificate headers."""
-        return self.proxies.contains(peer)
+    @property
+    def cache(self) -> ValidationCache[ClientIdentity]:
+        """The verification cache (successes)."""
+        return self.verification.cache
 
-    def note_unknown_peer(self, where: str) -> None:
-        """Warn (once) that forwarded headers are ignored because the socket
-        peer cannot be known."""
-        if self._warned_unknown_peer or not self.proxies:
-            return
-        self._warned_unknown_peer = True
-        logger.warning(
-            "certgate: trusted_proxies is set but the socket peer is unknown (%s), so no "
-            "forwarded certificate header is believed. Under uvicorn use certgate's protocol "
-            "classes (python -m certgate.servers.uvicorn, or certgate.servers.uvicorn.run); if "
-            "the reported client address really is the TCP peer (no X-Forwarded-For "
-            "rewriting), set trust_reported_peer = true.",
-            where,
-        )
+    @property
+    def refusals(self) -> ValidationCache[Refusal]:
+        """The verification cache of remembered refusals."""
+        return self.verification.refusals
 
-    def note_stripped(self, peer: str | None, names: Iterable[str]) -> None:
-        """Log that certificate headers from an untrusted peer were removed
-        (a forgery attempt, or a proxy missing from ``trusted_proxies``)."""
-        logger.warning(
-            "certgate: removed forwarded certificate header(s) %r from untrusted peer %r",
-            sorted(set(names)),
-            peer,
-            extra={"certgate": {"stripped": sorted(set(names)), "peer": peer}},
-        )
+    @property
+    def verifier(self) -> ChainVerifier:
+        return self.verification.verifier
+
+    # -- deciding ---------------------------------------------------------
 
     def decide(self, facts: RequestFacts) -> Decision:
         """Decide on a request, calling the registry synchronously."""
+        start = time.perf_counter()
+        tenant: Tenant | None = None
+        rule: PathRule | None = None
         try:
             step = self._begin(facts)
             if isinstance(step, Decision):
-                return self.log_decision(step, facts)
-            try:
-                tenant = self._lookup_id(step.key) if step.by_id else self._lookup_host(step.key)
-            except RegistryTimeout as exc:  # a hung registry: fail closed (503)
-                return self.log_decision(_timed_out(exc), facts, logging.ERROR)
-            except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
-                return self.log_decision(self._registry_failure(exc, facts), facts)
-            return self.log_decision(self._finish(step, tenant), facts)
+                decision = step
+            else:
+                rule = step.rule
+                try:
+                    key = step.key
+                    tenant = self._lookup_id(key) if step.by_id else self._lookup_host(key)
+                except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
+                    decision = self._registry_failure(exc, facts, step)
+                else:
+                    decision = self._finish(step, tenant)
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
-            return self.log_decision(self._internal_failure(exc, facts), facts)
+            decision = self._internal_failure(exc, facts)
+        return self._conclude(decision, facts, rule, tenant, start)
 
     async def adecide(self, facts: RequestFacts) -> Decision:
         """Decide on a request without blocking the event loop on the registry."""
+        start = time.perf_counter()
+        tenant: Tenant | None = None
+        rule: PathRule | None = None
         try:
             step = self._begin(facts)
             if isinstance(step, Decision):
-                return self.log_decision(step, facts)
-            try:
-                lookup = self._alookup_id if step.by_id else self._alookup_host
-                if lookup is None:  # in-memory registry: no coroutine, no thread hop
-                    tenant = (self._lookup_id if step.by_id else self._lookup_host)(step.key)
+                decision = step
+            else:
+                rule = step.rule
+                try:
+                    lookup = self._alookup_id if step.by_id else self._alookup_host
+                    if lookup is None:  # in-memory registry: no coroutine, no thread hop
+                        tenant = (self._lookup_id if step.by_id else self._lookup_host)(step.key)
+                    else:
+                        tenant = await lookup(step.key)
+                except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
+                    decision = self._registry_failure(exc, facts, step)
                 else:
-                    tenant = await lookup(step.key)
-            except RegistryTimeout as exc:  # a hung registry: fail closed (503)
-                return self.log_decision(_timed_out(exc), facts, logging.ERROR)
-            except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
-                return self.log_decision(self._registry_failure(exc, facts), facts)
-            return self.log_decision(self._finish(step, tenant), facts)
+                    decision = self._finish(step, tenant)
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
-            return self.log_decision(self._internal_failure(exc, facts), facts)
+            decision = self._internal_failure(exc, facts)
+        return self._conclude(decision, facts, rule, tenant, start)
+
+    def authorize_route(
+        self,
+        decision: Decision | None,
+        policy: Policy | None = None,
+        *,
+        path: str,
+        host: str | None = None,
+        peer: str | None = None,
+    ) -> Decision:
+        """The route-level check of a decorator or dependency.
+
+        ``decision`` is the middleware's decision for this request (``None``
+        when the middleware is not installed: ``internal_error``). Without an
+        identity (an optional or exempt path) the route refuses with
+        ``no_certificate``; a report-only refusal of the middleware stays
+        that refusal; ``policy`` (if any) must hold, else ``policy_denied``.
+        The result carries the request's mode: refuse iff
+        :attr:`~certgate.decision.Decision.blocks`. Logged and observed as a
+        ``route`` decision.
+        """
+        start = time.perf_counter()
+        facts = RequestFacts(host, path, peer, {}, None)
+        try:
+            result = self._route_result(decision, policy)
+        except Exception as exc:  # noqa: BLE001 - a broken policy fails closed
+            result = self._internal_failure(exc, facts)
+            if decision is not None:
+                result = result._replace(tenant_id=decision.tenant_id, mode=decision.mode)
+        if decision is None:
+            rule = self.rollout.rule(path)
+            result = result._replace(mode=self.rollout.mode_for(None, rule.mode, None))
+        return self._observe(result, facts, STAGE_ROUTE, start)
+
+    def _route_result(self, decision: Decision | None, policy: Policy | None) -> Decision:
+        if decision is None:
+            return Decision(
+                reason=Reason.INTERNAL_ERROR,
+                detail="certgate's middleware did not see this request: install it in front "
+                "of the app (a route check cannot decide without it)",
+            )
+        if decision.reason is not None:  # a report-only refusal let through: still refused
+            return decision
+        identity = decision.identity
+        if identity is None:
+            return decision._replace(
+                reason=Reason.NO_CERTIFICATE,
+                detail=f"this route needs a client certificate ({decision.access} path)",
+            )
+        if policy is not None:
+            failed = policy.check(identity, self.clock())
+            if failed is not None:
+                return decision._replace(
+                    reason=Reason.POLICY_DENIED, policy=policy.label, detail=failed
+                )
+        return decision
 
     def check(
         self,
@@ -257,7 +348,7 @@ class CertGate:
     ) -> Decision:
         """Verify a certificate chain for ``host`` at ``at`` (default: now).
 
-        For operators and tests: no proxy logic, no cache.
+        For operators and tests: no proxy logic, no cache, no policy.
         """
         tenant: Tenant | None = None
         try:
@@ -284,50 +375,61 @@ class CertGate:
     # -- pipeline ---------------------------------------------------------
 
     def _begin(self, facts: RequestFacts) -> Decision | _Pending:
-        if self.exempt and self.exempt.matches(facts.path):
-            return Decision(exempt=True)
+        rule = self.rollout.rule(facts.path)
+        if rule.access is Access.EXEMPT:
+            return Decision(exempt=True, access=Access.EXEMPT, mode=rule.mode or Mode.ENFORCE)
         presented: Presented | None = None
+        preset: Decision | None = None
         try:
-            presented = self._select(facts)
+            presented = self.trust.select(facts)
             if presented is None:
-                raise Rejected(Reason.NO_CERTIFICATE)
-            verdict = presented.verdict
-            if verdict is not None:  # read, never raised: it is the source's object
-                return Decision(
+                if rule.access is Access.OPTIONAL:
+                    preset = Decision(access=Access.OPTIONAL)
+                else:
+                    preset = Decision(reason=Reason.NO_CERTIFICATE)
+            elif presented.verdict is not None:  # read, never raised: the source's object
+                verdict = presented.verdict
+                preset = Decision(
                     reason=verdict.reason, detail=verdict.detail, source=presented.source
                 )
             if self.tenant_resolver is not None:
                 tenant_id = self.tenant_resolver(facts)
                 if tenant_id is None:
+                    if preset is not None:
+                        return preset
                     raise Rejected(Reason.UNKNOWN_TENANT, "resolver returned no tenant")
-                return _Pending(presented, True, tenant_id)
-            return _Pending(presented, False, normalize_host(facts.host))
+                return _Pending(presented, True, tenant_id, rule, preset)
+            try:
+                host = normalize_host(facts.host)
+            except Rejected:
+                if preset is not None:
+                    return preset
+                raise
+            return _Pending(presented, False, host, rule, preset)
         except Rejected as exc:
             return Decision(
                 reason=exc.reason, detail=exc.detail, source=presented.source if presented else None
             )
 
-    def _select(self, facts: RequestFacts) -> Presented | None:
-        if self.proxies.contains(facts.peer):
-            for source in self.header_sources:
-                presented = source.extract(facts.headers)
-                if presented is not None:
-                    return presented
-            return None
-        return facts.transport if self.transport else None
-
     def _finish(self, step: _Pending, tenant: Tenant | None) -> Decision:
+        host = None if step.by_id else step.key
+        preset = step.preset
+        if preset is not None:
+            if tenant is None:
+                return preset
+            return preset._replace(tenant_id=tenant.id, host=host)
         presented = step.presented
+        assert presented is not None  # no preset: a certificate was presented
         if tenant is None:
             what = "tenant id" if step.by_id else "host"
             return Decision(
                 reason=Reason.UNKNOWN_TENANT,
                 source=presented.source,
-                fingerprint=_fingerprint(presented),
+                fingerprint=leaf_fingerprint(presented),
                 detail=f"no tenant for {what} {step.key!r}",
             )
         try:
-            identity = self._verify(tenant, presented)
+            identity = self.verification.verify(tenant, presented)
         except Rejected as exc:
             return Decision(
                 reason=exc.reason,
@@ -336,82 +438,32 @@ class CertGate:
                 source=presented.source,
                 fingerprint=exc.fingerprint,
             )
-        return Decision(
+        decision = Decision(
             identity=identity,
             tenant_id=tenant.id,
             source=presented.source,
             fingerprint=identity.fingerprint_sha256,
-            host=None if step.by_id else step.key,
+            host=host,
+            access=step.rule.access,
         )
+        policy = tenant.policy if tenant.policy is not None else self.policy
+        route_policy = step.rule.policy
+        if policy is None and route_policy is None:
+            return decision
+        now = self.clock()
+        for candidate in (policy, route_policy):
+            if candidate is not None:
+                failed = candidate.check(identity, now)
+                if failed is not None:
+                    return decision._replace(
+                        reason=Reason.POLICY_DENIED, policy=candidate.label, detail=failed
+                    )
+        return decision
 
-    def _verify(self, tenant: Tenant, presented: Presented) -> ClientIdentity:
-        # The validation time is read per request; on the (hot) cache-hit path
-        # only a float is needed, so the datetime is built on a miss.
-        if self.clock is utc_now:
-            stamp = time.time()
-            now = None
-        else:
-            now = self.clock()
-            stamp = now.timestamp()
-        caching = self.cache.maxsize > 0
-        key = b""
-        identity = None
-        if caching:
-            key = (
-                tenant.trust_id
-                + presented.source.encode()
-                + b"\0"
-                + hashlib.sha256(presented.material).digest()
-            )
-            identity = self.cache.get(key, stamp)
-            if identity is None:
-                refusal = self.refusals.get(key, stamp)
-                if refusal is not None:
-                    raise refusal.rejected()
-        if identity is None:
-            try:
-                identity = self._verify_cold(tenant, presented, now, stamp)
-            except Rejected as exc:
-                if caching and exc.reason in _REMEMBERED_REFUSALS:
-                    # The record, never the exception: its traceback holds the
-                    # request's frames (environ/scope, every header).
-                    self.refusals.put(key, Refusal.of(exc), stamp + REFUSAL_TTL, stamp)
-                raise
-            if caching:
-                expires = min([cert.not_valid_after_utc for cert in identity.chain]).timestamp()
-                self.cache.put(key, identity, expires, stamp)
-        elif (
-            presented.expected_sha256 is not None
-            and identity.fingerprint_sha256 != presented.expected_sha256
-        ):
-            raise Rejected(
-                Reason.FINGERPRINT_MISMATCH,
-                "forwarded SHA-256 differs",
-                identity.fingerprint_sha256,
-            )
-        return identity
-
-    def _verify_cold(
-        self, tenant: Tenant, presented: Presented, now: datetime | None, stamp: float
-    ) -> ClientIdentity:
-        ders = presented.decode()
-        leaf_sha256 = hashlib.sha256(ders[0]).hexdigest() if ders else None
-        if presented.expected_sha256 is not None and leaf_sha256 != presented.expected_sha256:
-            raise Rejected(Reason.FINGERPRINT_MISMATCH, "forwarded SHA-256 differs", leaf_sha256)
-        try:
-            return self.verifier.verify(
-                tenant,
-                ders,
-                source=presented.source,
-                now=now or datetime.fromtimestamp(stamp, UTC),
-                leaf_sha256=leaf_sha256,
-            )
-        except Rejected as exc:
-            exc.fingerprint = leaf_sha256
-            raise
-
-    def _registry_failure(self, exc: Exception, facts: RequestFacts) -> Decision:
-        if isinstance(exc, Rejected):  # a registry may refuse on purpose
+    def _registry_failure(self, exc: Exception, facts: RequestFacts, step: _Pending) -> Decision:
+        if step.preset is not None:  # the lookup only named the tenant: keep the decision
+            return step.preset
+        if isinstance(exc, Rejected):  # a timeout, or a registry refusing on purpose
             return Decision(reason=exc.reason, detail=exc.detail)
         logger.error(
             "certgate: trust registry failed, request refused (host=%.255r): %.500r",
@@ -434,62 +486,84 @@ class CertGate:
         detail = f"internal error: {type(exc).__name__}"
         return Decision(reason=Reason.INTERNAL_ERROR, detail=detail)
 
+    def _conclude(
+        self,
+        decision: Decision,
+        facts: RequestFacts,
+        rule: PathRule | None,
+        tenant: Tenant | None,
+        start: float,
+    ) -> Decision:
+        """Set the decision's access and mode, and hand it to the observers."""
+        if not decision.exempt:
+            access = rule.access if rule is not None else Access.REQUIRE
+            path_mode = rule.mode if rule is not None else None
+            tenant_mode = tenant.mode if isinstance(tenant, Tenant) else None
+            mode = self.rollout.mode_for(decision.tenant_id, path_mode, tenant_mode)
+            if mode != decision.mode or access != decision.access:
+                decision = decision._replace(mode=mode, access=access)
+        return self._observe(decision, facts, STAGE_REQUEST, start)
+
+    # -- observing --------------------------------------------------------
+
+    def conclude(self, decision: Decision, facts: RequestFacts) -> Decision:
+        """Give a decision reached outside the gate (an adapter refusing a
+        request before the gate runs) its mode, and observe it like every
+        other decision. Returns the decision to act on (``blocks``)."""
+        return self._conclude(
+            decision, facts, self.rollout.rule(facts.path), None, time.perf_counter()
+        )
+
     def log_decision(
         self, decision: Decision, facts: RequestFacts, level: int | None = None
     ) -> Decision:
-        """Log ``decision`` the way certgate logs every decision (``DEBUG``
-        per allow; ``WARNING`` per refusal, ``INFO`` for ``no_certificate``,
-        or ``level``) and return it. For adapters that refuse a request
-        before the gate runs; every text field is ``repr``-escaped."""
-        if decision.reason is None:
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "certgate: allowed tenant=%s source=%s fingerprint=%s exempt=%s path=%.255r",
-                    decision.tenant_id,
-                    decision.source,
-                    decision.fingerprint,
-                    decision.exempt,
-                    facts.path,
-                )
-            return decision
-        if level is None:
-            level = logging.INFO if decision.reason is Reason.NO_CERTIFICATE else logging.WARNING
-        if logger.isEnabledFor(level):
-            logger.log(
-                level,
-                "certgate: rejected reason=%s tenant=%s source=%s fingerprint=%s "
-                "host=%.255r peer=%.64r path=%.255r detail=%.500r",
-                decision.reason.value,
-                decision.tenant_id,
-                decision.source,
-                decision.fingerprint,
-                facts.host,
-                facts.peer,
-                facts.path,
-                decision.detail,
-                extra={
-                    "certgate": {
-                        "reason": decision.reason.value,
-                        "tenant": decision.tenant_id,
-                        "source": decision.source,
-                        "fingerprint": decision.fingerprint,
-                        "peer": facts.peer,
-                    }
-                },
-            )
+        """Observe ``decision`` (logged by certgate's log observer) and return
+        it: kept for adapters written against earlier versions; see
+        :meth:`conclude`. ``level`` is ignored."""
+        return self._observe(decision, facts, STAGE_REQUEST, time.perf_counter())
+
+    def _observe(
+        self, decision: Decision, facts: RequestFacts, stage: str, start: float
+    ) -> Decision:
+        if (
+            decision.reason is None
+            and not self._observed_allows
+            and not logger.isEnabledFor(logging.DEBUG)
+        ):
+            return decision  # the hot path: nobody wants an allow event
+        identity = decision.identity
+        event = DecisionEvent(
+            stage=stage,
+            reason=None if decision.reason is None else decision.reason.value,
+            mode=str(decision.mode),
+            access=str(decision.access),
+            tenant=decision.tenant_id,
+            source=decision.source,
+            fingerprint=decision.fingerprint,
+            subject=identity.subject if identity is not None else None,
+            policy=decision.policy,
+            host=facts.host,
+            path=facts.path,
+            peer=facts.peer,
+            detail=decision.detail,
+            latency_s=time.perf_counter() - start,
+            exempt=decision.exempt,
+        )
+        self.observers.decision(event)
         return decision
 
-
-def _fingerprint(presented: Presented) -> str | None:
-    """SHA-256 of the presented leaf for logs, if it decodes."""
-    try:
-        ders = presented.decode()
-    except Rejected:
-        return None
-    return hashlib.sha256(ders[0]).hexdigest() if ders else None
-
-
-def _timed_out(exc: RegistryTimeout) -> Decision:
-    """The decision for a registry lookup past its deadline (logged once, at
-    ERROR, by the rejection line itself)."""
-    return Decision(reason=exc.reason, detail=exc.detail)
+    def _verified(self, identity: ClientIdentity, stamp: float) -> None:
+        """After a cold verification: warn when the certificate expires soon."""
+        days_left = (identity.not_after.timestamp() - stamp) / _DAY
+        if days_left >= self.expiry_warning_days:
+            return
+        self.observers.expiring(
+            ExpiryEvent(
+                tenant=identity.tenant_id,
+                source=identity.source,
+                fingerprint=identity.fingerprint_sha256,
+                subject=identity.subject,
+                not_after=identity.not_after.astimezone(UTC).isoformat(),
+                days_left=round(days_left, 2),
+            )
+        )

@@ -65,6 +65,11 @@ class Reason(enum.StrEnum):
     """The trust registry failed, or did not answer within
     ``registry_timeout``, while looking up the tenant (fail closed)."""
 
+    POLICY_DENIED = "policy_denied"
+    """The certificate is valid for the tenant, but a policy (the tenant's
+    default policy or the route's) does not allow it on this path. Which rule
+    failed is logged, never sent to the client."""
+
     INTERNAL_ERROR = "internal_error"
     """certgate could not decide because of an unexpected error - a bug in
     certgate or in a plugged-in part (a tenant resolver, a registry returning
@@ -97,5 +102,6 @@ _META: dict[Reason, _Meta] = {
     Reason.UNKNOWN_TENANT: _Meta(403, "This host does not accept client certificates"),
     Reason.INVALID_HOST: _Meta(400, "The Host header is missing or invalid"),
     Reason.TRUST_STORE_UNAVAILABLE: _Meta(503, "The trust store is temporarily unavailable"),
+    Reason.POLICY_DENIED: _Meta(403, "The client certificate is not allowed here"),
     Reason.INTERNAL_ERROR: _Meta(403, "The client certificate could not be checked"),
 }

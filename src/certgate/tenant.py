@@ -18,6 +18,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -25,6 +26,10 @@ from cryptography.x509.verification import Store
 
 from .errors import ConfigError
 from .hosts import normalize_pattern
+from .rollout import parse_mode
+
+if TYPE_CHECKING:
+    from .policy import Policy
 
 _TRUST_ID_VERSION = b"certgate-trust-v1"
 _ANCHOR_KEY_VERSION = b"certgate-anchor-v1"
@@ -132,6 +137,13 @@ class Tenant:
     whose anchor issued the other's, unless *both* declare it. It is not part
     of :attr:`trust_id`: it decides whether a configuration loads, never how
     a chain verifies.
+
+    ``policy`` is the tenant's default authorization policy (see
+    :mod:`certgate.policy`): every certificate of the tenant must satisfy it
+    on every path, and route policies add to it. ``mode`` is the tenant's
+    enforcement mode (``"enforce"``, ``"report"``, or ``None`` for the
+    gate's; see :mod:`certgate.rollout`). Neither is part of
+    :attr:`trust_id`: both are applied after verification, per request.
     """
 
     id: str
@@ -139,10 +151,14 @@ class Tenant:
     roots: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...] = ()
     shared_anchors: bool = False
+    policy: Policy | None = field(default=None, compare=False)
+    mode: str | None = None
     trust_id: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_tenant_id(self.id)
+        if self.mode is not None:
+            object.__setattr__(self, "mode", parse_mode(self.mode, f"tenant {self.id!r}"))
         if not self.roots:
             raise ConfigError(f"tenant {self.id!r} has no root CA")
         if not isinstance(self.shared_anchors, bool):
@@ -173,6 +189,8 @@ class Tenant:
         intermediates: str | bytes | Sequence[str | bytes] = (),
         *,
         shared_anchors: bool = False,
+        policy: Policy | None = None,
+        mode: str | None = None,
     ) -> Tenant:
         """Build a tenant from PEM text (one string may hold several certificates)."""
         return cls(
@@ -181,6 +199,8 @@ class Tenant:
             roots=tuple(_load_pems(roots, id, "roots")),
             intermediates=tuple(_load_pems(intermediates, id, "intermediates")),
             shared_anchors=shared_anchors,
+            policy=policy,
+            mode=mode,
         )
 
     @functools.cached_property

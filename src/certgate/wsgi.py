@@ -29,9 +29,12 @@ server where it can:
 * any other server: certgate cannot see how it mapped the names. Apache
   (mod_wsgi) and nginx drop underscore names by default; make sure yours does.
 
-On allow the identity is in ``environ["certgate.identity"]``; on reject the
-app is not called and the client gets the reason as
-``application/problem+json``. Safe under threaded servers: the gate's shared
+When the decision does not block, the decision is in
+``environ["certgate.decision"]``, the identity (if any) in
+``environ["certgate.identity"]`` and the gate in ``environ["certgate.gate"]``
+(for route-level checks); on a refusal the app is not called and the client
+gets the reason in the gate's refusal format (``application/problem+json``
+by default). Safe under threaded servers: the gate's shared
 state (cache, registry index) is locked or immutable.
 """
 
@@ -48,8 +51,8 @@ from .decision import Decision
 from .facts import RequestFacts
 from .gate import CertGate
 from .identity import ClientIdentity
-from .problem import problem_body, problem_headers, status_line
 from .reasons import Reason
+from .rollout import Access
 from .servers import gunicorn
 from .sources import wsgi_environ
 
@@ -71,6 +74,7 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 IDENTITY_KEY = "certgate.identity"
 DECISION_KEY = "certgate.decision"
+GATE_KEY = "certgate.gate"
 
 
 def identity_from_environ(environ: Environ) -> ClientIdentity | None:
@@ -134,24 +138,27 @@ class CertGateWSGIMiddleware:
     def __init__(self, app: WSGIApp, gate: CertGate) -> None:
         self.app = app
         self.gate = gate
-        self._keys = tuple((name, environ_key(name)) for name in gate.header_names)
+        self._trust = gate.trust
+        self._keys = tuple((name, environ_key(name)) for name in gate.trust.header_names)
         self._read_keys = frozenset(key for _, key in self._keys)
-        self._strip_keys = frozenset(environ_key(name) for name in gate.strip_names)
+        self._strip_keys = frozenset(environ_key(name) for name in gate.trust.strip_names)
         self._gunicorn_verdict: tuple[gunicorn.HeaderHandling, str | None] | None = None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         facts, ambiguous = self._collect(environ)
-        if ambiguous is not None and not self.gate.exempt.matches(facts.path):
+        if ambiguous is not None and self.gate.rollout.rule(facts.path).access is not Access.EXEMPT:
             decision = self._refuse_ambiguous(facts, ambiguous)
         else:
             decision = self.gate.decide(facts)
-        if decision.reason is not None:
-            start_response(status_line(decision.reason), problem_headers(decision.reason))
-            return [problem_body(decision.reason)]
+        if decision.blocks:
+            refusal = self.gate.refusal(decision.reason)  # type: ignore[arg-type]
+            start_response(refusal.status_line, list(refusal.headers))
+            return [refusal.body]
         environ[DECISION_KEY] = decision
+        environ[GATE_KEY] = self.gate
         if decision.identity is not None:
             environ[IDENTITY_KEY] = decision.identity
-        else:  # exempt: never let an identity set upstream through
+        else:  # no identity: never let one set upstream through
             environ.pop(IDENTITY_KEY, None)
         return self.app(environ, start_response)
 
@@ -162,10 +169,11 @@ class CertGateWSGIMiddleware:
     def _collect(self, environ: Environ) -> tuple[RequestFacts, str | None]:
         """The facts, and why the certificate headers of a trusted proxy's
         request had to be deleted unread (``None`` when they did not)."""
-        peer = socket_peer(environ, trust_reported=self.gate.trust_reported_peer)
+        trust = self._trust
+        peer = socket_peer(environ, trust_reported=trust.trust_reported_peer)
         if peer is None and not any(k in environ for k in wsgi_environ.SOCKET_KEYS):
-            self.gate.note_unknown_peer("no server socket in the WSGI environ")
-        trusted = self.gate.peer_is_trusted(peer)
+            trust.note_unknown_peer("no server socket in the WSGI environ")
+        trusted = trust.peer_is_trusted(peer)
         headers: dict[str, list[str]] = {}
         ambiguous: str | None = None
         if trusted:
@@ -182,9 +190,9 @@ class CertGateWSGIMiddleware:
         else:
             stripped = self._strip(environ)
             if stripped:
-                self.gate.note_stripped(peer, stripped)
+                trust.note_stripped(peer, stripped)
         transport = None
-        if not trusted and self.gate.transport:
+        if not trusted and trust.transport:
             transport = wsgi_environ.from_environ(environ)
         host = environ.get("HTTP_HOST")
         path = environ.get("PATH_INFO")
@@ -218,7 +226,7 @@ class CertGateWSGIMiddleware:
                 )
             verdict = self._gunicorn_verdict
             if verdict is None or verdict[0] is not handling:
-                problems = handling.problems(self.gate.strip_names)
+                problems = handling.problems(self._trust.strip_names)
                 verdict = (handling, "; ".join(problems) or None)
                 self._gunicorn_verdict = verdict
             return verdict[1]
@@ -233,5 +241,4 @@ class CertGateWSGIMiddleware:
             reason=Reason.MALFORMED_HEADER,
             detail=f"cannot tell the certificate header from its underscore spelling: {why}",
         )
-        self.gate.log_decision(decision, facts)
-        return decision
+        return self.gate.conclude(decision, facts)

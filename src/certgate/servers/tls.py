@@ -52,6 +52,7 @@ from collections.abc import Iterable
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ..errors import ServerSetupError
 from ..tenant import Tenant
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
@@ -132,7 +133,7 @@ def client_auth_context(
     are left to certgate.
     """
     if ca_file is None and ca_pem is None:
-        raise ValueError("client_auth_context needs ca_file or ca_pem (the tenants' CAs)")
+        raise ServerSetupError("client_auth_context needs ca_file or ca_pem (the tenants' CAs)")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile, keyfile, password)

@@ -50,6 +50,7 @@ from typing import Any
 from cryptography import x509
 
 from ..asgi import SOCKET_PEER_KEY, ASGIApp, Receive, Scope, Send
+from ..errors import ServerSetupError
 from ..sources.ssl_socket import peer_chain_der
 from .tls import disable_stateless_resumption, prepare_server_context
 
@@ -165,7 +166,7 @@ def _require_wrapped(option: str, value: object, allowed: set[type[asyncio.Proto
         if module == _MODULE and globals().get(name) in allowed:
             return
     names = ", ".join(sorted(f"{_MODULE}:{c.__name__}" for c in allowed))
-    raise ValueError(
+    raise ServerSetupError(
         f"{option}={value!r} is not one of certgate's TLS-aware protocol classes ({names}); "
         "requests on it would carry no client certificate and no socket peer"
     )
@@ -225,7 +226,7 @@ def config(app: Any, **kwargs: Any) -> Any:
     import uvicorn  # noqa: PLC0415 - optional dependency
 
     if AutoTLSProtocol is None:
-        raise RuntimeError("uvicorn's HTTP protocols could not be imported")
+        raise ServerSetupError("uvicorn's HTTP protocols could not be imported")
     kwargs.setdefault("http", AutoTLSProtocol)
     if AutoWebSocketsTLSProtocol is not None:
         kwargs.setdefault("ws", AutoWebSocketsTLSProtocol)

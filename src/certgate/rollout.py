@@ -1,0 +1,332 @@
+"""Which paths need a certificate, and whether refusals are enforced.
+
+Two independent settings decide what happens to a request:
+
+**Access** (per path): :attr:`Access.REQUIRE` (the default: no valid
+certificate, no request), :attr:`Access.OPTIONAL` (a presented certificate
+is verified and its identity attached; a request without one goes through
+with no identity, and the route decides) and :attr:`Access.EXEMPT` (certgate
+does not look at the request at all: health checks).
+
+On an optional path a certificate that *is* presented and fails verification
+is refused as on a required path: a bad certificate is never downgraded to
+an anonymous request.
+
+**Mode**: :attr:`Mode.ENFORCE` (the default: refusals are answered with 403)
+or :attr:`Mode.REPORT` (report-only: every decision is logged and observed
+as usual, but refused requests go through - with the identity attached when
+the certificate itself was valid). Chosen globally, per tenant and per path
+prefix; the most specific setting wins: path, then tenant, then global.
+Every setting can change at run time (:meth:`Rollout.set_mode`) without a
+restart; a request sees one consistent snapshot.
+
+Paths are matched as exact paths (``/healthz``, which also matches
+``/healthz/``) or prefixes written with a trailing ``/*`` (``/public/*``
+matches ``/public``, ``/public/`` and ``/public/a``, never ``/publicity``).
+The longest matching pattern wins. A rule that *relaxes* checking
+(``exempt``, ``optional``, ``report``) applies only to a clean path: one
+with a dot segment (``/public/../admin``) or an empty segment (``//admin``)
+gets the default, whatever a framework later makes of it. A rule that
+*tightens* (a route policy, ``enforce``) is matched on the path with dot
+segments resolved and empty segments dropped, so ``/x/../admin`` is still
+``/admin`` for it.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .policy import Policy
+
+
+class Access(enum.StrEnum):
+    """Whether a path needs a client certificate."""
+
+    REQUIRE = "require"
+    OPTIONAL = "optional"
+    EXEMPT = "exempt"
+
+
+class Mode(enum.StrEnum):
+    """Whether refusals are answered (enforce) or only reported."""
+
+    ENFORCE = "enforce"
+    REPORT = "report"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A rule for the paths matching ``path`` (exact, or a prefix ending in
+    ``/*``). Each setting left ``None`` falls through to the next shorter
+    matching rule, then to the default."""
+
+    path: str
+    access: Access | None = None
+    mode: Mode | None = None
+    policy: Policy | None = None
+
+    def __post_init__(self) -> None:
+        check_pattern(self.path)
+        if self.access is not None:
+            object.__setattr__(self, "access", parse_access(self.access, f"route {self.path!r}"))
+        if self.mode is not None:
+            object.__setattr__(self, "mode", parse_mode(self.mode, f"route {self.path!r}"))
+        if self.path == "/*" and self.access is Access.EXEMPT:
+            raise ConfigError(
+                "'/*' exempts every path, which turns certgate off. List only the paths "
+                "served without a client certificate (e.g. '/healthz', '/public/*'), or use "
+                "access 'optional' to let routes decide."
+            )
+
+
+class PathRule(NamedTuple):
+    """What applies to one request path (resolved once per request)."""
+
+    access: Access
+    mode: Mode | None
+    """The path's enforcement mode, or ``None`` to use the tenant's/global."""
+    policy: Policy | None
+
+
+def parse_access(value: object, where: str) -> Access:
+    try:
+        return Access(value if isinstance(value, str) else "")
+    except ValueError:
+        raise ConfigError(
+            f"{where}: access must be one of {', '.join(a.value for a in Access)}, "
+            f"not {str(value)[:40]!r}"
+        ) from None
+
+
+def parse_mode(value: object, where: str) -> Mode:
+    try:
+        return Mode(value if isinstance(value, str) else "")
+    except ValueError:
+        raise ConfigError(
+            f"{where}: mode must be 'enforce' or 'report', not {str(value)[:40]!r}"
+        ) from None
+
+
+def check_pattern(pattern: object) -> str:
+    """``pattern`` if it is a valid path pattern, else :class:`ConfigError`."""
+    if not isinstance(pattern, str) or not pattern.startswith("/"):
+        raise ConfigError(f"path pattern {str(pattern)[:80]!r} must start with '/'")
+    body = pattern[:-2] if pattern.endswith("/*") else pattern
+    if "*" in body:
+        raise ConfigError(f"path pattern {pattern[:80]!r}: only a trailing '/*' is allowed")
+    if len(pattern) > 1024:
+        raise ConfigError(f"path pattern {pattern[:80]!r}...: longer than 1024 characters")
+    return pattern
+
+
+def clean(path: str) -> bool:
+    """No dot segment and no empty segment (except a trailing ``/``)."""
+    segments = path.split("/")[1:]
+    return not any(seg in (".", "..") for seg in segments) and "" not in segments[:-1]
+
+
+def resolve(path: str) -> str:
+    """``path`` with dot segments resolved and empty segments dropped (a
+    trailing ``/`` kept)."""
+    out: list[str] = []
+    for seg in path.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    trailing = "/" if path.endswith("/") and out else ""
+    return "/" + "/".join(out) + trailing
+
+
+class _Snapshot(NamedTuple):
+    exact: Mapping[str, Route]
+    prefixes: tuple[tuple[str, Route], ...]
+    """Longest first; each key without the trailing ``*`` (``/public/``)."""
+    mode: Mode
+    tenant_modes: Mapping[str, Mode]
+    default: Access
+
+
+class Rollout:
+    """The path rules and enforcement modes of a gate, swappable at run time.
+
+    ``routes``: :class:`Route` rules. ``access``: the default for paths no
+    rule covers (``require`` unless said otherwise). ``mode``: the global
+    mode. ``tenant_modes``: tenant id -> mode (a tenant's own ``mode``
+    setting, see :class:`~certgate.tenant.Tenant`, applies when the tenant
+    is not listed here).
+    """
+
+    def __init__(
+        self,
+        routes: Iterable[Route] = (),
+        *,
+        access: Access | str = Access.REQUIRE,
+        mode: Mode | str = Mode.ENFORCE,
+        tenant_modes: Mapping[str, Mode | str] | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._routes: dict[str, Route] = {}
+        for route in routes:
+            if route.path in self._routes:
+                raise ConfigError(f"route {route.path!r} is listed twice")
+            self._routes[route.path] = route
+        self._snap = self._build(
+            parse_access(access, "access"),
+            parse_mode(mode, "mode"),
+            {k: parse_mode(v, f"tenant {k!r}") for k, v in (tenant_modes or {}).items()},
+        )
+
+    def _build(self, default: Access, mode: Mode, tenant_modes: Mapping[str, Mode]) -> _Snapshot:
+        if default is Access.EXEMPT:
+            raise ConfigError(
+                "the default access 'exempt' turns certgate off for every path; use "
+                "'optional' to let requests without a certificate through"
+            )
+        exact: dict[str, Route] = {}
+        prefixes: list[tuple[str, Route]] = []
+        for route in self._routes.values():
+            if route.path.endswith("/*"):
+                prefixes.append((route.path[:-1], route))
+            else:
+                exact[route.path] = route
+        prefixes.sort(key=lambda item: len(item[0]), reverse=True)
+        return _Snapshot(exact, tuple(prefixes), mode, dict(tenant_modes), default)
+
+    # -- reading (per request, lock-free) --------------------------------
+
+    @property
+    def trivial(self) -> bool:
+        """No route at all and the default is ``require`` (the hot path skips
+        path matching)."""
+        snap = self._snap
+        return not snap.exact and not snap.prefixes and snap.default is Access.REQUIRE
+
+    @property
+    def mode(self) -> Mode:
+        """The global mode."""
+        return self._snap.mode
+
+    def rule(self, path: str) -> PathRule:
+        """The access, path mode and route policy for ``path``."""
+        snap = self._snap
+        if not snap.exact and not snap.prefixes:
+            return PathRule(snap.default, None, None)
+        is_clean = clean(path)
+        matched = self._matches(snap, path if is_clean else resolve(path))
+        access: Access | None = None
+        mode: Mode | None = None
+        policy: Policy | None = None
+        for route in matched:  # most specific first
+            if access is None and route.access is not None:
+                access = route.access
+            if mode is None and route.mode is not None:
+                mode = route.mode
+            if policy is None and route.policy is not None:
+                policy = route.policy
+        if access is None:
+            access = snap.default
+        if not is_clean:  # relaxing rules apply to clean paths only
+            if access is not Access.REQUIRE:
+                access = snap.default
+            if mode is Mode.REPORT:
+                mode = None
+        return PathRule(access, mode, policy)
+
+    @staticmethod
+    def _matches(snap: _Snapshot, path: str) -> list[Route]:
+        found: list[Route] = []
+        route = snap.exact.get(path)
+        if route is None and path.endswith("/") and len(path) > 1:
+            route = snap.exact.get(path[:-1])
+        if route is not None:
+            found.append(route)
+        probe = path if path.endswith("/") else path + "/"
+        for prefix, route in snap.prefixes:
+            if probe.startswith(prefix):
+                found.append(route)
+        return found
+
+    def mode_for(
+        self, tenant_id: str | None, path_mode: Mode | None, tenant_mode: str | None
+    ) -> Mode:
+        """The mode of one decision: the path's, else the run-time tenant
+        override, else the tenant's own setting, else the global mode."""
+        if path_mode is not None:
+            return path_mode
+        snap = self._snap
+        if tenant_id is not None and snap.tenant_modes:
+            override = snap.tenant_modes.get(tenant_id)
+            if override is not None:
+                return override
+        if tenant_mode is not None:
+            return Mode(tenant_mode)
+        return snap.mode
+
+    # -- changing (at run time) ------------------------------------------
+
+    def set_mode(
+        self, mode: Mode | str | None, *, tenant: str | None = None, path: str | None = None
+    ) -> None:
+        """Change a mode without a restart.
+
+        ``set_mode("report")`` sets the global mode; ``tenant="acme"``
+        overrides one tenant (``mode=None`` removes the override);
+        ``path="/api/*"`` sets the mode of a route (created if needed;
+        ``None`` removes the route's mode). Takes effect for the next
+        request; a request in flight keeps the snapshot it started with.
+        """
+        if tenant is not None and path is not None:
+            raise ConfigError("set_mode: give tenant or path, not both")
+        parsed = None if mode is None else parse_mode(mode, "set_mode")
+        with self._lock:
+            snap = self._snap
+            tenant_modes = dict(snap.tenant_modes)
+            global_mode = snap.mode
+            if path is not None:
+                check_pattern(path)
+                old = self._routes.get(path) or Route(path)
+                self._routes[path] = Route(path, old.access, parsed, old.policy)
+            elif tenant is not None:
+                if parsed is None:
+                    tenant_modes.pop(tenant, None)
+                else:
+                    tenant_modes[tenant] = parsed
+            else:
+                if parsed is None:
+                    raise ConfigError("set_mode: the global mode cannot be None")
+                global_mode = parsed
+            self._snap = self._build(snap.default, global_mode, tenant_modes)
+
+    def set_route(self, route: Route) -> None:
+        """Add or replace the rule for ``route.path`` at run time."""
+        with self._lock:
+            self._routes[route.path] = route
+            snap = self._snap
+            self._snap = self._build(snap.default, snap.mode, snap.tenant_modes)
+
+    def remove_route(self, path: str) -> None:
+        """Remove the rule for ``path`` (no error when there is none)."""
+        with self._lock:
+            self._routes.pop(path, None)
+            snap = self._snap
+            self._snap = self._build(snap.default, snap.mode, snap.tenant_modes)
+
+    def routes(self) -> tuple[Route, ...]:
+        """The current rules."""
+        with self._lock:
+            return tuple(self._routes.values())
+
+    def tenant_mode(self, tenant_id: str) -> Mode | None:
+        """The run-time override for ``tenant_id``, if any."""
+        return self._snap.tenant_modes.get(tenant_id)
