@@ -196,7 +196,8 @@ def gate_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     (a string where a list is expected - it would be read one character at
     a time -, a non-boolean for a boolean, ...). Values the gate checks
     itself (``access``, ``mode``, path patterns, CIDRs) are checked when the
-    gate is built, with the gate's messages.
+    gate is built, with the gate's messages. A key set to ``None`` counts as
+    not set.
     """
     unknown = sorted(key for key in config if key.startswith(PREFIX) and key not in _KNOWN_KEYS)
     if unknown:
@@ -206,8 +207,9 @@ def gate_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         )
     settings: dict[str, Any] = {}
     for key, name in _SETTING_KEYS.items():
-        if key in config:
-            settings[name] = _checked(key, name, config[key])
+        value = config.get(key)
+        if value is not None:  # None: not set (a config class's placeholder)
+            settings[name] = _checked(key, name, value)
     return settings
 
 
@@ -302,7 +304,12 @@ class CertGateFlask:
         if chosen is None:
             chosen = _gate_from_config(app.config)
         else:
-            ignored = sorted(set(gate_settings(app.config)) | _sources_set(app.config))
+            gate_settings(app.config)  # typos and bad values are errors all the same
+            ignored = sorted(
+                key
+                for key, value in app.config.items()
+                if key.startswith(PREFIX) and value is not None
+            )
             if ignored:
                 logger.warning(
                     "certgate: Flask app %r was given a CertGate, so its app.config settings "
@@ -315,10 +322,6 @@ class CertGateFlask:
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = state
         return state
-
-
-def _sources_set(config: Mapping[str, Any]) -> set[str]:
-    return {key for key in (CONFIG_KEY, REGISTRY_KEY) if config.get(key) is not None}
 
 
 def _state(app: Flask) -> CertGateState | None:
