@@ -602,3 +602,15 @@ def test_real_server_report_only_switched_at_run_time(tls_server: Server) -> Non
         assert _body(server.get(None, ACME, "/_rollout/enforce")) == {"mode": "enforce"}
     assert server.get("initech-device", INITECH, "/sensor").status_code == 403
     assert "would reject (report-only)" in server.log_text()
+
+
+def test_an_apps_403_handler_does_not_replace_the_refusal(pki: PKI) -> None:
+    """The README promises the decorators' refusal is the gate's, whatever
+    error handlers the app registers."""
+    app = build_app(_optional(pki))
+    app.register_error_handler(403, lambda error: ("custom", 403))
+    app.register_error_handler(HTTPException, lambda error: ("custom", 500))
+    response = _get(app, "/sensor", ACME, _pem(pki, "acme", "impostor-9"))
+    assert response.status_code == 403
+    assert response.data == problem_json(Reason.POLICY_DENIED)[1]
+    assert _get(app, "/require", ACME).data == problem_json(Reason.NO_CERTIFICATE)[1]
