@@ -221,6 +221,9 @@ def test_unknown_certgate_key_is_an_error_naming_it(pki: PKI, key: str) -> None:
         ("CERTGATE_REGISTRY_TIMEOUT", True),
         ("CERTGATE_HEADER_SOURCES", [1]),
         ("CERTGATE_REFUSAL_FORMAT", 3),
+        ("CERTGATE_POLICY", {"common_name": ["sensor-17"]}),
+        ("CERTGATE_TENANT_RESOLVER", "acme"),
+        ("CERTGATE_ROUTES", ["/public/*"]),
     ],
 )
 def test_wrongly_typed_setting_is_an_error(pki: PKI, key: str, value: object) -> None:
@@ -235,6 +238,12 @@ def test_gate_values_are_checked_by_the_gate(pki: PKI) -> None:
     app.config.update(CERTGATE_REGISTRY=pki.registry(), CERTGATE_MODE="enforcing")
     with pytest.raises(ConfigError, match="mode"):
         CertGateFlask(app)
+
+
+def test_policy_setting_is_the_default_policy(pki: PKI) -> None:
+    app = build_app({"CERTGATE_REGISTRY": pki.registry(), "CERTGATE_POLICY": SENSORS})
+    assert _get(app, "/", ACME, _pem(pki, "acme", "sensor-17")).status_code == 200
+    assert _reason(_get(app, "/", ACME, _pem(pki, "acme", "impostor-9"))) == "policy_denied"
 
 
 def test_setting_set_to_none_counts_as_unset(pki: PKI) -> None:

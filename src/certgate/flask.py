@@ -185,6 +185,7 @@ _LISTS: dict[str, tuple[type, ...]] = {
     "observers": (object,),
 }
 _TEXT_OR_CALLABLE = frozenset({"refusal_format"})
+_CALLABLES = frozenset({"tenant_resolver", "clock"})
 
 
 def gate_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,6 +224,10 @@ def _checked(key: str, name: str, value: Any) -> Any:
         raise ConfigError(f"{where} must be a number, not {type(value).__name__}")
     if name in _TEXT_OR_CALLABLE and not (isinstance(value, str) or callable(value)):
         raise ConfigError(f"{where} must be a format name or a callable")
+    if name in _CALLABLES and not callable(value):
+        raise ConfigError(f"{where} must be a callable")
+    if name == "policy" and not isinstance(value, Policy):
+        raise ConfigError(f"{where} must be a certgate.policy Policy, not {type(value).__name__}")
     item_types = _LISTS.get(name)
     if item_types is not None:
         if not isinstance(value, list | tuple):
