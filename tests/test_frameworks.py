@@ -204,9 +204,11 @@ def test_flask_reads_the_config_path(pki: PKI, tmp_path: Path) -> None:
     app = Flask(__name__)
     app.config["CERTGATE_CONFIG"] = str(tmp_path / "certgate.toml")
     extension = CertGateFlask(app)
-    assert app.extensions["certgate"] is extension
-    assert extension.gate is not None
-    assert extension.gate.registry.tenant_for_host("api.globex.test") is not None
+    # Issue 6: per-app state lives in app.extensions, not on the extension.
+    state = app.extensions["certgate"]
+    assert state.extension is extension
+    assert state.gate.registry.tenant_for_host("api.globex.test") is not None
+    assert extension.gate is None  # no gate was given to the constructor
     response = app.test_client().get("/anything", headers={"Host": "api.globex.test"})
     assert response.status_code == 403
     assert response.json is not None
