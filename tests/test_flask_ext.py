@@ -246,6 +246,17 @@ def test_policy_setting_is_the_default_policy(pki: PKI) -> None:
     assert _reason(_get(app, "/", ACME, _pem(pki, "acme", "impostor-9"))) == "policy_denied"
 
 
+def test_policy_setting_takes_a_policy_table(pki: PKI) -> None:
+    table = {"common_name": ["sensor-17"]}
+    app = build_app({"CERTGATE_REGISTRY": pki.registry(), "CERTGATE_POLICY": table})
+    assert _get(app, "/", ACME, _pem(pki, "acme", "sensor-17")).status_code == 200
+    assert _reason(_get(app, "/", ACME, _pem(pki, "acme", "impostor-9"))) == "policy_denied"
+    bad = Flask(__name__)
+    bad.config.update(CERTGATE_REGISTRY=pki.registry(), CERTGATE_POLICY={"common_nam": ["x"]})
+    with pytest.raises(ConfigError, match=r"CERTGATE_POLICY.*common_nam"):
+        CertGateFlask(bad)
+
+
 def test_setting_set_to_none_counts_as_unset(pki: PKI) -> None:
     app = build_app({"CERTGATE_REGISTRY": pki.registry(), "CERTGATE_MODE": None})
     assert str(get_gate(app).rollout.mode) == "enforce"

@@ -119,7 +119,7 @@ from .errors import ConfigError, Rejected, ServerSetupError
 from .gate import CertGate
 from .identity import ClientIdentity
 from .pem import pem_to_ders
-from .policy import Policy
+from .policy import Policy, policy_from_config
 from .problem import RefusalResponse, Refusals
 from .reasons import Reason
 from .rollout import Route
@@ -226,8 +226,13 @@ def _checked(key: str, name: str, value: Any) -> Any:
         raise ConfigError(f"{where} must be a format name or a callable")
     if name in _CALLABLES and not callable(value):
         raise ConfigError(f"{where} must be a callable")
+    if name == "policy" and isinstance(value, Mapping):
+        return policy_from_config(value, where)  # the TOML shape, as a dict
     if name == "policy" and not isinstance(value, Policy):
-        raise ConfigError(f"{where} must be a certgate.policy Policy, not {type(value).__name__}")
+        raise ConfigError(
+            f"{where} must be a certgate.policy Policy or a policy table (dict), "
+            f"not {type(value).__name__}"
+        )
     item_types = _LISTS.get(name)
     if item_types is not None:
         if not isinstance(value, list | tuple):
