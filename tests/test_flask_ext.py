@@ -221,7 +221,7 @@ def test_unknown_certgate_key_is_an_error_naming_it(pki: PKI, key: str) -> None:
         ("CERTGATE_REGISTRY_TIMEOUT", True),
         ("CERTGATE_HEADER_SOURCES", [1]),
         ("CERTGATE_REFUSAL_FORMAT", 3),
-        ("CERTGATE_POLICY", {"common_name": ["sensor-17"]}),
+        ("CERTGATE_POLICY", "common_name=sensor-17"),
         ("CERTGATE_TENANT_RESOLVER", "acme"),
         ("CERTGATE_ROUTES", ["/public/*"]),
     ],
