@@ -61,6 +61,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import fastapi.routing
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
@@ -82,6 +83,7 @@ from .starlette import install as _install_starlette
 __all__ = [
     "DEFAULT_SCHEME_NAME",
     "RequireClientCert",
+    "api_routes",
     "certificate_operations",
     "client_identity",
     "install",
@@ -144,6 +146,19 @@ def _calls(dependant: Any) -> Iterator[object]:
         stack.extend(current.dependencies)
 
 
+def api_routes(app: FastAPI) -> Iterator[Any]:
+    """Every ``APIRoute`` of ``app``, routers included (as FastAPI's OpenAPI
+    generator sees them: with the prefix and dependencies of the routers
+    they were included through)."""
+    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
+    if iterate is None:  # FastAPI without lazily included routers: all flat
+        yield from (route for route in app.routes if isinstance(route, APIRoute))
+        return
+    for context in iterate(app.routes):
+        if isinstance(context.original_route, APIRoute):
+            yield context
+
+
 def certificate_operations(app: FastAPI, gate: CertGate | None = None) -> set[tuple[str, str]]:
     """``(path, method)`` (method lowercase) of every operation that needs a
     client certificate: its dependencies include :func:`client_identity` or
@@ -151,8 +166,8 @@ def certificate_operations(app: FastAPI, gate: CertGate | None = None) -> set[tu
     requires a certificate (access ``require``, checked on the route's path
     template: ``/items/{id}`` is matched literally)."""
     found: set[tuple[str, str]] = set()
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
+    for route in api_routes(app):
+        if not route.include_in_schema:
             continue
         needed = any(needs_certificate(call) for call in _calls(route.dependant))
         if not needed and gate is not None:

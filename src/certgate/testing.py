@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import inspect
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -302,16 +303,17 @@ def override_identity(
     ``no_certificate``. Undo with ``app.dependency_overrides.clear()``.
     ``gate`` (optional) supplies the clock for policies.
     """
-    from fastapi.routing import APIRoute  # noqa: PLC0415
-
-    from .fastapi import RequireClientCert, client_identity, optional_client_identity  # noqa: PLC0415
+    from .fastapi import (  # noqa: PLC0415
+        RequireClientCert,
+        api_routes,
+        client_identity,
+        optional_client_identity,
+    )
 
     overrides = app.dependency_overrides
     overrides[client_identity] = _fake_dependency(identity, None, gate)
     overrides[optional_client_identity] = lambda: identity
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
-            continue
+    for route in api_routes(app):
         stack = [route.dependant]
         while stack:
             dependant = stack.pop()
@@ -348,4 +350,10 @@ def _fake_dependency(
                 raise refuse(connection, Reason.POLICY_DENIED, failed)
         return identity
 
+    # The annotation must be the class itself (this module's annotations are
+    # strings, and HTTPConnection is not a global here).
+    connection = inspect.Parameter(
+        "connection", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=HTTPConnection
+    )
+    fake.__signature__ = inspect.Signature([connection])  # type: ignore[attr-defined]
     return fake
