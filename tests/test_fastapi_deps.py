@@ -455,3 +455,31 @@ def test_real_uvicorn_over_tls(tls_server: Any) -> None:
     assert tls_server.get(None, "pay.acme.test", "/whoami").json()["reason"] == "no_certificate"
     schema = tls_server.get(None, "pay.acme.test", "/openapi.json").json()
     assert set(_secured(schema)) == {("/sensor", "get"), ("/whoami", "get")}
+
+
+# -- the example app ------------------------------------------------------------------
+
+
+def _pem_list(path: Any) -> list[str]:
+    text = path.read_text()
+    marker = "-----END CERTIFICATE-----"
+    return [part + marker + "\n" for part in text.split(marker) if "BEGIN" in part]
+
+
+@pytest.mark.skipif(
+    not hasattr(__import__("certgate.policy").policy, "spiffe_path_prefix"),
+    reason="needs the real certgate.policy module (issue 6, helper 'policy')",
+)
+def test_example_app_report_only_by_config(tls_env: DevEnv) -> None:
+    from examples.fastapi_app.app import create_app
+
+    globex = _pem_list(tls_env.path("globex-device-chain.pem"))
+    for mode, status in (("enforce", 403), ("report", 200)):
+        app = create_app(str(tls_env.config), mode=mode)
+        client = TestClient(with_client_cert(app, globex), base_url="http://api.globex.test")
+        assert client.post("/telemetry").status_code == status, mode
+        anonymous = TestClient(app, base_url="http://api.globex.test")
+        assert anonymous.get("/").json() == {"hello": "anonymous"}
+        assert anonymous.get("/whoami").status_code == status
+        schema = anonymous.get("/openapi.json").json()
+        assert set(_secured(schema)) == {("/whoami", "get"), ("/telemetry", "post")}

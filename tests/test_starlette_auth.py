@@ -171,7 +171,8 @@ def test_requires_uses_policy_scopes(
 
 def test_backend_policy_that_raises_grants_nothing(pki: TestPKI, alice: TestCertificate) -> None:
     class Broken(Policy):
-        label = "broken"
+        def __init__(self) -> None:
+            object.__setattr__(self, "label", "broken")
 
         def check(self, identity: ClientIdentity, now: datetime) -> str | None:
             raise RuntimeError("bug")
