@@ -52,6 +52,9 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from .devpki import CA, IssuedCert
 from .gate import CertGate
 from .identity import ClientIdentity
@@ -89,9 +92,8 @@ class TestCertificate:
     @property
     def pem_chain(self) -> list[str]:
         """Leaf first, then the intermediates the client sends (PEM text)."""
-        return [self.issued.cert_pem.decode()] + [
-            IssuedCert(cert, self.issued.key).cert_pem.decode() for cert in self.issued.issuers
-        ]
+        certs = (self.issued.cert, *self.issued.issuers)
+        return [cert.public_bytes(Encoding.PEM).decode("ascii") for cert in certs]
 
     @property
     def chain_pem(self) -> bytes:
@@ -105,18 +107,12 @@ class TestCertificate:
     @property
     def fingerprint(self) -> str:
         """Hex SHA-256 of the leaf (``identity.fingerprint_sha256``)."""
-        return self.issued.cert.fingerprint(_sha256()).hex()
+        return self.issued.cert.fingerprint(hashes.SHA256()).hex()
 
     @property
     def serial(self) -> str:
         """The leaf's serial number in hex (``identity.serial``)."""
         return format(self.issued.cert.serial_number, "x")
-
-
-def _sha256() -> Any:
-    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
-
-    return hashes.SHA256()
 
 
 class TestPKI:
