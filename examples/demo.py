@@ -47,6 +47,7 @@ class Case:
     expected: str  # "200", "403 <reason>", or "TLS refused"
     headers: tuple[tuple[str, str], ...] = ()
     label: str = ""
+    method: str = "GET"
 
 
 def cases(env: DevEnv) -> list[Case]:
@@ -94,6 +95,24 @@ def cases(env: DevEnv) -> list[Case]:
             label="forged Cloudflare header",
         ),
         Case(None, "pay.acme.test", "/healthz", "200", label="exempt path"),
+        Case(None, "pay.acme.test", "/", "200", label="public page, anonymous"),
+        Case("globex-device", "api.globex.test", "/", "200", label="public page, identified"),
+        Case(
+            "acme-device",
+            "pay.acme.test",
+            "/telemetry",
+            "200",
+            method="POST",
+            label="route rule: Acme sensor SPIFFE ID",
+        ),
+        Case(
+            "globex-device",
+            "api.globex.test",
+            "/telemetry",
+            "403 policy_denied",
+            method="POST",
+            label="route rule: not a sensor",
+        ),
         Case(
             "rogue-device", "pay.acme.test", "/whoami", "TLS refused", label="CA no tenant trusts"
         ),
@@ -124,13 +143,14 @@ def run_case(env: DevEnv, port: int, case: Case) -> tuple[str, str]:
     headers = {"Host": case.host, **dict(case.headers)}
     try:
         with httpx.Client(verify=context, timeout=10) as client:
-            response = client.get(f"https://127.0.0.1:{port}{case.path}", headers=headers)
+            url = f"https://127.0.0.1:{port}{case.path}"
+            response = client.request(case.method, url, headers=headers)
     except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as exc:
         return "TLS refused", type(exc).__name__
     if response.status_code == 200:
         body = response.json()
         who = body.get("common_name") and f"{body['tenant_id']}: {body['common_name']}"
-        return "200", who or json.dumps(body)
+        return "200", who or json.dumps(body, separators=(",", ":"))
     reason = response.json().get("reason", "?")
     return f"{response.status_code} {reason}", ""
 

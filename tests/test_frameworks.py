@@ -86,9 +86,17 @@ def test_fastapi_rejection_never_reaches_the_route(pki: PKI) -> None:
 
 
 def test_fastapi_dependency_refuses_an_exempt_request(pki: PKI) -> None:
+    """Issue 6 (one refusal format): the dependency's refusal is the gate's
+    problem+json ``no_certificate``, no longer FastAPI's ``{"detail": ...}``."""
     response = _get(_fastapi(pki), "/open", "initech.test", {})
     assert response.status_code == 403
-    assert response.json() == {"detail": "client certificate required"}
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {
+        "type": "urn:certgate:reason:no_certificate",
+        "title": "A client certificate is required",
+        "status": 403,
+        "reason": "no_certificate",
+    }
 
 
 def test_starlette_get_identity_is_none_on_exempt_paths(pki: PKI) -> None:
