@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from flask import Flask
 
-from certgate import CertGate, InMemoryRegistry, Reason, Tenant
+from certgate import CertGate, ConfigError, InMemoryRegistry, Reason, Tenant
 from certgate import policy as p
 from certgate.asgi import DECISION_KEY, CertGateMiddleware
 from certgate.errors import ClientCertificateRefused
@@ -369,3 +369,19 @@ class _Recorder:
 
     def on_expiring(self, event: Any) -> None:
         pass
+
+
+@pytest.mark.parametrize("days", ["nan", "inf", "-1.0"])
+def test_expiry_warning_days_out_of_range_is_a_config_error(
+    tmp_path: Any, days: str, make_gate: GateFactory
+) -> None:
+    """TOML allows nan and inf: ``nan`` silently switched the warning off and
+    ``inf`` warned on every verification; a negative value switched it off
+    although the README documents 0 as "off"."""
+    config = tmp_path / "certgate.toml"
+    config.write_text(f"[certgate]\nexpiry_warning_days = {days}\n")
+    with pytest.raises(ConfigError, match="expiry_warning_days"):
+        CertGate.from_toml(config)
+    with pytest.raises(ConfigError, match="expiry_warning_days"):
+        make_gate(expiry_warning_days=float(days))
+    assert make_gate(expiry_warning_days=0).expiry_warning_days == 0

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cache import Refusal, ValidationCache
 from .decision import Decision
-from .errors import Rejected
+from .errors import ConfigError, Rejected
 from .events import (
     STAGE_REQUEST,
     STAGE_ROUTE,
@@ -177,6 +177,15 @@ class CertGate:
             strip_known_headers=strip_known_headers,
             trust_reported_peer=trust_reported_peer,
         )
+        if (
+            isinstance(expiry_warning_days, bool)
+            or not isinstance(expiry_warning_days, int | float)
+            or not 0 <= expiry_warning_days <= 100_000  # also refuses NaN
+        ):
+            raise ConfigError(
+                f"expiry_warning_days must be a number of days from 0 (off) to 100000, "
+                f"not {expiry_warning_days!r:.40}"
+            )
         self.rollout = Rollout(
             [Route(path, access=Access.EXEMPT) for path in exempt_paths] + list(routes),
             access=access,
