@@ -28,7 +28,9 @@ For every HTTP request and WebSocket handshake it
   accept;
 * answers a :class:`~certgate.errors.ClientCertificateRefused` raised by a
   route-level check inside the app (see :mod:`certgate.starlette`) the same
-  way, if the response has not started.
+  way, if the response has not started; on a WebSocket the app already
+  accepted, with close code 1008; after an HTTP response started, the
+  exception goes on to the server (which ends the response).
 
 Lifespan and other scope types pass through untouched.
 """
@@ -159,10 +161,19 @@ class CertGateMiddleware:
             scope[IDENTITY_KEY] = decision.identity
         elif IDENTITY_KEY in scope:  # no identity: never let one set upstream through
             del scope[IDENTITY_KEY]
+        tracked = _Tracked(receive, send)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, tracked.receive, tracked)
         except ClientCertificateRefused as exc:  # a route-level check inside the app
-            await self._reject(scope, receive, send, exc.reason)
+            if tracked.accepted and not tracked.closed:  # a WebSocket already open
+                await send({"type": "websocket.close", "code": 1008, "reason": exc.reason.value})
+                return
+            if tracked.started:  # too late for a refusal: the server ends the response
+                raise
+            refusal = self.gate.refusal(exc.reason)
+            await send_refusal(
+                refusal, exc.reason, scope, receive, send, connect_received=tracked.connected
+            )
 
     def _facts(self, scope: Scope) -> tuple[Scope, RequestFacts]:
         trust = self._trust
@@ -220,10 +231,52 @@ class CertGateMiddleware:
         await send_refusal(self.gate.refusal(reason), reason, scope, receive, send)
 
 
+_STARTS = frozenset(
+    {"http.response.start", "websocket.accept", "websocket.close", "websocket.http.response.start"}
+)
+
+
+class _Tracked:
+    """The app's ``send`` (this object) and ``receive``, noting whether a
+    response or WebSocket started and whether the app took the WebSocket's
+    ``websocket.connect``, so a route-level refusal raised later is never a
+    second response and never waits for a message already taken."""
+
+    __slots__ = ("_receive", "accepted", "closed", "connected", "send", "started")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self.send = send
+        self.started = self.accepted = self.closed = self.connected = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message.get("type") == "websocket.connect":
+            self.connected = True
+        return message
+
+    async def __call__(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind in _STARTS:
+            self.started = True
+            if kind == "websocket.accept":
+                self.accepted = True
+            elif kind == "websocket.close":
+                self.closed = True
+        await self.send(message)
+
+
 async def send_refusal(
-    refusal: RefusalResponse, reason: Reason, scope: Scope, receive: Receive, send: Send
+    refusal: RefusalResponse,
+    reason: Reason,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    connect_received: bool = False,
 ) -> None:
-    """Answer an HTTP request, or refuse a WebSocket handshake, with ``refusal``."""
+    """Answer an HTTP request, or refuse a WebSocket handshake, with ``refusal``
+    (``connect_received``: the app already took ``websocket.connect``)."""
     body = refusal.body
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in refusal.headers]
     status = refusal.status
@@ -232,9 +285,10 @@ async def send_refusal(
         await send({"type": "http.response.body", "body": body})
         return
     # WebSocket: refuse the handshake; never accept.
-    message = await receive()
-    if message.get("type") != "websocket.connect":
-        return
+    if not connect_received:
+        message = await receive()
+        if message.get("type") != "websocket.connect":
+            return
     extensions = scope.get("extensions") or {}
     if "websocket.http.response" in extensions:
         await send(

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cache import Refusal, ValidationCache
 from .decision import Decision
-from .errors import Rejected
+from .errors import ConfigError, Rejected
 from .events import (
     STAGE_REQUEST,
     STAGE_ROUTE,
@@ -177,6 +177,15 @@ class CertGate:
             strip_known_headers=strip_known_headers,
             trust_reported_peer=trust_reported_peer,
         )
+        if (
+            isinstance(expiry_warning_days, bool)
+            or not isinstance(expiry_warning_days, int | float)
+            or not 0 <= expiry_warning_days <= 100_000  # also refuses NaN
+        ):
+            raise ConfigError(
+                f"expiry_warning_days must be a number of days from 0 (off) to 100000, "
+                f"not {expiry_warning_days!r:.40}"
+            )
         self.rollout = Rollout(
             [Route(path, access=Access.EXEMPT) for path in exempt_paths] + list(routes),
             access=access,
@@ -241,11 +250,11 @@ class CertGate:
         tenant: Tenant | None = None
         rule: PathRule | None = None
         try:
-            step = self._begin(facts)
+            rule = self.rollout.rule(facts.path)
+            step = self._begin(facts, rule)
             if isinstance(step, Decision):
                 decision = step
             else:
-                rule = step.rule
                 try:
                     key = step.key
                     tenant = self._lookup_id(key) if step.by_id else self._lookup_host(key)
@@ -263,11 +272,11 @@ class CertGate:
         tenant: Tenant | None = None
         rule: PathRule | None = None
         try:
-            step = self._begin(facts)
+            rule = self.rollout.rule(facts.path)
+            step = self._begin(facts, rule)
             if isinstance(step, Decision):
                 decision = step
             else:
-                rule = step.rule
                 try:
                     lookup = self._alookup_id if step.by_id else self._alookup_host
                     if lookup is None:  # in-memory registry: no coroutine, no thread hop
@@ -311,8 +320,7 @@ class CertGate:
             if decision is not None:
                 result = result._replace(tenant_id=decision.tenant_id, mode=decision.mode)
         if decision is None:
-            rule = self.rollout.rule(path)
-            result = result._replace(mode=self.rollout.mode_for(None, rule.mode, None))
+            result = result._replace(mode=self.rollout.rule(path).mode_for(None, None))
         return self._observe(result, facts, STAGE_ROUTE, start)
 
     def _route_result(self, decision: Decision | None, policy: Policy | None) -> Decision:
@@ -374,10 +382,9 @@ class CertGate:
 
     # -- pipeline ---------------------------------------------------------
 
-    def _begin(self, facts: RequestFacts) -> Decision | _Pending:
-        rule = self.rollout.rule(facts.path)
-        if rule.access is Access.EXEMPT:
-            return Decision(exempt=True, access=Access.EXEMPT, mode=rule.mode or Mode.ENFORCE)
+    def _begin(self, facts: RequestFacts, rule: PathRule) -> Decision | _Pending:
+        if rule.access is Access.EXEMPT:  # no tenant: the path's or the global mode
+            return Decision(exempt=True, access=Access.EXEMPT, mode=rule.mode_for(None, None))
         presented: Presented | None = None
         preset: Decision | None = None
         try:
@@ -393,7 +400,12 @@ class CertGate:
                     reason=verdict.reason, detail=verdict.detail, source=presented.source
                 )
             if self.tenant_resolver is not None:
-                tenant_id = self.tenant_resolver(facts)
+                try:
+                    tenant_id = self.tenant_resolver(facts)
+                except Exception:
+                    if preset is not None:  # it would only have named the tenant
+                        return preset
+                    raise
                 if tenant_id is None:
                     if preset is not None:
                         return preset
@@ -496,10 +508,13 @@ class CertGate:
     ) -> Decision:
         """Set the decision's access and mode, and hand it to the observers."""
         if not decision.exempt:
-            access = rule.access if rule is not None else Access.REQUIRE
-            path_mode = rule.mode if rule is not None else None
             tenant_mode = tenant.mode if isinstance(tenant, Tenant) else None
-            mode = self.rollout.mode_for(decision.tenant_id, path_mode, tenant_mode)
+            if rule is None:  # the path's rule could not be read: the defaults
+                access: Access = Access.REQUIRE
+                mode = self.rollout.mode_for(decision.tenant_id, None, tenant_mode)
+            else:  # as of the snapshot the request started with
+                access = rule.access
+                mode = rule.mode_for(decision.tenant_id, tenant_mode)
             if mode != decision.mode or access != decision.access:
                 decision = decision._replace(mode=mode, access=access)
         return self._observe(decision, facts, STAGE_REQUEST, start)

@@ -486,6 +486,8 @@ class _DnsRule(Policy):
 
     def check(self, identity: ClientIdentity, now: datetime) -> str | None:
         for value in _san_values(identity.sans.dns):
+            if not value.isascii():  # "\u212a".lower() == "k": never a look-alike
+                continue
             name = value.lower()
             if name in self.exact:
                 return None
@@ -510,7 +512,9 @@ def san_dns(*patterns: str, regex: bool = False) -> Policy:
     """A DNS SAN of the leaf matches one of ``patterns`` (at least one SAN
     matching is enough: a certificate is entitled to all of its names).
 
-    * ``"api.acme.test"``: exact, case-insensitive.
+    * ``"api.acme.test"``: exact, case-insensitive (ASCII case only: a SAN
+      with a non-ASCII character never matches, so ``\u212aey`` - KELVIN
+      SIGN - is not ``key``).
     * ``"*.devices.acme.test"``: exactly one more, non-empty label
       (``a.devices.acme.test``; not ``devices.acme.test``, not
       ``a.b.devices.acme.test``, not a SAN that itself holds ``*``). ``*``
@@ -571,7 +575,7 @@ class _EmailRule(Policy):
     def check(self, identity: ClientIdentity, now: datetime) -> str | None:
         for value in _san_values(identity.sans.email):
             local, at, domain = value.rpartition("@")
-            if not at or not local or "@" in local:
+            if not at or not local or "@" in local or not domain.isascii():
                 continue
             domain = domain.lower()
             if f"{local}@{domain}" in self.exact or domain in self.domains:
@@ -583,7 +587,8 @@ def san_email(*patterns: str, regex: bool = False) -> Policy:
     """An email (rfc822Name) SAN of the leaf matches one of ``patterns``.
 
     * ``"alice@acme.test"``: the local part exact (case-sensitive), the
-      domain case-insensitive.
+      domain case-insensitive (ASCII case only: a SAN whose domain has a
+      non-ASCII character never matches).
     * ``"*@acme.test"``: any local part at exactly that domain (not at a
       subdomain).
     * ``regex=True``: full-match regular expressions on the SAN as written.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import NamedTuple
@@ -121,9 +122,17 @@ class Refusals:
             return self._rendered[reason]
 
 
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?")
+"""A header value every server sends as it is: printable ASCII, inner spaces
+and tabs (no control character, no non-ASCII character, no edge space)."""
+
+
 def _render(reason: Reason, content_type: str, body: bytes) -> RefusalResponse:
-    if "\r" in content_type or "\n" in content_type:
-        raise ConfigError("refusal content type must not contain line breaks")
+    if not _HEADER_VALUE.fullmatch(content_type):
+        raise ConfigError(
+            f"refusal content type {content_type[:60]!r} is not a header value "
+            "(printable ASCII, spaces and tabs inside)"
+        )
     return RefusalResponse(
         reason.status,
         (

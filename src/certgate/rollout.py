@@ -105,13 +105,43 @@ class Route:
         )
 
 
+class _Modes(NamedTuple):
+    """The global mode and the run-time tenant overrides of one snapshot."""
+
+    mode: Mode
+    tenant_modes: Mapping[str, Mode]
+
+
+_ENFORCE_ONLY = _Modes(Mode.ENFORCE, {})
+
+
 class PathRule(NamedTuple):
-    """What applies to one request path (resolved once per request)."""
+    """What applies to one request path (resolved once per request), with
+    the modes of the snapshot it was read from: a request in flight keeps
+    them, whatever :meth:`Rollout.set_mode` does meanwhile."""
 
     access: Access
     mode: Mode | None
     """The path's enforcement mode, or ``None`` to use the tenant's/global."""
     policy: Policy | None
+    modes: _Modes = _ENFORCE_ONLY
+    """The global mode and tenant overrides when the rule was read."""
+
+    def mode_for(self, tenant_id: str | None, tenant_mode: str | None) -> Mode:
+        """The mode of a decision on this path: the path's, else the
+        tenant's run-time override, else the tenant's own setting
+        (``tenant_mode``), else the global mode - all as of the snapshot
+        this rule was read from."""
+        if self.mode is not None:
+            return self.mode
+        modes = self.modes
+        if tenant_id is not None and modes.tenant_modes:
+            override = modes.tenant_modes.get(tenant_id)
+            if override is not None:
+                return override
+        if tenant_mode is not None:
+            return Mode(tenant_mode)
+        return modes.mode
 
 
 def parse_access(value: object, where: str) -> Access:
@@ -174,6 +204,9 @@ class _Snapshot(NamedTuple):
     mode: Mode
     tenant_modes: Mapping[str, Mode]
     default: Access
+    modes: _Modes
+    default_rule: PathRule
+    """The rule of a path no route covers."""
 
 
 class Rollout:
@@ -220,7 +253,17 @@ class Rollout:
             else:
                 exact[route.path] = route
         prefixes.sort(key=lambda item: len(item[0]), reverse=True)
-        return _Snapshot(exact, tuple(prefixes), mode, dict(tenant_modes), default)
+        tenants = dict(tenant_modes)
+        modes = _Modes(mode, tenants)
+        return _Snapshot(
+            exact,
+            tuple(prefixes),
+            mode,
+            tenants,
+            default,
+            modes,
+            PathRule(default, None, None, modes),
+        )
 
     # -- reading (per request, lock-free) --------------------------------
 
@@ -240,7 +283,7 @@ class Rollout:
         """The access, path mode and route policy for ``path``."""
         snap = self._snap
         if not snap.exact and not snap.prefixes:
-            return PathRule(snap.default, None, None)
+            return snap.default_rule
         is_clean = clean(path)
         matched = self._matches(snap, path if is_clean else resolve(path))
         access: Access | None = None
@@ -260,7 +303,7 @@ class Rollout:
                 access = snap.default
             if mode is Mode.REPORT:
                 mode = None
-        return PathRule(access, mode, policy)
+        return PathRule(access, mode, policy, snap.modes)
 
     @staticmethod
     def _matches(snap: _Snapshot, path: str) -> list[Route]:
@@ -280,17 +323,11 @@ class Rollout:
         self, tenant_id: str | None, path_mode: Mode | None, tenant_mode: str | None
     ) -> Mode:
         """The mode of one decision: the path's, else the run-time tenant
-        override, else the tenant's own setting, else the global mode."""
-        if path_mode is not None:
-            return path_mode
-        snap = self._snap
-        if tenant_id is not None and snap.tenant_modes:
-            override = snap.tenant_modes.get(tenant_id)
-            if override is not None:
-                return override
-        if tenant_mode is not None:
-            return Mode(tenant_mode)
-        return snap.mode
+        override, else the tenant's own setting, else the global mode (as
+        of now; :meth:`PathRule.mode_for` answers as of the rule's snapshot)."""
+        return PathRule(Access.REQUIRE, path_mode, None, self._snap.modes).mode_for(
+            tenant_id, tenant_mode
+        )
 
     # -- changing (at run time) ------------------------------------------
 

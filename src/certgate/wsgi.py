@@ -116,6 +116,23 @@ def socket_peer(environ: Environ, *, trust_reported: bool = False) -> str | None
     return addr if isinstance(addr, str) and addr else None
 
 
+def request_path(environ: Environ) -> str:
+    """``PATH_INFO`` as the text frameworks route on: PEP 3333 hands it over
+    as bytes decoded as latin-1, and Werkzeug/Flask decode those bytes as
+    UTF-8 (invalid sequences replaced), so ``/caf\u00c3\u00a9`` is ``/café``
+    here too and a route rule on ``/café/*`` applies. A value that is not
+    latin-1 (a server breaking PEP 3333) is taken as it is."""
+    path = environ.get("PATH_INFO")
+    if not isinstance(path, str):
+        return ""
+    if path.isascii():
+        return path
+    try:
+        return path.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return path
+
+
 def environ_key(header: str) -> str:
     """``Cf-Client-Cert-Der-Base64`` -> ``HTTP_CF_CLIENT_CERT_DER_BASE64``."""
     return "HTTP_" + header.upper().replace("-", "_")
@@ -195,10 +212,9 @@ class CertGateWSGIMiddleware:
         if not trusted and trust.transport:
             transport = wsgi_environ.from_environ(environ)
         host = environ.get("HTTP_HOST")
-        path = environ.get("PATH_INFO")
         facts = RequestFacts(
             host=host if isinstance(host, str) else None,
-            path=path if isinstance(path, str) else "",
+            path=request_path(environ),
             peer=peer,
             headers=headers,
             transport=transport,
