@@ -93,7 +93,7 @@ def test_asgi_counts_decisions_per_tenant_and_reason(pki: PKI, make_gate: GateFa
     assert decisions(registry, "globex", "allowed", "asgi_tls") == 3
     assert decisions(registry, "acme", "allowed", "asgi_tls") == 1
     assert decisions(registry, "globex", "untrusted_chain", "asgi_tls") == 1
-    assert decisions(registry, "globex", "no_certificate", "none") == 1
+    assert decisions(registry, "_none", "no_certificate", "none") == 1
     assert decisions(registry, "_none", "unknown_tenant", "asgi_tls") == 5
     total = registry.get_sample_value(
         f"{LATENCY}_count", {"stage": "request", "outcome": "allowed"}
@@ -192,7 +192,7 @@ def test_a_raising_observer_never_changes_a_decision(pki: PKI, make_gate: GateFa
     assert run_http(mw, http_scope()).reason == "no_certificate"
     assert len(app.scopes) == 1
     assert decisions(registry, "globex", "allowed", "asgi_tls") == 1
-    assert decisions(registry, "globex", "no_certificate", "none") == 1
+    assert decisions(registry, "_none", "no_certificate", "none") == 1
     assert expiring(registry, "globex") == 1
 
 
@@ -219,11 +219,11 @@ def test_optional_exempt_and_report_only_paths(pki: PKI, make_gate: GateFactory)
     assert run_http(mw, http_scope(tls_chain=pem_chain(globex))).status == 200
 
     assert decisions(registry, "_none", "exempt", "none") == 1
-    assert decisions(registry, "globex", "anonymous", "none") == 1
+    assert decisions(registry, "_none", "anonymous", "none") == 1
     assert decisions(registry, "globex", "allowed", "asgi_tls") == 1
     assert decisions(registry, "globex", "untrusted_chain", "asgi_tls") == 1
     assert decisions(registry, "globex", "untrusted_chain", "asgi_tls", mode="report") == 1
-    assert decisions(registry, "globex", "no_certificate", "none", mode="report") == 1
+    assert decisions(registry, "_none", "no_certificate", "none", mode="report") == 1
     assert decisions(registry, "globex", "allowed", "asgi_tls", mode="report") == 1
     assert len(app.scopes) == 6
 
@@ -246,7 +246,7 @@ def test_route_stage_decisions_are_counted(pki: PKI, make_gate: GateFactory) -> 
     assert refused.blocks
     assert gate.authorize_route(None, None, path="/public/c", host=host).blocks
     assert decisions(registry, "globex", "allowed", "asgi_tls", stage="route") == 1
-    assert decisions(registry, "globex", "no_certificate", "none", stage="route") == 1
+    assert decisions(registry, "_none", "no_certificate", "none", stage="route") == 1
     assert decisions(registry, "_none", "internal_error", "none", stage="route") == 1
     routed = registry.get_sample_value(f"{LATENCY}_count", {"stage": "route", "outcome": "refused"})
     assert routed == 2

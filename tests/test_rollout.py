@@ -513,7 +513,7 @@ def test_observers_see_every_decision(pki: PKI, make_gate: GateFactory) -> None:
     assert allow.latency_s > 0
     assert allow.host == ACME
     assert refusal.reason == "no_certificate"
-    assert refusal.tenant == "acme"  # named even without a certificate
+    assert refusal.tenant is None  # no tenant has a mode of its own: no lookup
     assert refusal.peer == "203.0.113.7" or refusal.peer is None
     assert exempt.exempt
     assert exempt.access == "exempt"
@@ -672,3 +672,53 @@ def test_toml_policy_errors_name_the_place(pki: PKI, tmp_path: Path) -> None:
     config.write_text(base + 'policy = "cn=alice"\n')
     with pytest.raises(ConfigError, match="must be a table"):
         CertGate.from_toml(config)
+
+
+class CountingRegistry:
+    """An in-memory registry that counts host lookups."""
+
+    blocking = False
+
+    def __init__(self, inner: InMemoryRegistry, **attrs: Any) -> None:
+        self.inner = inner
+        self.lookups = 0
+        for name, value in attrs.items():
+            setattr(self, name, value)
+
+    def tenant_for_host(self, host: str) -> Tenant | None:
+        self.lookups += 1
+        return self.inner.tenant_for_host(host)
+
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        return self.inner.tenant_by_id(tenant_id)
+
+
+def test_requests_without_certificate_cost_no_lookup_unless_a_tenant_mode_matters(
+    pki: PKI,
+) -> None:
+    plain = pki.registry()
+    assert plain.has_tenant_modes is False
+    quiet = CountingRegistry(plain, has_tenant_modes=False)
+    mw = CertGateMiddleware(RecordingApp(), CertGate(quiet))
+    for n in range(20):
+        assert run_http(mw, http_scope(host=f"h{n}.example.com")).reason == "no_certificate"
+    assert quiet.lookups == 0
+    # a run-time tenant override: the tenant's mode now matters
+    gate = CertGate(quiet)
+    gate.rollout.set_mode("report", tenant="acme")
+    assert run_http(CertGateMiddleware(RecordingApp(), gate), http_scope(host=ACME)).status == 200
+    assert quiet.lookups == 1
+    # a registry that does not say: looked up (correct before cheap)
+    unknown = CountingRegistry(plain)
+    mw = CertGateMiddleware(RecordingApp(), CertGate(unknown))
+    assert run_http(mw, http_scope(host=ACME)).reason == "no_certificate"
+    assert unknown.lookups == 1
+    # a path with a mode of its own never needs the tenant's
+    gate = CertGate(unknown, routes=[Route("/beta/*", mode="enforce")])
+    run_http(CertGateMiddleware(RecordingApp(), gate), http_scope(host=ACME, path="/beta/x"))
+    assert unknown.lookups == 1
+    acme = pki["acme"]
+    moded = InMemoryRegistry(
+        [Tenant(acme.id, acme.hosts, tuple(r.cert for r in acme.roots), mode="enforce")]
+    )
+    assert moded.has_tenant_modes is True

@@ -399,6 +399,8 @@ class CertGate:
                 preset = Decision(
                     reason=verdict.reason, detail=verdict.detail, source=presented.source
                 )
+            if preset is not None and not self._mode_needs_tenant(rule):
+                return preset  # the tenant could not change the decision: no lookup
             if self.tenant_resolver is not None:
                 try:
                     tenant_id = self.tenant_resolver(facts)
@@ -422,6 +424,18 @@ class CertGate:
             return Decision(
                 reason=exc.reason, detail=exc.detail, source=presented.source if presented else None
             )
+
+    def _mode_needs_tenant(self, rule: PathRule) -> bool:
+        """Whether a decision reached without the tenant (no certificate, a
+        source's verdict) depends on the tenant all the same: only through
+        its mode, when the path sets none and some tenant may have one of its
+        own (a run-time override, or a registry that says so; a registry
+        that does not say - no ``has_tenant_modes`` - may)."""
+        if rule.mode is not None:
+            return False
+        if rule.modes.tenant_modes:
+            return True
+        return bool(getattr(self.registry, "has_tenant_modes", True))
 
     def _finish(self, step: _Pending, tenant: Tenant | None) -> Decision:
         host = None if step.by_id else step.key

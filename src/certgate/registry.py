@@ -81,6 +81,8 @@ class HostIndex:
     by_id: dict[str, Tenant] = field(default_factory=dict)
     exact: dict[str, Tenant] = field(default_factory=dict)
     wildcard: dict[str, Tenant] = field(default_factory=dict)
+    has_tenant_modes: bool = False
+    """Whether any tenant sets its own ``mode`` (see :class:`Tenant`)."""
 
     @classmethod
     def build(cls, tenants: Iterable[Tenant]) -> HostIndex:
@@ -104,6 +106,9 @@ class HostIndex:
                     )
                 table[key] = tenant
         check_anchor_sharing(list(index.by_id.values()))
+        object.__setattr__(
+            index, "has_tenant_modes", any(t.mode is not None for t in index.by_id.values())
+        )
         return index
 
     def lookup(self, host: str) -> Tenant | None:
@@ -283,6 +288,13 @@ class InMemoryRegistry:
 
     def tenant_by_id(self, tenant_id: str) -> Tenant | None:
         return self._index.by_id.get(tenant_id)
+
+    @property
+    def has_tenant_modes(self) -> bool:
+        """Whether any tenant sets its own ``mode``: only then does the gate
+        look up the tenant of a request without a certificate (see
+        :class:`~certgate.gate.CertGate`)."""
+        return self._index.has_tenant_modes
 
     def tenants(self) -> list[Tenant]:
         """All tenants, in insertion order."""
