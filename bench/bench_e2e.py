@@ -171,7 +171,11 @@ def setups(big: int | None) -> list[Setup]:
                 ServerSpec("bare", "uvicorn", "bare", h),
                 ServerSpec("certgate", "uvicorn", "certgate", h),
                 ServerSpec("dependency", "uvicorn", "dependency", h),
-                *((ServerSpec("cache-off", "uvicorn", "certgate", h, cache_size=0),) if big else ()),
+                *(
+                    (ServerSpec("cache-off", "uvicorn", "certgate", h, cache_size=0),)
+                    if big
+                    else ()
+                ),
             ),
             tuple(s1_cases),
         )
@@ -287,7 +291,9 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def server_cmd(spec: ServerSpec, port: int, pki: Pki, profile: Path | None) -> tuple[list[str], dict[str, str]]:
+def server_cmd(
+    spec: ServerSpec, port: int, pki: Pki, profile: Path | None
+) -> tuple[list[str], dict[str, str]]:
     env = {
         "PYTHONPATH": os.pathsep.join([str(BENCH), str(ROOT)]),
         "BENCH_APP": spec.app,
@@ -367,7 +373,9 @@ def _wait_ready(server: Running) -> None:
         except (OSError, http.client.HTTPException, ValueError):
             pass
         if time.monotonic() > deadline:
-            raise SystemExit(f"bench: server {server.spec} did not start:\n{server.log.read_text()}")
+            raise SystemExit(
+                f"bench: server {server.spec} did not start:\n{server.log.read_text()}"
+            )
         time.sleep(0.1)
 
 
@@ -419,7 +427,9 @@ class VariantResult:
     has_stats: bool = False
     warm_requests: int = 0
 
-    def add(self, sample: Sample, server_cpu: float, before: dict[str, int], after: dict[str, int]) -> None:
+    def add(
+        self, sample: Sample, server_cpu: float, before: dict[str, int], after: dict[str, int]
+    ) -> None:
         self.rates.append(sample.rate)
         lat = sorted(sample.latencies_ns)
         if lat:
@@ -527,7 +537,10 @@ class Bench:
             t0 = time.perf_counter()
             clients = load_clients(self.pki, count)
             self.materials[count] = Material(clients)
-            print(f"  {count:,} client certificates ready in {time.perf_counter() - t0:.1f} s", flush=True)
+            print(
+                f"  {count:,} client certificates ready in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
         return self.materials[count]
 
     def close(self) -> None:
@@ -554,7 +567,9 @@ class Bench:
         self._prepare(plan, material, cursor, expect_conns)
         before = fetch_stats(server)
         cpu0 = server.cpu_seconds()
-        sample, cursor = run_sample(self.loop, plan, material, cursor, duration=self.settings.duration)
+        sample, cursor = run_sample(
+            self.loop, plan, material, cursor, duration=self.settings.duration
+        )
         cpu = server.cpu_seconds() - cpu0
         after = fetch_stats(server)
         self.cursors[key] = cursor
@@ -593,18 +608,25 @@ class Bench:
     def check(self, outcome: CaseResult) -> None:
         """The statuses must be what the traffic asks for."""
         for name, result in outcome.variants.items():
-            expected = 403 if outcome.case.refused and name != "bare" and name != "adapter" else 200
+            expected = 403 if outcome.case.refused and name not in {"bare", "adapter"} else 200
             wrong = {s: n for s, n in result.statuses.items() if s != expected}
             where = f"{outcome.setup} {outcome.case.label} {name}"
             if wrong or not result.statuses.get(expected):
-                self.problems.append(f"{where}: expected only HTTP {expected}, got {result.statuses}")
+                self.problems.append(
+                    f"{where}: expected only HTTP {expected}, got {result.statuses}"
+                )
             if result.errors:
                 self.problems.append(f"{where}: {result.errors} failed connections/requests")
 
     def ceiling(self) -> list[dict[str, Any]]:
         """The generator against a trivial server on the server CPU."""
         out: list[dict[str, Any]] = []
-        for source, per_conn in (("header", KEEP_ALIVE), ("header", 1), ("tls", KEEP_ALIVE), ("tls", 1)):
+        for source, per_conn in (
+            ("header", KEEP_ALIVE),
+            ("header", 1),
+            ("tls", KEEP_ALIVE),
+            ("tls", 1),
+        ):
             spec = ServerSpec("trivial", "trivial", "trivial", source)
             setup = Setup("ceiling", "ceiling", (spec,), ())
             case = Case(per_conn, False, 1000, ("trivial",))
@@ -613,7 +635,13 @@ class Bench:
                 self.warm(setup, servers["trivial"], case)
                 for _ in range(self.settings.ceiling_rounds):
                     self.sample(setup, servers["trivial"], case, result, 1000)
-            out.append({"traffic": f"{'TLS' if source == 'tls' else 'plain HTTP + header'}, {case.label.split(',')[0]}", **result.as_dict()})
+            out.append(
+                {
+                    "traffic": f"{'TLS' if source == 'tls' else 'plain HTTP + header'}, "
+                    + case.label.split(",")[0],
+                    **result.as_dict(),
+                }
+            )
         return out
 
 
@@ -629,9 +657,11 @@ def print_case(outcome: CaseResult) -> None:
         hit = v.hit_rate
         cache = "-" if hit is None else f"{hit * 100:5.1f}% ({v.entries} entries)"
         print(
-            f"    {name:<10} {_median(v.rates):8.0f} req/s [{min(v.rates):6.0f}-{max(v.rates):6.0f}]"
+            f"    {name:<10} {_median(v.rates):8.0f} req/s "
+            f"[{min(v.rates):6.0f}-{max(v.rates):6.0f}]"
             f"  ratio {ratio}  p50 {_median(v.p50_ms):6.2f} ms  p99 {_median(v.p99_ms):6.2f} ms"
-            f"  server {_median(v.server_us):6.0f} µs/req ({_median(v.server_util) * 100:3.0f}% cpu)"
+            f"  server {_median(v.server_us):6.0f} µs/req "
+            f"({_median(v.server_util) * 100:3.0f}% cpu)"
             f"  gen {max(v.gen_util, default=0) * 100:3.0f}%  cache {cache}"
         )
 
@@ -671,9 +701,7 @@ def verdicts(outcomes: Sequence[CaseResult]) -> list[dict[str, Any]]:
                 f"(target: no slower, >= {CACHE_OFF_TARGET})",
             )
         if o.case.refused:
-            allowed = by_key.get(
-                (o.setup, o.case.key.replace("-refused-", "-allowed-"))
-            )
+            allowed = by_key.get((o.setup, o.case.key.replace("-refused-", "-allowed-")))
             if allowed is not None:
                 rr, ra = o.ratio("certgate"), allowed.ratio("certgate")
                 add(
@@ -740,7 +768,9 @@ def profile_summary(path: Path, requests: int, top: int = 15) -> str:
         f"  {'own µs/req':>10} {'cum µs/req':>10} {'calls/req':>9}  function",
     ]
     for tottime, cumtime, calls, name in rows[:top]:
-        lines.append(f"  {tottime * per:10.2f} {cumtime * per:10.2f} {calls / max(requests, 1):9.2f}  {name}")
+        lines.append(
+            f"  {tottime * per:10.2f} {cumtime * per:10.2f} {calls / max(requests, 1):9.2f}  {name}"
+        )
     return "\n".join(lines)
 
 
@@ -751,9 +781,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="3 short rounds, 1,000 certs (~90 s)")
-    mode.add_argument("--smoke", action="store_true", help="seconds: one setup, checks the bench works")
+    mode.add_argument(
+        "--smoke", action="store_true", help="seconds: one setup, checks the bench works"
+    )
     parser.add_argument("--json", metavar="PATH", type=Path, help="write results as JSON")
-    parser.add_argument("--profile", action="store_true", help="add a cProfile pass of the certgate servers")
+    parser.add_argument(
+        "--profile", action="store_true", help="add a cProfile pass of the certgate servers"
+    )
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--duration", type=float, help="override seconds per sample")
     parser.add_argument("--setup", action="append", help="run only these setups (repeatable)")
@@ -762,7 +796,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = Settings.smoke() if args.smoke else Settings.quick() if args.quick else Settings.full()
+    settings = (
+        Settings.smoke() if args.smoke else Settings.quick() if args.quick else Settings.full()
+    )
     if args.rounds or args.duration:
         settings = Settings(
             rounds=args.rounds or settings.rounds,
@@ -777,7 +813,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = setups(settings.big)
     if args.smoke:
         s = chosen[0]
-        chosen = [Setup(s.key, s.title, s.servers[:2], tuple(Case(c.per_conn, c.refused, c.count, ("bare", "certgate")) for c in s.cases[:2]))]
+        chosen = [
+            Setup(
+                s.key,
+                s.title,
+                s.servers[:2],
+                tuple(
+                    Case(c.per_conn, c.refused, c.count, ("bare", "certgate")) for c in s.cases[:2]
+                ),
+            )
+        ]
     if args.setup:
         chosen = [s for s in chosen if s.key in args.setup]
     mode = "--smoke" if args.smoke else "--quick" if args.quick else "full"
@@ -785,10 +830,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"python {platform.python_version()}, certgate {certgate.__version__}, "
         f"{ssl.OPENSSL_VERSION}, cpu_count {os.cpu_count()}, "
-        + (f"servers pinned to CPU {SERVER_CPU}, generator to CPU {GENERATOR_CPU}" if pinned else "NOT pinned (no sched_setaffinity or 1 CPU)")
+        + (
+            f"servers pinned to CPU {SERVER_CPU}, generator to CPU {GENERATOR_CPU}"
+            if pinned
+            else "NOT pinned (no sched_setaffinity or 1 CPU)"
+        )
     )
     print(
-        f"{settings.rounds} rounds x {settings.duration:g} s per variant, interleaved; 32 in flight; "
+        f"{settings.rounds} rounds x {settings.duration:g} s per variant, interleaved; "
+        "32 in flight; "
         "figures: median over rounds [min-max], ratio = median of per-round ratios"
     )
     pki = ensure_pki()

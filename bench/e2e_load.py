@@ -103,7 +103,9 @@ class Material:
         ]
         self.contexts: dict[int, ssl.SSLContext] = {}
         handle, name = tempfile.mkstemp(
-            prefix="certgate-bench-", suffix=".pem", dir="/dev/shm" if Path("/dev/shm").is_dir() else None
+            prefix="certgate-bench-",
+            suffix=".pem",
+            dir="/dev/shm" if Path("/dev/shm").is_dir() else None,
         )
         os.close(handle)
         self.pem_path = Path(name)

@@ -125,10 +125,7 @@ def flask_app() -> Any:
 
     @app.get("/api/whoami")
     def whoami() -> FlaskResponse:
-        if gate is None:
-            body = json.dumps(CONSTANT).encode()
-        else:
-            body = body_of(require_identity())
+        body = json.dumps(CONSTANT).encode() if gate is None else body_of(require_identity())
         return FlaskResponse(body, mimetype="application/json")
 
     @app.get(STATS_PATH)
