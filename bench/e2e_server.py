@@ -33,6 +33,7 @@ import cProfile
 import json
 import logging
 import os
+import signal
 import ssl
 import sys
 from pathlib import Path
@@ -178,6 +179,9 @@ def serve_uvicorn(args: argparse.Namespace) -> None:
     if args.profile is None:
         server.run()
         return
+    # uvicorn re-raises the SIGTERM it caught once it has shut down, which
+    # would kill this process before the profile is written: swallow it.
+    signal.raise_signal = lambda signum: None
     profiler = cProfile.Profile()
     profiler.enable()
     try:
