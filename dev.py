@@ -4,6 +4,8 @@
     python3 dev.py demo [--serve]   # set up, then run the end-to-end demo
     python3 dev.py setup            # set up for development and tests only
     python3 dev.py bench            # set up, then the benchmarks
+    python3 dev.py bench-e2e [--quick|--smoke] [--json F] [--profile]
+                                    # set up, then the end-to-end benchmark (real servers)
 
 The test suite is `bash .ci/run` (set-up, ruff, mypy --strict, pytest).
 
@@ -77,8 +79,13 @@ def bench(args: list[str]) -> int:
     return sh(PY, ROOT / "bench" / "bench_gate.py", *args, check=False)
 
 
+def bench_e2e(args: list[str]) -> int:
+    ensure_venv("dev")
+    return sh(PY, ROOT / "bench" / "bench_e2e.py", *args, check=False)
+
+
 def main() -> int:
-    tasks = {"setup": setup, "demo": demo, "bench": bench}
+    tasks = {"setup": setup, "demo": demo, "bench": bench, "bench-e2e": bench_e2e}
     if len(sys.argv) < 2 or sys.argv[1] not in tasks:
         print(__doc__)
         return 2
