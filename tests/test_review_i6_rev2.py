@@ -16,8 +16,10 @@ import pytest
 from flask import Blueprint, Flask, request
 from flask.views import MethodView, View
 
+from certgate.events import DecisionEvent
 from certgate.flask import CertGateFlask, protect_blueprint, require_client_cert
 from certgate.policy import common_name
+from certgate.rollout import Route
 from certgate.testing import TestCertificate, TestPKI, wsgi_environ
 
 F = Callable[..., Any]
@@ -158,3 +160,40 @@ def test_flask_protected_view_class_stays_protected_in_subclasses(
     alice = TestPKI.issue_client(pki, "alice")
     denied = client.get("/cached", environ_base=wsgi_environ(alice))
     assert denied.headers["certgate-reason"] == "policy_denied"
+
+
+# -- report-only on an exempt path -------------------------------------------------------
+
+
+def test_report_only_route_check_on_an_exempt_path_does_not_block(pki: TestPKI) -> None:
+    """With ``mode="report"`` everywhere, a decorated view on an exempt path
+    was refused (403 ``no_certificate``): the exempt decision carried the
+    path's mode or ``enforce``, never the global report mode. Report-only
+    must never block; the refusal is still observed (mode ``report``)."""
+    events: list[DecisionEvent] = []
+
+    class Recorder:
+        def on_decision(self, event: DecisionEvent) -> None:
+            events.append(event)
+
+        def on_expiring(self, event: object) -> None:
+            pass
+
+    gate = pki.gate(
+        mode="report", routes=[Route("/healthz", access="exempt")], observers=[Recorder()]
+    )
+    app = Flask(__name__)
+    CertGateFlask(app, gate)
+
+    @app.get("/healthz")
+    @require_client_cert()
+    def healthz() -> str:
+        return "ran"
+
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 200, response.data
+    assert response.data == b"ran"
+    route = [e for e in events if e.stage == "route"]
+    assert [(e.reason, e.mode) for e in route] == [("no_certificate", "report")]
+    gate.rollout.set_mode("enforce")  # switched at run time: now it blocks
+    assert app.test_client().get("/healthz").status_code == 403

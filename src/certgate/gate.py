@@ -310,7 +310,10 @@ class CertGate:
             result = self._internal_failure(exc, facts)
             if decision is not None:
                 result = result._replace(tenant_id=decision.tenant_id, mode=decision.mode)
-        if decision is None:
+        if decision is None or decision.exempt:
+            # No mode from the middleware (missing), or an exempt path's
+            # (the path's, else enforce): the path's, else the global mode
+            # (no tenant was looked up) - report-only must not block here.
             rule = self.rollout.rule(path)
             result = result._replace(mode=self.rollout.mode_for(None, rule.mode, None))
         return self._observe(result, facts, STAGE_ROUTE, start)
