@@ -57,8 +57,11 @@ without one through, and the routes decide:
 
 * :func:`require_client_cert` decorates a view (sync or ``async``), a
   class-based view (``decorators = [require_client_cert()]``, or the class
-  itself) or a method;
-* :func:`protect_blueprint` checks every request routed to a blueprint;
+  itself - subclasses included) or a method. Write it *below* the route
+  decorator; written above, Flask routes the unchecked function, and the
+  extension refuses such a route (``internal_error``, logged);
+* :func:`protect_blueprint` checks every request routed to a blueprint,
+  before the blueprint's other ``before_request`` hooks;
 * :func:`authorize` is the same check as a call, returning the identity.
 
 Each asks :meth:`CertGate.authorize_route <certgate.gate.CertGate.authorize_route>`
@@ -102,11 +105,14 @@ client's ``REMOTE_ADDR`` a trusted proxy).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import os
 import ssl
+import threading
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast, overload
@@ -329,6 +335,8 @@ class CertGateFlask:
                 )
         middleware = CertGateWSGIMiddleware(cast("WSGIApp", app.wsgi_app), chosen)
         state = CertGateState(gate=chosen, middleware=middleware, extension=self)
+        app.before_request(_check_decorator_order)
+        _run_first(app.before_request_funcs, _check_decorator_order)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = state
         return state
@@ -435,10 +443,11 @@ def require_client_cert(policy: Policy | F | None = None, /) -> Callable[[F], F]
     ``policy`` (a :class:`~certgate.policy.Policy`) must hold for it.
 
     ``@require_client_cert()`` / ``@require_client_cert(policy)`` on a view
-    function (sync or ``async``) or a method; in a class-based view's
-    ``decorators = [require_client_cert(policy)]``; or on a
-    :class:`flask.views.View` subclass itself (added to its ``decorators``).
-    Bare ``@require_client_cert`` works too. A refusal is the gate's refusal
+    function (sync or ``async``) or a method, *below* the route decorator;
+    in a class-based view's ``decorators = [require_client_cert(policy)]``;
+    or on a :class:`flask.views.View` subclass itself (every view function
+    its ``as_view``, and its subclasses', make is checked first, whatever
+    their ``decorators``). Bare ``@require_client_cert`` works too. A refusal is the gate's refusal
     (see :func:`authorize`); report-only mode runs the view.
     """
     if policy is not None and not isinstance(policy, Policy):
@@ -454,8 +463,7 @@ def require_client_cert(policy: Policy | F | None = None, /) -> Callable[[F], F]
 
 def _protect(view: F, policy: Policy | None) -> F:
     if isinstance(view, type) and issubclass(view, View):
-        view.decorators = [*view.decorators, require_client_cert(policy)]
-        return cast("F", view)
+        return cast("F", _protect_view_class(view, policy))
     if inspect.iscoroutinefunction(view):
         async_view = cast("Callable[..., Awaitable[Any]]", view)
 
@@ -464,6 +472,7 @@ def _protect(view: F, policy: Policy | None) -> F:
             authorize(policy)
             return await async_view(*args, **kwargs)
 
+        _remember_wrapper(view, checked_async)
         return cast("F", checked_async)
 
     @functools.wraps(view)
@@ -471,13 +480,93 @@ def _protect(view: F, policy: Policy | None) -> F:
         authorize(policy)
         return view(*args, **kwargs)
 
+    _remember_wrapper(view, checked)
     return cast("F", checked)
+
+
+def _protect_view_class(view: type[View], policy: Policy | None) -> type[View]:
+    """Check every view function ``as_view`` makes from ``view`` *or a
+    subclass* (outermost, before the class's ``decorators``): a subclass that
+    sets its own ``decorators`` list keeps the check."""
+    inherited = inspect.getattr_static(view, "as_view")
+    make_view = cast("Callable[..., Any]", inherited.__func__)
+
+    def as_view(cls: type[View], name: str, *class_args: Any, **class_kwargs: Any) -> Any:
+        return _checked_view_function(make_view(cls, name, *class_args, **class_kwargs), policy)
+
+    view.as_view = classmethod(as_view)  # type: ignore[assignment,method-assign]
+    return view
+
+
+def _checked_view_function(view_function: F, policy: Policy | None) -> F:
+    """``view_function`` (from ``as_view``: sync) behind the route check; its
+    attributes (``view_class``, ``methods``, ...) are kept."""
+
+    @functools.wraps(view_function)
+    def checked_view(*args: Any, **kwargs: Any) -> Any:
+        authorize(policy)
+        return view_function(*args, **kwargs)
+
+    return cast("F", checked_view)
+
+
+# -- decorator order -------------------------------------------------------------
+
+_WRAPPERS: weakref.WeakKeyDictionary[Callable[..., Any], list[weakref.ref[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Each function :func:`require_client_cert` wrapped -> its wrappers (weakly)."""
+_WRAPPERS_LOCK = threading.Lock()
+
+
+def _remember_wrapper(view: Callable[..., Any], wrapper: Callable[..., Any]) -> None:
+    # (a callable that is not weak-referenceable is not guarded)
+    with _WRAPPERS_LOCK, contextlib.suppress(TypeError):
+        _WRAPPERS.setdefault(view, []).append(weakref.ref(wrapper))
+
+
+def _misordered(app: Flask, view: Callable[..., Any]) -> bool:
+    """Whether ``view`` is routed unchecked by mistake: a function
+    :func:`require_client_cert` wrapped, while none of its wrappers is a view
+    of ``app`` (``@require_client_cert`` written above ``@app.route``)."""
+    with _WRAPPERS_LOCK:
+        refs = _WRAPPERS.get(view)
+        wrappers = [ref() for ref in refs] if refs is not None else None
+    if wrappers is None:
+        return False
+    routed = app.view_functions.values()
+    return not any(wrapper is not None and wrapper in routed for wrapper in wrappers)
+
+
+def _check_decorator_order() -> None:
+    """``before_request`` hook of :class:`CertGateFlask`: refuse (403
+    ``internal_error``) a request routed to a view whose certgate check
+    Flask never sees, because ``@require_client_cert`` was written above
+    ``@app.route`` (Flask registered the undecorated function)."""
+    endpoint = request.endpoint
+    if endpoint is None:
+        return
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    view = app.view_functions.get(endpoint)
+    if view is None or not _misordered(app, view):
+        return
+    logger.error(
+        "certgate: Flask view %r (endpoint %r) was registered without its certgate check: "
+        "@require_client_cert must be written below @app.route / @bp.route (route "
+        "decorators outermost). Request refused (internal_error).",
+        getattr(view, "__qualname__", view),
+        endpoint,
+    )
+    _refuse(_request_gate(request.environ), Reason.INTERNAL_ERROR)
 
 
 def protect_blueprint(blueprint: Blueprint, policy: Policy | None = None) -> Blueprint:
     """Check every request routed to ``blueprint`` (and the blueprints
     registered inside it) as :func:`require_client_cert` does, in a
-    ``before_request`` hook. Returns the blueprint.
+    ``before_request`` hook placed before the blueprint's other hooks (the
+    app's hooks and a parent blueprint's still run first). Call it before
+    the blueprint is registered (Flask raises otherwise). Returns the
+    blueprint.
 
     Only requests that reach one of the blueprint's views are checked (a URL
     under its prefix that no route matches is a 404, as without certgate).
@@ -486,8 +575,16 @@ def protect_blueprint(blueprint: Blueprint, policy: Policy | None = None) -> Blu
     def certgate_route_check() -> None:
         authorize(policy)
 
-    blueprint.before_request(certgate_route_check)
+    blueprint.before_request(certgate_route_check)  # raises once the blueprint is registered
+    _run_first(blueprint.before_request_funcs, certgate_route_check)
     return blueprint
+
+
+def _run_first(hooks: dict[Any, list[Any]], hook: Callable[..., Any]) -> None:
+    """Move ``hook`` to the front of the ``None`` (all requests) hook list."""
+    funcs = hooks[None]
+    funcs.remove(hook)
+    funcs.insert(0, hook)
 
 
 # -- the identity -------------------------------------------------------------

@@ -319,7 +319,9 @@ class CertGate:
             result = self._internal_failure(exc, facts)
             if decision is not None:
                 result = result._replace(tenant_id=decision.tenant_id, mode=decision.mode)
-        if decision is None:
+        if decision is None or decision.exempt:
+            # No mode from the middleware (missing), or an exempt path's: the
+            # path's mode, else the global one (report-only never blocks).
             result = result._replace(mode=self.rollout.rule(path).mode_for(None, None))
         return self._observe(result, facts, STAGE_ROUTE, start)
 
