@@ -16,6 +16,7 @@ from certgate.events import (
     Observer,
     Observers,
 )
+from certgate.testing import RecordingObserver
 
 FINGERPRINT = "ab" * 32
 
@@ -250,16 +251,7 @@ def test_events_are_immutable() -> None:
 # --- Observers ------------------------------------------------------------------------
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.decisions: list[DecisionEvent] = []
-        self.expiring: list[ExpiryEvent] = []
-
-    def on_decision(self, event: DecisionEvent) -> None:
-        self.decisions.append(event)
-
-    def on_expiring(self, event: ExpiryEvent) -> None:
-        self.expiring.append(event)
+Recorder = RecordingObserver
 
 
 class Raising:

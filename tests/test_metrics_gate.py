@@ -22,6 +22,7 @@ from certgate.asgi import DECISION_KEY, CertGateMiddleware
 from certgate.events import DecisionEvent, ExpiryEvent
 from certgate.prometheus import PrometheusObserver
 from certgate.rollout import Access, Route
+from certgate.testing import RecordingObserver
 from certgate.wsgi import CertGateWSGIMiddleware
 from tests.conftest import PKI
 from tests.test_asgi import RecordingApp, http_scope, pem_chain, run_http
@@ -35,16 +36,7 @@ EXPIRING = "certgate_expiring_certificates_total"
 LATENCY = "certgate_decision_latency_seconds"
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.decisions: list[DecisionEvent] = []
-        self.expiring: list[ExpiryEvent] = []
-
-    def on_decision(self, event: DecisionEvent) -> None:
-        self.decisions.append(event)
-
-    def on_expiring(self, event: ExpiryEvent) -> None:
-        self.expiring.append(event)
+Recorder = RecordingObserver
 
 
 def decisions(

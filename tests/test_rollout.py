@@ -28,6 +28,7 @@ from certgate.events import DecisionEvent, ExpiryEvent
 from certgate.policy import Policy, common_name
 from certgate.problem import problem_body
 from certgate.rollout import Access, Mode, Rollout, Route
+from certgate.testing import RecordingObserver
 from certgate.wsgi import CertGateWSGIMiddleware
 from tests.conftest import PKI
 from tests.test_asgi import RecordingApp, http_scope, pem_chain, run_http, run_ws
@@ -41,16 +42,7 @@ def CommonNameIn(*names: str) -> Policy:
     return common_name(*names)
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.decisions: list[DecisionEvent] = []
-        self.expiring: list[ExpiryEvent] = []
-
-    def on_decision(self, event: DecisionEvent) -> None:
-        self.decisions.append(event)
-
-    def on_expiring(self, event: ExpiryEvent) -> None:
-        self.expiring.append(event)
+Recorder = RecordingObserver
 
 
 class Broken:

@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .devpki import CA, IssuedCert
+from .events import DecisionEvent, ExpiryEvent
 from .gate import CertGate
 from .identity import ClientIdentity
 from .registry import InMemoryRegistry
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HOSTS",
+    "RecordingObserver",
     "TestCertificate",
     "TestPKI",
     "fake_identity",
@@ -198,6 +200,23 @@ class TestPKI:
         if decision.identity is None:
             raise ValueError(f"the test certificate does not verify: {decision.reason}")
         return decision.identity
+
+
+class RecordingObserver:
+    r"""An observer (see :mod:`certgate.events`) that keeps every event, for
+    asserting in tests what certgate decided:
+    ``CertGate(..., observers=[recorder])``, then ``recorder.decisions``
+    (``DecisionEvent``\ s, in order) and ``recorder.expiring``."""
+
+    def __init__(self) -> None:
+        self.decisions: list[DecisionEvent] = []
+        self.expiring: list[ExpiryEvent] = []
+
+    def on_decision(self, event: DecisionEvent) -> None:
+        self.decisions.append(event)
+
+    def on_expiring(self, event: ExpiryEvent) -> None:
+        self.expiring.append(event)
 
 
 @functools.cache
