@@ -214,6 +214,7 @@ class CertGateMiddleware:
             peer=peer,
             headers=found,
             transport=transport,
+            trusted=trusted,
         )
         return scope, facts
 

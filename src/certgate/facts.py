@@ -26,7 +26,8 @@ class Presented(NamedTuple):
     :class:`~certgate.errors.Rejected`. ``expected_sha256`` is a fingerprint
     forwarded next to the certificate, checked against the leaf.
     ``verdict`` is a rejection the source already reached (for example the
-    TLS server reported a verification error).
+    TLS server reported a verification error). ``digest``, when set, must be
+    ``sha256(material).digest()``.
     """
 
     source: str
@@ -34,6 +35,9 @@ class Presented(NamedTuple):
     decode: Callable[[], Sequence[bytes]]
     expected_sha256: str | None = None
     verdict: Rejected | None = None
+    digest: bytes | None = None
+    """SHA-256 of ``material``, when the source already computed it (a TLS
+    connection's chain is hashed once per connection, not per request)."""
 
     @classmethod
     def refused(cls, source: str, rejection: Rejected) -> Presented:
@@ -53,7 +57,9 @@ class RequestFacts(NamedTuple):
     request path. ``peer``: the IP of the socket peer (not a forwarded
     address). ``headers``: lowercase name -> every value received, holding only
     the header names certgate asked for. ``transport``: the certificate from
-    the TLS connection, if any.
+    the TLS connection, if any. ``trusted``: whether ``peer`` is a trusted
+    proxy, when the adapter already asked the gate's header trust
+    (``None``: the gate asks).
     """
 
     host: str | None
@@ -61,3 +67,4 @@ class RequestFacts(NamedTuple):
     peer: str | None
     headers: Mapping[str, Sequence[str]]
     transport: Presented | None
+    trusted: bool | None = None

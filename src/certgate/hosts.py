@@ -26,6 +26,11 @@ _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _FAST = re.compile(rf"(?:{_LABEL.pattern}\.)*{_LABEL.pattern}")
 _PORT = re.compile(r"[0-9]{1,5}")
 
+_SEEN: dict[str, str] = {}
+"""Plain ASCII Host values already normalised (raw -> normalised)."""
+_SEEN_MAX = 4096
+_SEEN_MAX_CHARS = 128
+
 
 def normalize_host(raw: str | None, *, allow_unicode: bool = False) -> str:
     """Return the canonical form of a ``Host`` header value.
@@ -38,11 +43,20 @@ def normalize_host(raw: str | None, *, allow_unicode: bool = False) -> str:
     """
     if raw is None:
         raise Rejected(Reason.INVALID_HOST, "no Host header")
+    known = _SEEN.get(raw)
+    if known is not None:
+        return known
     if not allow_unicode and not raw.isascii():
         raise Rejected(Reason.INVALID_HOST, f"non-ASCII Host {raw[:80]!r}")
     host = raw.strip(" \t").lower()
     if len(host) <= 253 and _FAST.fullmatch(host):
-        return host  # the common case: plain ASCII name, no port
+        # The common case: a plain ASCII name, no port. Remembered (bounded:
+        # a client chooses the Host; the memo is emptied when full).
+        if len(raw) <= _SEEN_MAX_CHARS:
+            if len(_SEEN) >= _SEEN_MAX:
+                _SEEN.clear()
+            _SEEN[raw] = host
+        return host
     try:
         return _normalize_slow(host)
     except Rejected:

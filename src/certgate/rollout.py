@@ -284,8 +284,11 @@ class Rollout:
         snap = self._snap
         if not snap.exact and not snap.prefixes:
             return snap.default_rule
-        is_clean = clean(path)
+        # Dot and empty segments need "/." or "//": most paths have neither.
+        is_clean = ("/." not in path and "//" not in path) or clean(path)
         matched = self._matches(snap, path if is_clean else resolve(path))
+        if not matched:
+            return snap.default_rule
         access: Access | None = None
         mode: Mode | None = None
         policy: Policy | None = None

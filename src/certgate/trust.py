@@ -92,7 +92,10 @@ class HeaderTrust:
         first configured header source that finds one (the transport
         certificate on such a connection is the proxy's own); from anyone
         else, the TLS transport's (their headers were stripped)."""
-        if self.proxies.contains(facts.peer):
+        trusted = facts.trusted
+        if trusted is None:
+            trusted = self.proxies.contains(facts.peer)
+        if trusted:
             for source in self.header_sources:
                 presented = source.extract(facts.headers)
                 if presented is not None:

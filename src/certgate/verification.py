@@ -96,12 +96,8 @@ class CachedVerification:
         key = b""
         identity = None
         if caching:
-            key = (
-                tenant.trust_id
-                + presented.source.encode()
-                + b"\0"
-                + hashlib.sha256(presented.material).digest()
-            )
+            digest = presented.digest or hashlib.sha256(presented.material).digest()
+            key = tenant.trust_id + _source_tag(presented.source) + digest
             identity = self.cache.get(key, stamp)
             if identity is None:
                 refusal = self.refusals.get(key, stamp)
@@ -150,6 +146,19 @@ class CachedVerification:
         except Rejected as exc:
             exc.fingerprint = leaf_sha256
             raise
+
+
+_SOURCE_TAGS: dict[str, bytes] = {}
+
+
+def _source_tag(source: str) -> bytes:
+    """``source`` as the key's ``name + NUL`` part (built once per source)."""
+    tag = _SOURCE_TAGS.get(source)
+    if tag is None:
+        tag = source.encode() + b"\0"
+        if len(_SOURCE_TAGS) < 256:
+            _SOURCE_TAGS[source] = tag
+    return tag
 
 
 def leaf_fingerprint(presented: Presented) -> str | None:

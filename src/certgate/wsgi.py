@@ -218,6 +218,7 @@ class CertGateWSGIMiddleware:
             peer=peer,
             headers=headers,
             transport=transport,
+            trusted=trusted,
         )
         return facts, ambiguous
 

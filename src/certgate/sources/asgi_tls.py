@@ -10,8 +10,9 @@ the handshake. No released ASGI server fills this extension yet: use
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import Rejected
 from ..facts import Presented
@@ -21,14 +22,40 @@ from ..reasons import Reason
 SOURCE = "asgi_tls"
 
 
+_MEMO = "certgate.presented"
+"""Key under which :func:`from_scope` remembers its answer in the ``tls``
+dict: a server that keeps one dict per connection (certgate's uvicorn
+adapter does) gets the chain joined and hashed once per connection."""
+
+
 def from_scope(scope: Mapping[str, Any]) -> Presented | None:
-    """The certificate of the connection, or ``None`` if the client sent none."""
+    """The certificate of the connection, or ``None`` if the client sent none.
+
+    The answer is remembered in the ``tls`` dict itself, together with the
+    ``client_cert_chain`` and ``client_cert_error`` objects it was read from,
+    and reused only while the dict still holds those very objects."""
     extensions = scope.get("extensions")
     tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
     if not isinstance(tls, Mapping):
         return None
     error = tls.get("client_cert_error")
     chain = tls.get("client_cert_chain")
+    memo = tls.get(_MEMO)
+    if isinstance(memo, _Memo) and memo.chain is chain and memo.error is error:
+        return memo.presented
+    presented = _read(error, chain)
+    if isinstance(tls, dict):
+        tls[_MEMO] = _Memo(chain, error, presented)
+    return presented
+
+
+class _Memo(NamedTuple):
+    chain: object
+    error: object
+    presented: Presented | None
+
+
+def _read(error: object, chain: object) -> Presented | None:
     if error:
         return Presented.refused(
             SOURCE, Rejected(Reason.UNTRUSTED_CHAIN, f"server reported: {str(error)[:200]}")
@@ -53,4 +80,5 @@ def from_scope(scope: Mapping[str, Any]) -> Presented | None:
         source=SOURCE,
         material=material,
         decode=lambda: pem_list_to_ders(pems, "the TLS chain"),
+        digest=hashlib.sha256(material).digest(),
     )
