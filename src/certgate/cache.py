@@ -96,6 +96,9 @@ class ValidationCache(Generic[V]):
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.generation = 0
+        """Incremented by :meth:`clear`: whatever was derived from the entries
+        (the gate's decision memo) is stale from then on."""
 
     def get(self, key: bytes, now: float) -> V | None:
         """The cached value, or ``None`` if absent or expired at ``now``."""
@@ -138,6 +141,7 @@ class ValidationCache(Generic[V]):
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self.generation += 1
 
     def __len__(self) -> int:
         return len(self._data)

@@ -87,6 +87,29 @@ __all__ = ["CertGate", "Clock", "TenantResolver", "utc_now"]
 _DAY = 86400.0
 
 
+_RecallKey = tuple[object, ...]
+
+_MEMO_MAX = 4096
+"""Most keys the decision memo holds before it is emptied (at most
+``cache_size``: the memo never keeps more identities than the cache)."""
+
+
+class _Recalling(NamedTuple):
+    """A request's memo key and what it was checked against."""
+
+    key: _RecallKey
+    token: object
+    generation: int
+
+
+class _Recall(NamedTuple):
+    decision: Decision
+    expires: float
+    rule: PathRule
+    token: object
+    generation: int
+
+
 class _Pending(NamedTuple):
     """A request that needs its tenant looked up. ``preset`` is a decision
     already reached without the tenant (no certificate, a source's verdict):
@@ -215,6 +238,20 @@ class CertGate:
         self._lookup_host, self._lookup_id, self._alookup_host, self._alookup_id = bind_registry(
             registry, self.registry_timeout
         )
+        self._memo: dict[_RecallKey, _Recall | None] | None = None
+        """The decision memo (see :meth:`_recall`): only where every input of
+        a warm allow can be checked for change - an in-memory registry (its
+        ``change_token``), the verification cache on, the real clock, Host
+        selection, and no observer that wants every allow."""
+        if (
+            cache_size > 0
+            and clock is utc_now
+            and tenant_resolver is None
+            and not extra
+            and hasattr(registry, "change_token")
+        ):
+            self._memo = {}
+        self._memo_max = min(_MEMO_MAX, cache_size)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], **overrides: Any) -> CertGate:
@@ -249,8 +286,15 @@ class CertGate:
         start = time.perf_counter()
         tenant: Tenant | None = None
         rule: PathRule | None = None
+        recall: _Recalling | None = None
         try:
             rule = self.rollout.rule(facts.path)
+            if self._memo is not None:
+                recall = self._recall_key(facts, rule)
+                if recall is not None:
+                    remembered = self._recall(recall, rule)
+                    if remembered is not None:
+                        return remembered
             step = self._begin(facts, rule)
             if isinstance(step, Decision):
                 decision = step
@@ -264,15 +308,25 @@ class CertGate:
                     decision = self._finish(step, tenant)
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
             decision = self._internal_failure(exc, facts)
-        return self._conclude(decision, facts, rule, tenant, start)
+        decision = self._conclude(decision, facts, rule, tenant, start)
+        if recall is not None:
+            self._remember(recall, decision, rule, tenant)
+        return decision
 
     async def adecide(self, facts: RequestFacts) -> Decision:
         """Decide on a request without blocking the event loop on the registry."""
         start = time.perf_counter()
         tenant: Tenant | None = None
         rule: PathRule | None = None
+        recall: _Recalling | None = None
         try:
             rule = self.rollout.rule(facts.path)
+            if self._memo is not None:
+                recall = self._recall_key(facts, rule)
+                if recall is not None:
+                    remembered = self._recall(recall, rule)
+                    if remembered is not None:
+                        return remembered
             step = self._begin(facts, rule)
             if isinstance(step, Decision):
                 decision = step
@@ -289,7 +343,97 @@ class CertGate:
                     decision = self._finish(step, tenant)
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
             decision = self._internal_failure(exc, facts)
-        return self._conclude(decision, facts, rule, tenant, start)
+        decision = self._conclude(decision, facts, rule, tenant, start)
+        if recall is not None:
+            self._remember(recall, decision, rule, tenant)
+        return decision
+
+    # -- the decision memo ----------------------------------------------
+
+    def _recall_key(self, facts: RequestFacts, rule: PathRule) -> _Recalling | None:
+        """The memo key of a request - its raw Host, whose certificate counts,
+        and the presented certificate (the forwarded header values as sent,
+        or the TLS connection's chain digest) - with the registry's change
+        token and the cache generation read *before* anything is looked up.
+        ``None``: never remembered."""
+        if rule is not self.rollout.default_rule:
+            return None  # a route covers the path: access, mode or policy of its own
+        trusted = facts.trusted
+        if trusted is None:
+            trusted = self.trust.peer_is_trusted(facts.peer)
+        if trusted:
+            parts: list[object] = [facts.host, True]
+            for name, values in facts.headers.items():
+                parts.append(name)
+                parts.extend(values)
+            if len(parts) == 2:
+                return None
+            key: _RecallKey = tuple(parts)
+        else:
+            transport = facts.transport if self.trust.transport else None
+            if transport is None or transport.digest is None or transport.verdict is not None:
+                return None
+            key = (facts.host, False, transport.source, transport.digest)
+        return _Recalling(
+            key,
+            getattr(self.registry, "change_token", None),
+            self.verification.cache.generation,
+        )
+
+    def _recall(self, recall: _Recalling, rule: PathRule) -> Decision | None:
+        """A remembered warm allow for ``key``, if nothing it depended on has
+        changed: the rollout snapshot (``rule`` is still the default rule
+        the decision was made under), the registry's ``change_token``, the
+        verification cache's generation (cleared: stale), and the time
+        (before the earliest notAfter of the verified chain)."""
+        memo = self._memo
+        assert memo is not None
+        entry = memo.get(recall.key)
+        if entry is None:
+            return None
+        if (
+            entry.rule is rule
+            and entry.token is recall.token
+            and entry.generation == recall.generation
+            and time.time() < entry.expires
+            and not logger.isEnabledFor(logging.DEBUG)
+        ):
+            return entry.decision
+        return None
+
+    def _remember(
+        self, recall: _Recalling, decision: Decision, rule: PathRule | None, tenant: Tenant | None
+    ) -> None:
+        """Remember a warm allow: an identity, no policy involved, on a path
+        no route covers. A key is remembered on its second allow only (the
+        first leaves a marker), so a scan of one-time certificates costs a
+        dict insert, not an entry; the memo is emptied when full."""
+        memo = self._memo
+        if (
+            memo is None
+            or decision.reason is not None
+            or decision.identity is None
+            or rule is None
+            or not isinstance(tenant, Tenant)
+            or tenant.policy is not None
+            or self.policy is not None
+        ):
+            return
+        key = recall.key
+        if len(memo) >= self._memo_max:
+            memo.clear()
+        if key not in memo:
+            memo[key] = None  # seen once
+            return
+        identity = decision.identity
+        expires = min(cert.not_valid_after_utc for cert in identity.chain).timestamp()
+        memo[key] = _Recall(decision, expires, rule, recall.token, recall.generation)
+
+    def observes_allows(self) -> bool:
+        """Whether an allow is observed (an observer besides certgate's log,
+        or the ``certgate`` logger at ``DEBUG``): when not, an adapter may
+        skip building the event of an allow it can decide itself."""
+        return self._observed_allows or logger.isEnabledFor(logging.DEBUG)
 
     def authorize_route(
         self,

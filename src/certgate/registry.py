@@ -290,6 +290,13 @@ class InMemoryRegistry:
         return self._index.by_id.get(tenant_id)
 
     @property
+    def change_token(self) -> object:
+        """An object that is replaced whenever any lookup could answer
+        differently (the immutable index itself): the gate's decision memo
+        is valid only while the token is the same object."""
+        return self._index
+
+    @property
     def has_tenant_modes(self) -> bool:
         """Whether any tenant sets its own ``mode``: only then does the gate
         look up the tenant of a request without a certificate (see

@@ -275,6 +275,12 @@ class Rollout:
         return not snap.exact and not snap.prefixes and snap.default is Access.REQUIRE
 
     @property
+    def default_rule(self) -> PathRule:
+        """The rule of every path no route covers, in the current snapshot
+        (the same object until the rollout changes)."""
+        return self._snap.default_rule
+
+    @property
     def mode(self) -> Mode:
         """The global mode."""
         return self._snap.mode

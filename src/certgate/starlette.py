@@ -178,6 +178,21 @@ def dependency_result(connection: HTTPConnection, policy: Policy | None) -> Clie
     by certgate's middleware or :func:`refusal_handler` in the gate's
     format), or - without the middleware - a plain 403 ``HTTPException``
     (``WebSocketException`` 1008 on a WebSocket)."""
+    if policy is None:  # the common case, decided without building a route decision
+        scope = connection.scope
+        gate = scope.get(GATE_KEY)
+        decision = scope.get(DECISION_KEY)
+        if (
+            isinstance(gate, CertGate)
+            and isinstance(decision, Decision)
+            and decision.reason is None
+            and decision.identity is not None
+            and not gate.observes_allows()
+        ):
+            # What route_check would return: an allow nobody observes.
+            identity = identity_from_scope(scope)
+            if identity is not None:
+                return identity
     result = route_check(connection, policy)
     if not result.blocks:
         return result.identity
