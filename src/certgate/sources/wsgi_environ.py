@@ -16,6 +16,7 @@ still verified against the addressed tenant.
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -46,7 +47,13 @@ def from_environ(environ: Mapping[str, Any]) -> Presented | None:
         ders = peer_chain_der(sock)
         if ders:
             ders = ders[: MAX_PRESENTED_CERTIFICATES + 1]
-            return Presented(source=SOURCE, material=b"".join(ders), decode=lambda: ders)
+            material = b"".join(ders)
+            return Presented(
+                source=SOURCE,
+                material=material,
+                decode=lambda: ders,
+                digest=hashlib.sha256(material).digest(),
+            )
     leaf = environ.get("SSL_CLIENT_CERT")
     if not leaf:
         return None
@@ -67,8 +74,10 @@ def from_environ(environ: Mapping[str, Any]) -> Presented | None:
                 ),
             )
         pems.append(extra)
+    material = "\n".join(pems).encode("latin-1", "replace")
     return Presented(
         source=SOURCE,
-        material="\n".join(pems).encode("latin-1", "replace"),
+        material=material,
         decode=lambda: pem_list_to_ders(pems, "SSL_CLIENT_CERT_CHAIN_n"),
+        digest=hashlib.sha256(material).digest(),
     )
