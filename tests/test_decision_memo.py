@@ -234,3 +234,12 @@ def test_tls_connections_are_remembered_by_chain_digest(pki: PKI) -> None:
     errored = http_scope(host=HOST)
     errored["extensions"] = {"tls": {"client_cert_chain": chain, "client_cert_error": "bad"}}
     assert run_http(mw, errored).reason == Reason.UNTRUSTED_CHAIN.value
+
+
+def test_a_default_policy_set_later_is_never_bypassed_by_the_memo(pki: PKI) -> None:
+    gate = header_gate(pki.registry())
+    mw = CertGateMiddleware(RecordingApp(), gate)
+    client = pki["globex"].client("memo-12")
+    twice(mw, lambda: cf_scope(client))
+    gate.policy = common_name("someone-else")
+    assert run_http(mw, cf_scope(client)).reason == "policy_denied"

@@ -396,6 +396,7 @@ class CertGate:
             and entry.token is recall.token
             and entry.generation == recall.generation
             and time.time() < entry.expires
+            and self.policy is None  # a default policy set since: decide afresh
             and not logger.isEnabledFor(logging.DEBUG)
         ):
             return entry.decision
