@@ -49,6 +49,10 @@ REFUSAL_TTL = 30.0
 SWEEP_PER_PUT = 8
 """Most expired entries one :meth:`ValidationCache.put` removes."""
 
+PROTECTED_SHARE = 80
+"""Percent of a segmented cache's ``maxsize`` the protected segment may hold
+(the rest, and whatever the protected segment leaves unused, is probation)."""
+
 MAX_DETAIL_CHARS = 500
 """Longest detail a remembered refusal keeps (the log line shows as much)."""
 
@@ -78,13 +82,58 @@ class Refusal(NamedTuple):
         return Rejected(self.reason, self.detail, self.fingerprint)
 
 
-class ValidationCache(Generic[V]):
-    """Thread-safe bounded cache of ``key -> (value, expires_at_unix)``.
+class CacheStats(NamedTuple):
+    """Counters of one :class:`ValidationCache` since it was made (a snapshot).
 
-    ``lru=True`` (the default): a hit moves the entry to the young end, and
-    the least recently used entry is evicted when full. ``lru=False``: pure
-    insertion order - right when every entry lives equally long, because
-    then the old end always expires first (see the module docstring).
+    ``hits``/``misses``: lookups answered / not answered (an expired entry is
+    a miss). ``admissions``: entries stored by :meth:`ValidationCache.put`.
+    ``promotions``: probationary entries moved to the protected segment by a
+    second use. ``evictions``: entries dropped to make room (not counting
+    expired ones, which are ``expirations``). ``entries``: current size,
+    of which ``protected`` in the protected segment.
+    """
+
+    hits: int
+    misses: int
+    admissions: int
+    promotions: int
+    evictions: int
+    expirations: int
+    entries: int
+    protected: int
+
+    @property
+    def hit_rate(self) -> float:
+        """``hits / (hits + misses)``, 0.0 before the first lookup."""
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class _Entry:
+    """One cached value (slots: no per-entry dict)."""
+
+    __slots__ = ("expires", "used", "value")
+
+    def __init__(self, value: object, expires: float) -> None:
+        self.value = value
+        self.expires = expires
+        self.used = False
+
+
+class ValidationCache(Generic[V]):
+    """Thread-safe bounded cache of ``key -> value`` until an expiry time.
+
+    ``lru=True`` (the default, used for successes): a **segmented** cache
+    that a scan cannot flush (see the module docstring). New entries go to
+    a *probationary* FIFO; an entry used again while there is promoted to
+    the *protected* segment (at most :data:`PROTECTED_SHARE` of
+    ``maxsize``), whose entries are kept in recency order by a second-chance
+    clock: a hit only marks the entry used (no lock, no reordering), and an
+    entry is demoted back to probation only after a full pass without a
+    use. When full, the oldest probationary entry is evicted.
+
+    ``lru=False``: one FIFO, hits move nothing - right when every entry
+    lives equally long, because then the old end always expires first.
     """
 
     def __init__(self, maxsize: int = 10_000, *, lru: bool = True) -> None:
@@ -92,52 +141,128 @@ class ValidationCache(Generic[V]):
             raise ConfigError(f"cache_size must be >= 0, not {maxsize}")
         self.maxsize = maxsize
         self.lru = lru
-        self._data: OrderedDict[bytes, tuple[V, float]] = OrderedDict()
+        self.protected_max = maxsize * PROTECTED_SHARE // 100 if lru else 0
+        # Both are insertion ordered; OrderedDict pops its old end in O(1)
+        # (a plain dict used as a queue rescans deleted slots).
+        self._probation: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._protected: OrderedDict[bytes, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.admissions = 0
+        self.promotions = 0
+        self.evictions = 0
+        self.expirations = 0
 
     def get(self, key: bytes, now: float) -> V | None:
         """The cached value, or ``None`` if absent or expired at ``now``."""
-        # A miss needs no lock: a single dict read is atomic. Only a hit
-        # (LRU reordering) and an eviction take it.
-        entry = self._data.get(key)
+        # A protected hit takes no lock: one dict read and one attribute
+        # store are atomic. Probation hits (a promotion) and expiries do.
+        entry = self._protected.get(key)
         if entry is None:
-            self.misses += 1
-            return None
-        with self._lock:
-            if now >= entry[1]:
-                if self._data.get(key) is entry:
-                    del self._data[key]
+            entry = self._probation.get(key)
+            if entry is None:
                 self.misses += 1
                 return None
-            if self.lru and key in self._data:
-                self._data.move_to_end(key)
-            self.hits += 1
-            return entry[0]
+            if now < entry.expires and self.lru:
+                self._promote(key, entry)
+        if now >= entry.expires:
+            self._expire(key, entry)
+            self.misses += 1
+            return None
+        entry.used = True
+        self.hits += 1
+        return entry.value  # type: ignore[return-value]
+
+    def _promote(self, key: bytes, entry: _Entry) -> None:
+        with self._lock:
+            if self._probation.get(key) is not entry:
+                return  # evicted, replaced or promoted by another thread
+            del self._probation[key]
+            protected = self._protected
+            if self.protected_max == 0:
+                self._probation[key] = entry  # nowhere to promote to: renew
+                return
+            protected[key] = entry
+            self.promotions += 1
+            entry.used = False
+            # Second chance: a used entry at the old end goes round once more
+            # (marked unused); an unused one is demoted to probation's young
+            # end. At most one full pass: every entry passed is then unused.
+            budget = len(protected)
+            while len(protected) > self.protected_max and budget:
+                budget -= 1
+                old_key, old = protected.popitem(last=False)
+                if old.used:
+                    old.used = False
+                    protected[old_key] = old
+                else:
+                    self._probation[old_key] = old
+            while len(protected) > self.protected_max:
+                old_key, old = protected.popitem(last=False)
+                self._probation[old_key] = old
+
+    def _expire(self, key: bytes, entry: _Entry) -> None:
+        with self._lock:
+            for segment in (self._protected, self._probation):
+                if segment.get(key) is entry:
+                    del segment[key]
+                    self.expirations += 1
 
     def put(self, key: bytes, value: V, expires_at: float, now: float | None = None) -> None:
-        """Store ``value`` until ``expires_at`` (unix seconds). With ``now``,
-        also drop up to ``SWEEP_PER_PUT`` entries expired at ``now`` from the
-        old end."""
+        """Store ``value`` until ``expires_at`` (unix seconds), on probation
+        (or in place, if ``key`` is cached already). With ``now``, also drop
+        up to ``SWEEP_PER_PUT`` entries expired at ``now`` from the old end
+        of each segment."""
         if self.maxsize == 0:
             return
         with self._lock:
-            data = self._data
+            probation = self._probation
             if now is not None:
-                for _ in range(SWEEP_PER_PUT):
-                    oldest = next(iter(data), None)
-                    if oldest is None or data[oldest][1] > now:
-                        break
-                    del data[oldest]
-            data[key] = (value, expires_at)
-            data.move_to_end(key)
-            while len(data) > self.maxsize:
-                data.popitem(last=False)
+                self._sweep(probation, now)
+                if self._protected:
+                    self._sweep(self._protected, now)
+            current = self._protected.get(key)
+            if current is not None:  # replace in place, keep its segment
+                current.value, current.expires = value, expires_at
+                return
+            probation.pop(key, None)
+            probation[key] = _Entry(value, expires_at)
+            self.admissions += 1
+            while len(probation) + len(self._protected) > self.maxsize:
+                if probation:
+                    probation.popitem(last=False)
+                else:
+                    self._protected.popitem(last=False)
+                self.evictions += 1
+
+    def _sweep(self, segment: OrderedDict[bytes, _Entry], now: float) -> None:
+        for _ in range(SWEEP_PER_PUT):
+            oldest = next(iter(segment), None)
+            if oldest is None or segment[oldest].expires > now:
+                return
+            del segment[oldest]
+            self.expirations += 1
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters (see :class:`CacheStats`)."""
+        with self._lock:
+            return CacheStats(
+                self.hits,
+                self.misses,
+                self.admissions,
+                self.promotions,
+                self.evictions,
+                self.expirations,
+                len(self._probation) + len(self._protected),
+                len(self._protected),
+            )
 
     def clear(self) -> None:
+        """Drop every entry (the counters stay)."""
         with self._lock:
-            self._data.clear()
+            self._probation.clear()
+            self._protected.clear()
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._probation) + len(self._protected)

@@ -117,8 +117,7 @@ class CachedVerification:
                     self.refusals.put(key, Refusal.of(exc), stamp + REFUSAL_TTL, stamp)
                 raise
             if caching:
-                expires = min([cert.not_valid_after_utc for cert in identity.chain]).timestamp()
-                self.cache.put(key, identity, expires, stamp)
+                self.cache.put(key, identity, identity.expires_at, stamp)
             if self.on_verified is not None:
                 self.on_verified(identity, stamp)
         elif (
