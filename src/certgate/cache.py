@@ -53,6 +53,14 @@ PROTECTED_SHARE = 80
 """Percent of a segmented cache's ``maxsize`` the protected segment may hold
 (the rest, and whatever the protected segment leaves unused, is probation)."""
 
+SCAN_SAMPLE = 16
+"""Under a scan (see the module docstring), one new key in this many is
+admitted."""
+
+SCAN_MIN_STREAK = 32
+"""Fewest unused probationary entries evicted in a row that mean a scan (for
+small caches; see the module docstring)."""
+
 MAX_DETAIL_CHARS = 500
 """Longest detail a remembered refusal keeps (the log line shows as much)."""
 
@@ -86,7 +94,8 @@ class CacheStats(NamedTuple):
     """Counters of one :class:`ValidationCache` since it was made (a snapshot).
 
     ``hits``/``misses``: lookups answered / not answered (an expired entry is
-    a miss). ``admissions``: entries stored by :meth:`ValidationCache.put`.
+    a miss). ``admissions``: entries stored by :meth:`ValidationCache.put`;
+    ``declined``: new entries not stored because the traffic is a scan.
     ``promotions``: probationary entries moved to the protected segment by a
     second use. ``evictions``: entries dropped to make room (not counting
     expired ones, which are ``expirations``). ``entries``: current size,
@@ -96,6 +105,7 @@ class CacheStats(NamedTuple):
     hits: int
     misses: int
     admissions: int
+    declined: int
     promotions: int
     evictions: int
     expirations: int
@@ -136,12 +146,18 @@ class ValidationCache(Generic[V]):
     lives equally long, because then the old end always expires first.
     """
 
-    def __init__(self, maxsize: int = 10_000, *, lru: bool = True) -> None:
+    def __init__(
+        self, maxsize: int = 10_000, *, lru: bool = True, protected_share: int = PROTECTED_SHARE
+    ) -> None:
         if maxsize < 0:
             raise ConfigError(f"cache_size must be >= 0, not {maxsize}")
+        if not 0 <= protected_share <= 100:
+            raise ConfigError(f"protected_share must be 0-100 %, not {protected_share}")
         self.maxsize = maxsize
         self.lru = lru
-        self.protected_max = maxsize * PROTECTED_SHARE // 100 if lru else 0
+        # protected_share=0: no protected segment, a hit renews the entry at
+        # probation's young end - plain LRU (for comparisons).
+        self.protected_max = maxsize * protected_share // 100 if lru else 0
         # Both are insertion ordered; OrderedDict pops its old end in O(1)
         # (a plain dict used as a queue rescans deleted slots).
         self._probation: OrderedDict[bytes, _Entry] = OrderedDict()
@@ -153,6 +169,14 @@ class ValidationCache(Generic[V]):
         self.promotions = 0
         self.evictions = 0
         self.expirations = 0
+        self.declined = 0
+        self._scan_ticks = 0
+        # Probationary entries evicted unused since the last promotion: when
+        # a whole probation's worth went by, the traffic is a scan.
+        self._unused_streak = 0
+        self._scan_after = (
+            max(maxsize - self.protected_max, SCAN_MIN_STREAK) if lru and self.protected_max else -1
+        )
 
     def get(self, key: bytes, now: float) -> V | None:
         """The cached value, or ``None`` if absent or expired at ``now``."""
@@ -164,7 +188,7 @@ class ValidationCache(Generic[V]):
             if entry is None:
                 self.misses += 1
                 return None
-            if now < entry.expires and self.lru:
+            if self.lru and now < entry.expires:
                 self._promote(key, entry)
         if now >= entry.expires:
             self._expire(key, entry)
@@ -185,6 +209,7 @@ class ValidationCache(Generic[V]):
                 return
             protected[key] = entry
             self.promotions += 1
+            self._unused_streak = 0
             entry.used = False
             # Second chance: a used entry at the old end goes round once more
             # (marked unused); an unused one is demoted to probation's young
@@ -216,6 +241,14 @@ class ValidationCache(Generic[V]):
         of each segment."""
         if self.maxsize == 0:
             return
+        if self._unused_streak >= self._scan_after >= 0:
+            # A scan: admit one new key in SCAN_SAMPLE, so that a miss costs
+            # (almost) nothing more than with no cache, yet a new working
+            # set still gets in (its first promotion ends the scan mode).
+            self._scan_ticks += 1
+            if self._scan_ticks % SCAN_SAMPLE and key not in self._protected:
+                self.declined += 1
+                return
         with self._lock:
             probation = self._probation
             if now is not None:
@@ -231,7 +264,10 @@ class ValidationCache(Generic[V]):
             self.admissions += 1
             while len(probation) + len(self._protected) > self.maxsize:
                 if probation:
-                    probation.popitem(last=False)
+                    if probation.popitem(last=False)[1].used:
+                        self._unused_streak = 0
+                    else:
+                        self._unused_streak += 1
                 else:
                     self._protected.popitem(last=False)
                 self.evictions += 1
@@ -251,6 +287,7 @@ class ValidationCache(Generic[V]):
                 self.hits,
                 self.misses,
                 self.admissions,
+                self.declined,
                 self.promotions,
                 self.evictions,
                 self.expirations,

@@ -103,7 +103,7 @@ class CachedVerification:
                 + hashlib.sha256(presented.material).digest()
             )
             identity = self.cache.get(key, stamp)
-            if identity is None:
+            if identity is None and self.refusals:  # none remembered: skip the look-up
                 refusal = self.refusals.get(key, stamp)
                 if refusal is not None:
                     raise refusal.rejected()
