@@ -381,14 +381,31 @@ def _fill(
     setter(identity, "expires_at", expires)
 
 
-@functools.lru_cache(maxsize=1024)
+_CA_MEMO_SIZE = 1024
+_ca_memo: dict[int, tuple[x509.Certificate, float, list[str]]] = {}
+
+
+def _ca_entry(cert: x509.Certificate) -> tuple[x509.Certificate, float, list[str]]:
+    """Memo of a CA object's notAfter (POSIX) and hex SHA-256, by object
+    identity: CA objects are shared by every identity they issued, and
+    hashing a certificate (its DER) costs more than the look-up. The entry
+    holds the object, so its id cannot be reused while the entry exists;
+    bounded (cleared when full); a race at worst computes twice."""
+    entry = _ca_memo.get(id(cert))
+    if entry is None or entry[0] is not cert:
+        if len(_ca_memo) >= _CA_MEMO_SIZE:
+            _ca_memo.clear()
+        entry = (cert, cert.not_valid_after_utc.timestamp(), [])
+        _ca_memo[id(cert)] = entry
+    return entry
+
+
 def _ca_not_after(cert: x509.Certificate) -> float:
-    """A CA's notAfter as a POSIX time (memoized: CA objects are shared by
-    every identity they issued)."""
-    return cert.not_valid_after_utc.timestamp()
+    return _ca_entry(cert)[1]
 
 
-@functools.lru_cache(maxsize=1024)
 def _ca_fingerprint(cert: x509.Certificate) -> str:
-    """A CA's hex SHA-256 (memoized like :func:`_ca_not_after`)."""
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+    fingerprints = _ca_entry(cert)[2]
+    if not fingerprints:
+        fingerprints.append(hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest())
+    return fingerprints[0]

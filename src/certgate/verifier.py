@@ -172,22 +172,25 @@ class ChainVerifier:
         shared object *is* the same certificate; the memo is bounded (cleared
         when full) and only ever holds certificates of verified paths."""
         own = tenant.roots + tenant.intermediates
-        if all(any(ca is mine for mine in own) for ca in chain[1:]):
-            return tuple(chain)
-        shared = self._shared_cas
         out = [chain[0]]
         for ca in chain[1:]:
-            if any(ca is mine for mine in own):
-                out.append(ca)
-                continue
-            der = ca.public_bytes(Encoding.DER)
-            known = shared.get(der)
-            if known is None:
-                if len(shared) >= 1024:
-                    shared.clear()
-                shared[der] = known = ca
-            out.append(known)
+            for mine in own:
+                if ca is mine:
+                    out.append(ca)
+                    break
+            else:
+                out.append(self._shared_ca(ca))
         return tuple(out)
+
+    def _shared_ca(self, ca: x509.Certificate) -> x509.Certificate:
+        shared = self._shared_cas
+        der = ca.public_bytes(Encoding.DER)
+        known = shared.get(der)
+        if known is None:
+            if len(shared) >= 1024:
+                shared.clear()
+            shared[der] = known = ca
+        return known
 
     def check_leaf_key(self, leaf: x509.Certificate) -> None:
         """Raise ``Rejected(weak_key)`` unless the leaf key meets the minimum."""
