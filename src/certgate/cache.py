@@ -241,14 +241,6 @@ class ValidationCache(Generic[V]):
         of each segment."""
         if self.maxsize == 0:
             return
-        if self._unused_streak >= self._scan_after >= 0:
-            # A scan: admit one new key in SCAN_SAMPLE, so that a miss costs
-            # (almost) nothing more than with no cache, yet a new working
-            # set still gets in (its first promotion ends the scan mode).
-            self._scan_ticks += 1
-            if self._scan_ticks % SCAN_SAMPLE and key not in self._protected:
-                self.declined += 1
-                return
         with self._lock:
             probation = self._probation
             if now is not None:
@@ -271,6 +263,22 @@ class ValidationCache(Generic[V]):
                 else:
                     self._protected.popitem(last=False)
                 self.evictions += 1
+
+    def admits(self, key: bytes) -> bool:
+        """Whether a new entry for ``key`` should be stored (ask before
+        preparing it): ``False`` when the cache is off, and for all but one
+        new key in :data:`SCAN_SAMPLE` while the traffic is a scan (see the
+        module docstring), so that a scan request costs (almost) nothing
+        more than with no cache, yet a new working set still gets in (its
+        first promotion ends the scan mode)."""
+        if self.maxsize == 0:
+            return False
+        if self._unused_streak >= self._scan_after >= 0:
+            self._scan_ticks += 1
+            if self._scan_ticks % SCAN_SAMPLE and key not in self._protected:
+                self.declined += 1
+                return False
+        return True
 
     def _sweep(self, segment: OrderedDict[bytes, _Entry], now: float) -> None:
         for _ in range(SWEEP_PER_PUT):

@@ -119,9 +119,10 @@ class ClientIdentity:
 
     __slots__ = (
         "__dict__",  # only for the fields computed on first access
+        "_expires",
         "_leaf_not_after",
+        "_parsed",
         "der",
-        "expires_at",
         "fingerprint_sha256",
         "issuers",
         "source",
@@ -133,8 +134,9 @@ class ClientIdentity:
     der: bytes
     fingerprint_sha256: str
     issuers: tuple[x509.Certificate, ...]
-    expires_at: float
-    _leaf_not_after: float
+    _expires: float | None
+    _leaf_not_after: float | None
+    _parsed: x509.Certificate | None
 
     def __init__(  # noqa: PLR0917 - the dataclass it was had these positional fields
         self,
@@ -147,15 +149,7 @@ class ClientIdentity:
     ) -> None:
         """The identity of ``certificate`` (whose DER is ``der``), verified
         along ``chain`` (leaf first)."""
-        _fill(
-            self,
-            tenant_id=tenant_id,
-            source=source,
-            leaf=certificate,
-            der=der,
-            issuers=tuple(chain[1:]),
-            fingerprint=fingerprint_sha256,
-        )
+        _fill(self, tenant_id, source, certificate, der, tuple(chain[1:]), fingerprint_sha256)
 
     @classmethod
     def build(
@@ -174,12 +168,12 @@ class ClientIdentity:
         identity = object.__new__(cls)
         _fill(
             identity,
-            tenant_id=tenant_id,
-            source=source,
-            leaf=leaf,
-            der=leaf_der,
-            issuers=tuple(chain[1:]),
-            fingerprint=fingerprint or hashlib.sha256(leaf_der).hexdigest(),
+            tenant_id,
+            source,
+            leaf,
+            leaf_der,
+            tuple(chain[1:]),
+            fingerprint or hashlib.sha256(leaf_der).hexdigest(),
         )
         return identity
 
@@ -209,17 +203,48 @@ class ClientIdentity:
         )
 
     def _leaf(self) -> x509.Certificate:
-        """The leaf: the kept ``certificate`` if it was read, else a parse
-        that is not kept."""
+        """The leaf: the verifier's parse while the identity still holds it,
+        else the kept ``certificate`` if it was read, else a parse that is
+        not kept."""
+        parsed = self._parsed
+        if parsed is not None:
+            return parsed
         kept = self.__dict__.get("certificate")
         if isinstance(kept, x509.Certificate):
             return kept
         return x509.load_der_x509_certificate(self.der)
 
+    @property
+    def expires_at(self) -> float:
+        """POSIX time the verified path stops being valid: the earliest
+        notAfter on :attr:`chain`."""
+        expires = self._expires
+        if expires is None:
+            expires = self._leaf_expiry()
+            for cert in self.issuers:
+                expires = min(expires, _ca_entry(cert)[1])
+            object.__setattr__(self, "_expires", expires)
+        return expires
+
+    def _leaf_expiry(self) -> float:
+        value = self._leaf_not_after
+        if value is None:
+            value = self._leaf().not_valid_after_utc.timestamp()
+            object.__setattr__(self, "_leaf_not_after", value)
+        return value
+
+    def drop_parsed_leaf(self) -> None:
+        """Let go of the verifier's parsed leaf (with ``cryptography``'s
+        caches of its key and names), keeping what was derived from it.
+        The verification cache calls this before keeping an identity; the
+        leaf is parsed again from :attr:`der` when next needed."""
+        _ = self.expires_at  # computed while the parse is at hand
+        object.__setattr__(self, "_parsed", None)
+
     @functools.cached_property
     def certificate(self) -> x509.Certificate:
         """The leaf certificate (parsed from :attr:`der` on first access)."""
-        return x509.load_der_x509_certificate(self.der)
+        return self._parsed or x509.load_der_x509_certificate(self.der)
 
     @functools.cached_property
     def chain(self) -> tuple[x509.Certificate, ...]:
@@ -273,7 +298,7 @@ class ClientIdentity:
     @property
     def not_after(self) -> datetime:
         """End of validity, timezone-aware (UTC)."""
-        return datetime.fromtimestamp(self._leaf_not_after, UTC)
+        return datetime.fromtimestamp(self._leaf_expiry(), UTC)
 
     @functools.cached_property
     def sans(self) -> SubjectAltNames:
@@ -357,9 +382,8 @@ class ClientIdentity:
         }
 
 
-def _fill(
+def _fill(  # noqa: PLR0917 - internal, on every cold verification: positional is faster
     identity: ClientIdentity,
-    *,
     tenant_id: str,
     source: str,
     leaf: x509.Certificate,
@@ -373,12 +397,9 @@ def _fill(
     setter(identity, "der", der)
     setter(identity, "fingerprint_sha256", fingerprint)
     setter(identity, "issuers", issuers)
-    leaf_not_after = leaf.not_valid_after_utc.timestamp()
-    expires = leaf_not_after
-    for cert in issuers:
-        expires = min(expires, _ca_not_after(cert))
-    setter(identity, "_leaf_not_after", leaf_not_after)
-    setter(identity, "expires_at", expires)
+    setter(identity, "_parsed", leaf)
+    setter(identity, "_leaf_not_after", None)
+    setter(identity, "_expires", None)
 
 
 _CA_MEMO_SIZE = 1024
@@ -398,10 +419,6 @@ def _ca_entry(cert: x509.Certificate) -> tuple[x509.Certificate, float, list[str
         entry = (cert, cert.not_valid_after_utc.timestamp(), [])
         _ca_memo[id(cert)] = entry
     return entry
-
-
-def _ca_not_after(cert: x509.Certificate) -> float:
-    return _ca_entry(cert)[1]
 
 
 def _ca_fingerprint(cert: x509.Certificate) -> str:

@@ -116,7 +116,8 @@ class CachedVerification:
                     # request's frames (environ/scope, every header).
                     self.refusals.put(key, Refusal.of(exc), stamp + REFUSAL_TTL, stamp)
                 raise
-            if caching:
+            if caching and self.cache.admits(key):
+                identity.drop_parsed_leaf()  # the cache keeps the DER, not the parse
                 self.cache.put(key, identity, identity.expires_at, stamp)
             if self.on_verified is not None:
                 self.on_verified(identity, stamp)
