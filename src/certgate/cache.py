@@ -6,7 +6,7 @@ verified for another tenant, or for the same tenant after its roots or
 intermediates changed, are a different key:
 
 * **successes** (:class:`~certgate.identity.ClientIdentity`), each until the
-  earliest notAfter on its verified chain, least recently used evicted first;
+  earliest notAfter on its verified chain, in a segmented cache (below);
 * **refusals** (:class:`Refusal`), briefly (``REFUSAL_TTL`` seconds), so that
   a client repeating a chain that is expensive to refuse does not get it
   re-verified on every request. ``not_yet_valid`` is never cached (it may
@@ -22,14 +22,28 @@ them, its environ or scope with every header the client sent. A success
 holds the verified chain (certificate objects, each owning only its own DER)
 and strings derived from it. Keys are digests, not the presented bytes.
 
+**Scan resistance (successes).** A scan - many certificates each seen
+once, more than the cache holds - must neither flush the devices that come
+back nor make a request dearer than with no cache. New entries go to a
+*probationary* FIFO; a second use while there promotes an entry to the
+*protected* segment (at most :data:`PROTECTED_SHARE` % of the size), kept
+by a second-chance clock: a hit only marks the entry used, and a full
+protected segment sends entries unused for a whole round back to probation.
+When full, the oldest probationary entry is evicted, so one-hit wonders only
+displace each other. When a probation's worth of entries (at least
+:data:`SCAN_MIN_STREAK`) has been evicted unused since the last promotion,
+the traffic is a scan: :meth:`ValidationCache.admits` then lets one new key
+in :data:`SCAN_SAMPLE` in, so most scan requests skip preparing, inserting
+and evicting an entry; the next promotion ends the scan mode.
+
 **Expired entries do not pile up.** Every :meth:`ValidationCache.put` also
 drops up to ``SWEEP_PER_PUT`` expired entries from the old end of the cache
 (bounded work per insert). The refusal cache keeps insertion order (a hit
 does not move an entry; every entry lives ``REFUSAL_TTL``), so there the old
 end is the earliest expiry and the sweep removes expired refusals as fast as
-new ones arrive. In the LRU success cache the sweep is best effort (an entry
-lives until its certificate expires, typically months), and the size bound
-applies as before.
+new ones arrive. In the segmented success cache the sweep (of each
+segment's old end) is best effort (an entry lives until its certificate
+expires, typically months), and the size bound applies as before.
 """
 
 from __future__ import annotations
