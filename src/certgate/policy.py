@@ -814,7 +814,7 @@ class _IssuedBy(Policy):
                 if fingerprint in self.fingerprints:
                     return None
         if self.names:
-            for ca in identity.chain[1:]:
+            for ca in identity.issuers:
                 if ca.subject in self.names:
                     return None
         return self.label

@@ -99,7 +99,7 @@ class CachedVerification:
             digest = presented.digest or hashlib.sha256(presented.material).digest()
             key = tenant.trust_id + _source_tag(presented.source) + digest
             identity = self.cache.get(key, stamp)
-            if identity is None:
+            if identity is None and self.refusals:  # none remembered: skip the look-up
                 refusal = self.refusals.get(key, stamp)
                 if refusal is not None:
                     raise refusal.rejected()
@@ -112,9 +112,9 @@ class CachedVerification:
                     # request's frames (environ/scope, every header).
                     self.refusals.put(key, Refusal.of(exc), stamp + REFUSAL_TTL, stamp)
                 raise
-            if caching:
-                expires = min([cert.not_valid_after_utc for cert in identity.chain]).timestamp()
-                self.cache.put(key, identity, expires, stamp)
+            if caching and self.cache.admits(key):
+                identity.drop_parsed_leaf()  # the cache keeps the DER, not the parse
+                self.cache.put(key, identity, identity.expires_at, stamp)
             if self.on_verified is not None:
                 self.on_verified(identity, stamp)
         elif (

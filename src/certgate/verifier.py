@@ -52,6 +52,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     Criticality,
@@ -111,6 +112,10 @@ class ChainVerifier:
         # Per-tenant PolicyBuilders holding store, depth and policies, keyed by
         # trust_id (so a tenant whose trust changed gets a new one).
         self._builders: dict[bytes, PolicyBuilder] = {}
+        # Client-sent CA certificates of verified paths, by DER (see
+        # _shared_chain): dict operations are atomic; a race at worst keeps
+        # two objects for one certificate.
+        self._shared_cas: dict[bytes, x509.Certificate] = {}
 
     def verify(
         self,
@@ -147,8 +152,45 @@ class ChainVerifier:
             # ValueError, DuplicateExtension or, in some releases, KeyError.
             raise Rejected(Reason.MALFORMED_CERTIFICATE, f"unparseable field: {exc!r}") from None
         return ClientIdentity.build(
-            tenant.id, source, leaf, ders[0], tuple(verified.chain), fingerprint=leaf_sha256
+            tenant.id,
+            source,
+            leaf,
+            ders[0],
+            self._shared_chain(tenant, verified.chain),
+            fingerprint=leaf_sha256,
         )
+
+    def _shared_chain(
+        self, tenant: Tenant, chain: Sequence[x509.Certificate]
+    ) -> tuple[x509.Certificate, ...]:
+        """``chain`` with each client-sent CA certificate replaced by an
+        earlier parse of the same DER, so that cached identities share one
+        object per CA instead of holding a copy each (with ``cryptography``'s
+        caches of its key and names: several KB). The tenant's own roots and
+        intermediates are already the tenant's objects (``cryptography``
+        returns the objects it was given). Sharing is by DER equality, so the
+        shared object *is* the same certificate; the memo is bounded (cleared
+        when full) and only ever holds certificates of verified paths."""
+        own = tenant.roots + tenant.intermediates
+        out = [chain[0]]
+        for ca in chain[1:]:
+            for mine in own:
+                if ca is mine:
+                    out.append(ca)
+                    break
+            else:
+                out.append(self._shared_ca(ca))
+        return tuple(out)
+
+    def _shared_ca(self, ca: x509.Certificate) -> x509.Certificate:
+        shared = self._shared_cas
+        der = ca.public_bytes(Encoding.DER)
+        known = shared.get(der)
+        if known is None:
+            if len(shared) >= 1024:
+                shared.clear()
+            shared[der] = known = ca
+        return known
 
     def check_leaf_key(self, leaf: x509.Certificate) -> None:
         """Raise ``Rejected(weak_key)`` unless the leaf key meets the minimum."""
