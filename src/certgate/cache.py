@@ -34,6 +34,7 @@ applies as before.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from typing import Generic, NamedTuple, TypeVar
@@ -48,6 +49,10 @@ REFUSAL_TTL = 30.0
 
 SWEEP_PER_PUT = 8
 """Most expired entries one :meth:`ValidationCache.put` removes."""
+
+_GENERATIONS = itertools.count(1)
+"""Generations of every cache in the process: a new cache, or a cleared one,
+never has a generation some other cache had (``next`` is atomic)."""
 
 MAX_DETAIL_CHARS = 500
 """Longest detail a remembered refusal keeps (the log line shows as much)."""
@@ -96,9 +101,10 @@ class ValidationCache(Generic[V]):
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
-        self.generation = 0
-        """Incremented by :meth:`clear`: whatever was derived from the entries
-        (the gate's decision memo) is stale from then on."""
+        self.generation = next(_GENERATIONS)
+        """Replaced by :meth:`clear` with a number no cache in the process had
+        before: whatever was derived from the entries (the gate's decision
+        memo) is stale from then on, also when another cache is swapped in."""
 
     def get(self, key: bytes, now: float) -> V | None:
         """The cached value, or ``None`` if absent or expired at ``now``."""
@@ -141,7 +147,7 @@ class ValidationCache(Generic[V]):
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
-            self.generation += 1
+            self.generation = next(_GENERATIONS)
 
     def __len__(self) -> int:
         return len(self._data)
