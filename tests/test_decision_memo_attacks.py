@@ -124,3 +124,16 @@ def test_a_verification_swapped_in_later_decides_the_next_request(pki: PKI) -> N
     gate.verification = fresh
     assert run_http(mw, cf_scope(client)).status == 200
     assert fresh.cache.misses == 1  # verified by the new one, not answered from the memo
+
+
+def test_a_full_memo_still_promotes_a_marked_key(pki: PKI) -> None:
+    """The second allow of a key is remembered even when the memo is full
+    (its marker is replaced in place, not emptied away with the rest): with
+    ``cache_size=1`` the memo holds one key, and the third request is a hit."""
+    gate = header_gate(pki.registry(), cache_size=1)
+    mw = CertGateMiddleware(RecordingApp(), gate)
+    client = pki["globex"].client("attack-8")
+    twice(mw, lambda: cf_scope(client))
+    hits, misses = gate.cache.hits, gate.cache.misses
+    assert run_http(mw, cf_scope(client)).status == 200
+    assert (gate.cache.hits, gate.cache.misses) == (hits, misses)  # the memo answered

@@ -431,11 +431,13 @@ class CertGate:
         ):
             return
         key = recall.key
-        if len(memo) >= self._memo_max:
-            memo.clear()
         if key not in memo:
+            if len(memo) >= self._memo_max:
+                memo.clear()
             memo[key] = None  # seen once
             return
+        # Seen before (a marker, or a stale entry): replaced in place, so the
+        # memo does not grow, and a full memo is not emptied by a promotion.
         identity = decision.identity
         expires = min(cert.not_valid_after_utc for cert in identity.chain).timestamp()
         memo[key] = _Recall(decision, expires, rule, recall.token, recall.generation)
