@@ -48,6 +48,7 @@ expires, typically months), and the size bound applies as before.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from typing import Generic, NamedTuple, TypeVar
@@ -74,6 +75,10 @@ admitted."""
 SCAN_MIN_STREAK = 32
 """Fewest unused probationary entries evicted in a row that mean a scan (for
 small caches; see the module docstring)."""
+
+_GENERATIONS = itertools.count(1)
+"""Generations of every cache in the process: a new cache, or a cleared one,
+never has a generation some other cache had (``next`` is atomic)."""
 
 MAX_DETAIL_CHARS = 500
 """Longest detail a remembered refusal keeps (the log line shows as much)."""
@@ -179,9 +184,10 @@ class ValidationCache(Generic[V]):
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
-        self.generation = 0
-        """Incremented by :meth:`clear`: whatever was derived from the entries
-        (the gate's decision memo) is stale from then on."""
+        self.generation = next(_GENERATIONS)
+        """Replaced by :meth:`clear` with a number no cache in the process had
+        before: whatever was derived from the entries (the gate's decision
+        memo) is stale from then on, also when another cache is swapped in."""
         self.admissions = 0
         self.promotions = 0
         self.evictions = 0
@@ -325,7 +331,7 @@ class ValidationCache(Generic[V]):
         with self._lock:
             self._probation.clear()
             self._protected.clear()
-            self.generation += 1
+            self.generation = next(_GENERATIONS)
 
     def __len__(self) -> int:
         return len(self._probation) + len(self._protected)

@@ -358,13 +358,23 @@ class CertGate:
         ``None``: never remembered."""
         if rule is not self.rollout.default_rule:
             return None  # a route covers the path: access, mode or policy of its own
+        verification = self.verification
+        if (
+            self.tenant_resolver is not None  # set since construction: decide afresh
+            or type(verification) is not CachedVerification  # a custom one decides every time
+            or verification.clock is not utc_now  # a clock the memo's expiry cannot follow
+        ):
+            return None
         trusted = facts.trusted
         if trusted is None:
             trusted = self.trust.peer_is_trusted(facts.peer)
         if trusted:
             parts: list[object] = [facts.host, True]
             for name, values in facts.headers.items():
+                # The count makes the key unambiguous: a header sent three
+                # times is never the same key as two headers sent once.
                 parts.append(name)
+                parts.append(len(values))
                 parts.extend(values)
             if len(parts) == 2:
                 return None
@@ -377,7 +387,7 @@ class CertGate:
         return _Recalling(
             key,
             getattr(self.registry, "change_token", None),
-            self.verification.cache.generation,
+            verification.cache.generation,
         )
 
     def _recall(self, recall: _Recalling, rule: PathRule) -> Decision | None:
@@ -421,11 +431,13 @@ class CertGate:
         ):
             return
         key = recall.key
-        if len(memo) >= self._memo_max:
-            memo.clear()
         if key not in memo:
+            if len(memo) >= self._memo_max:
+                memo.clear()
             memo[key] = None  # seen once
             return
+        # Seen before (a marker, or a stale entry): replaced in place, so the
+        # memo does not grow, and a full memo is not emptied by a promotion.
         identity = decision.identity
         expires = min(cert.not_valid_after_utc for cert in identity.chain).timestamp()
         memo[key] = _Recall(decision, expires, rule, recall.token, recall.generation)

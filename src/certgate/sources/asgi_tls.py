@@ -32,8 +32,10 @@ def from_scope(scope: Mapping[str, Any]) -> Presented | None:
     """The certificate of the connection, or ``None`` if the client sent none.
 
     The answer is remembered in the ``tls`` dict itself, together with the
-    ``client_cert_chain`` and ``client_cert_error`` objects it was read from,
-    and reused only while the dict still holds those very objects."""
+    ``client_cert_error`` object and a copy of the ``client_cert_chain`` it
+    was read from, and reused only while the dict still holds that error
+    object and a chain equal to the copy (a list rewritten in place is a
+    new chain)."""
     extensions = scope.get("extensions")
     tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
     if not isinstance(tls, Mapping):
@@ -41,16 +43,20 @@ def from_scope(scope: Mapping[str, Any]) -> Presented | None:
     error = tls.get("client_cert_error")
     chain = tls.get("client_cert_chain")
     memo = tls.get(_MEMO)
-    if isinstance(memo, _Memo) and memo.chain is chain and memo.error is error:
+    # Compared by value: a list and its strings compare item by item, each
+    # by identity first, so an unchanged chain costs a few pointer checks.
+    if isinstance(memo, _Memo) and memo.error is error and memo.chain == chain:
         return memo.presented
     presented = _read(error, chain)
-    if isinstance(tls, dict):
-        tls[_MEMO] = _Memo(chain, error, presented)
+    if isinstance(tls, dict) and (chain is None or type(chain) in (list, tuple)):
+        kept = chain.copy() if type(chain) is list else chain  # same type: == compares items
+        tls[_MEMO] = _Memo(kept, error, presented)
     return presented
 
 
 class _Memo(NamedTuple):
     chain: object
+    """The chain the answer was read from (a list: a copy of it)."""
     error: object
     presented: Presented | None
 
