@@ -141,9 +141,23 @@ def load_certificate(der: bytes) -> x509.Certificate:
     """Parse DER into a certificate, mapping any parse failure to
     ``Rejected(malformed_certificate)``."""
     try:
-        return x509.load_der_x509_certificate(der)
+        cert = x509.load_der_x509_certificate(der)
     except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise Rejected(Reason.MALFORMED_CERTIFICATE, f"unparseable DER: {exc}") from None
+    # The signature is the certificate's last element, a BIT STRING whose
+    # first content byte counts unused bits: 0 for every X.509 signature
+    # (whole octets). cryptography accepts other counts whose padding bits
+    # are zero, and the signature still verifies - so the same certificate
+    # could be presented under another SHA-256 fingerprint, past a
+    # fingerprint deny list or pin. Refused.
+    signature = cert.signature
+    count_at = len(der) - len(signature) - 1
+    if count_at < 1 or der[count_at] != 0 or not der.endswith(signature):
+        raise Rejected(
+            Reason.MALFORMED_CERTIFICATE,
+            "signature BIT STRING with unused bits (not the DER encoding X.509 requires)",
+        )
+    return cert
 
 
 def _check_der_envelope(der: bytes) -> None:
