@@ -120,6 +120,53 @@ class CertGateMiddleware:
         # header name -> _PLAIN/_HOST/_WANTED/_STRIP/_ALIAS, memoised (bounded):
         # one dict lookup per header on the hot path.
         self._kinds: dict[bytes, int] = {}
+        self._memo_on = gate.remembers()
+
+    def _memo_key(self, scope: Scope) -> tuple[object, ...] | None:
+        """The gate's decision-memo key of an HTTP request that needs nothing
+        but a decision - from certgate's recorded socket peer, with no
+        header to strip - read in one pass over the raw headers: the raw
+        Host, whether the peer is a trusted proxy, and the certificate
+        headers as sent (name, value pairs in order) or the TLS connection's
+        chain digest. ``None`` sends the request down the full path."""
+        if scope["type"] != "http":
+            return None
+        client = scope.get(SOCKET_PEER_KEY)
+        if not (isinstance(client, tuple | list) and client and isinstance(client[0], str)):
+            return None
+        trust = self._trust
+        trusted = trust.peer_is_trusted(client[0])
+        host: object = None
+        parts: list[object] = [True] if trusted else [False]
+        kinds = self._kinds
+        try:
+            for name, value in scope.get("headers") or ():
+                kind = kinds.get(name)
+                if kind is None:
+                    kind = self._kind(name)
+                if kind == _PLAIN:
+                    continue
+                if kind == _HOST:
+                    if host is not None:
+                        return None  # two Host headers: the full path refuses
+                    host = value
+                elif kind == _WANTED and trusted:
+                    parts.append(name)
+                    parts.append(value)
+                else:
+                    return None  # a header to strip: the full path removes and logs it
+        except (TypeError, ValueError):  # not (bytes, bytes) pairs: the full path says so
+            return None
+        if host is None:
+            return None
+        if trusted:
+            return (host, *parts) if len(parts) > 1 else None
+        if not trust.transport:
+            return None
+        presented = asgi_tls.from_scope(scope)
+        if presented is None or presented.digest is None or presented.verdict is not None:
+            return None
+        return (host, False, presented.source, presented.digest)
 
     def _kind(self, name: bytes) -> int:
         """How a header name is treated. ``_ALIAS``: a spelling with an
@@ -146,12 +193,18 @@ class CertGateMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        try:
-            scope, facts = self._facts(scope)
-        except Exception as exc:  # noqa: BLE001 - a malformed scope fails closed, not a 500
-            decision = self._malformed_scope(scope, exc)
-        else:
-            decision = await self.gate.adecide(facts)
+        decision = None
+        key = self._memo_key(scope) if self._memo_on else None
+        if key is not None:
+            path = scope.get("path")
+            decision = self.gate.recall(key, path if isinstance(path, str) else "")
+        if decision is None:
+            try:
+                scope, facts = self._facts(scope)
+            except Exception as exc:  # noqa: BLE001 - a malformed scope fails closed, not a 500
+                decision = self._malformed_scope(scope, exc)
+            else:
+                decision = await self.gate.adecide(facts, memo_key=key)
         if decision.blocks:
             await self._reject(scope, receive, send, decision.reason)  # type: ignore[arg-type]
             return

@@ -44,7 +44,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -281,8 +281,11 @@ class CertGate:
 
     # -- deciding ---------------------------------------------------------
 
-    def decide(self, facts: RequestFacts) -> Decision:
-        """Decide on a request, calling the registry synchronously."""
+    def decide(self, facts: RequestFacts, *, memo_key: Hashable | None = None) -> Decision:
+        """Decide on a request, calling the registry synchronously.
+
+        ``memo_key``: an adapter's own key for the decision memo (see
+        :meth:`recall`), built from the same request as ``facts``."""
         start = time.perf_counter()
         tenant: Tenant | None = None
         rule: PathRule | None = None
@@ -290,7 +293,7 @@ class CertGate:
         try:
             rule = self.rollout.rule(facts.path)
             if self._memo is not None:
-                recall = self._recall_key(facts, rule)
+                recall = self._recall_key(facts, rule, memo_key)
                 if recall is not None:
                     remembered = self._recall(recall, rule)
                     if remembered is not None:
@@ -313,8 +316,9 @@ class CertGate:
             self._remember(recall, decision, rule, tenant)
         return decision
 
-    async def adecide(self, facts: RequestFacts) -> Decision:
-        """Decide on a request without blocking the event loop on the registry."""
+    async def adecide(self, facts: RequestFacts, *, memo_key: Hashable | None = None) -> Decision:
+        """Decide on a request without blocking the event loop on the registry
+        (``memo_key``: see :meth:`decide`)."""
         start = time.perf_counter()
         tenant: Tenant | None = None
         rule: PathRule | None = None
@@ -322,7 +326,7 @@ class CertGate:
         try:
             rule = self.rollout.rule(facts.path)
             if self._memo is not None:
-                recall = self._recall_key(facts, rule)
+                recall = self._recall_key(facts, rule, memo_key)
                 if recall is not None:
                     remembered = self._recall(recall, rule)
                     if remembered is not None:
@@ -350,7 +354,28 @@ class CertGate:
 
     # -- the decision memo ----------------------------------------------
 
-    def _recall_key(self, facts: RequestFacts, rule: PathRule) -> _Recalling | None:
+    def remembers(self) -> bool:
+        """Whether this gate keeps a decision memo (see :meth:`recall`)."""
+        return self._memo is not None
+
+    def recall(self, memo_key: Hashable, path: str) -> Decision | None:
+        """A remembered warm allow for an adapter's ``memo_key`` on ``path``,
+        or ``None`` (then decide with ``decide(facts, memo_key=...)``).
+
+        The key must capture everything of the request the decision depends
+        on besides the path - the raw Host, whether the socket peer is a
+        trusted proxy, and the presented certificate exactly as presented -
+        and be built the same way for both calls. Everything else (the
+        rollout, the registry, the cache, the time) is checked here."""
+        if self._memo is None:
+            return None
+        rule = self.rollout.rule(path)
+        recalling = self._recall_key(None, rule, memo_key)
+        return None if recalling is None else self._recall(recalling, rule)
+
+    def _recall_key(
+        self, facts: RequestFacts | None, rule: PathRule, memo_key: Hashable | None = None
+    ) -> _Recalling | None:
         """The memo key of a request - its raw Host, whose certificate counts,
         and the presented certificate (the forwarded header values as sent,
         or the TLS connection's chain digest) - with the registry's change
@@ -365,6 +390,24 @@ class CertGate:
             or verification.clock is not utc_now  # a clock the memo's expiry cannot follow
         ):
             return None
+        if memo_key is not None:
+            key: _RecallKey = ("adapter", memo_key)
+        elif facts is None:
+            return None
+        else:
+            built = self._facts_key(facts)
+            if built is None:
+                return None
+            key = built
+        return _Recalling(
+            key,
+            getattr(self.registry, "change_token", None),
+            verification.cache.generation,
+        )
+
+    def _facts_key(self, facts: RequestFacts) -> _RecallKey | None:
+        """The memo key built from :class:`RequestFacts` (adapters that pass
+        no key of their own)."""
         trusted = facts.trusted
         if trusted is None:
             trusted = self.trust.peer_is_trusted(facts.peer)
@@ -378,17 +421,11 @@ class CertGate:
                 parts.extend(values)
             if len(parts) == 2:
                 return None
-            key: _RecallKey = tuple(parts)
-        else:
-            transport = facts.transport if self.trust.transport else None
-            if transport is None or transport.digest is None or transport.verdict is not None:
-                return None
-            key = (facts.host, False, transport.source, transport.digest)
-        return _Recalling(
-            key,
-            getattr(self.registry, "change_token", None),
-            verification.cache.generation,
-        )
+            return tuple(parts)
+        transport = facts.transport if self.trust.transport else None
+        if transport is None or transport.digest is None or transport.verdict is not None:
+            return None
+        return (facts.host, False, transport.source, transport.digest)
 
     def _recall(self, recall: _Recalling, rule: PathRule) -> Decision | None:
         """A remembered warm allow for ``key``, if nothing it depended on has
