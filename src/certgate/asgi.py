@@ -128,8 +128,18 @@ class CertGateMiddleware:
         header to strip - read in one pass over the raw headers: the raw
         Host, whether the peer is a trusted proxy, and the certificate
         headers as sent (name, value pairs in order) or the TLS connection's
-        chain digest. ``None`` sends the request down the full path."""
+        chain digest. ``None`` sends the request down the full path.
+
+        Only a ``list`` or ``tuple`` of headers is read here (a one-shot
+        iterable would be used up before the full path reads it), and only
+        ``bytes`` Host and certificate header names and values go into the
+        key: a ``bytearray`` is unhashable and a ``memoryview`` equals the
+        ``bytes`` of another request's key, while the full path decodes the
+        one and refuses the other."""
         if scope["type"] != "http":
+            return None
+        headers = scope.get("headers")
+        if type(headers) is not list and type(headers) is not tuple:
             return None
         client = scope.get(SOCKET_PEER_KEY)
         if not (isinstance(client, tuple | list) and client and isinstance(client[0], str)):
@@ -140,17 +150,19 @@ class CertGateMiddleware:
         parts: list[object] = [True] if trusted else [False]
         kinds = self._kinds
         try:
-            for name, value in scope.get("headers") or ():
+            for name, value in headers:
                 kind = kinds.get(name)
                 if kind is None:
                     kind = self._kind(name)
                 if kind == _PLAIN:
                     continue
+                if type(value) is not bytes:
+                    return None  # the full path decodes it, or refuses the scope
                 if kind == _HOST:
                     if host is not None:
                         return None  # two Host headers: the full path refuses
                     host = value
-                elif kind == _WANTED and trusted:
+                elif kind == _WANTED and trusted and type(name) is bytes:
                     parts.append(name)
                     parts.append(value)
                 else:
