@@ -131,3 +131,23 @@ def test_one_shot_tls_request_headers_are_read_by_the_full_path_too(pki: PKI) ->
 
     for _ in range(3):
         assert run_http(mw, scope()).status == 200
+
+
+class _BrokenChain:
+    """A ``client_cert_chain`` a buggy server hands over: iterating it raises."""
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("chain went away")
+
+
+def test_an_unreadable_tls_extension_is_refused_not_a_500(pki: PKI) -> None:
+    """The full path reads the ``tls`` extension inside its guard (an
+    unreadable scope is ``internal_error``); the fast path read it outside
+    any guard, so the exception left the middleware (a 500)."""
+    gate = CertGate(pki.registry())
+    mw = CertGateMiddleware(RecordingApp(), gate)
+    scope = _tls_scope([])
+    scope["extensions"]["tls"]["client_cert_chain"] = _BrokenChain()
+    result = run_http(mw, scope)
+    assert result.status == 403
+    assert result.reason == Reason.INTERNAL_ERROR.value

@@ -175,7 +175,10 @@ class CertGateMiddleware:
             return (host, *parts) if len(parts) > 1 else None
         if not trust.transport:
             return None
-        presented = asgi_tls.from_scope(scope)
+        try:
+            presented = asgi_tls.from_scope(scope)
+        except Exception:  # noqa: BLE001 - the full path reads it again and refuses it
+            return None
         if presented is None or presented.digest is None or presented.verdict is not None:
             return None
         return (host, False, presented.source, presented.digest)
