@@ -9,7 +9,6 @@ import inspect
 import logging
 import threading
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -34,7 +33,6 @@ from certgate.fastapi import (
     optional_client_identity,
     require_client_cert,
 )
-from certgate.policy import Policy
 from certgate.rollout import Access
 from certgate.rollout import Route as GateRoute
 from certgate.testing import (
@@ -44,21 +42,8 @@ from certgate.testing import (
     override_identity,
     with_client_cert,
 )
+from tests.policies import CommonName
 from tests.servers import free_port, serve
-
-
-class CommonName(Policy):
-    """A tiny policy of the tests' own (independent of certgate.policy)."""
-
-    def __init__(self, *names: str) -> None:
-        object.__setattr__(self, "label", f"common_name in {sorted(names)}")
-        object.__setattr__(self, "names", frozenset(names))
-
-    def check(self, identity: ClientIdentity, now: datetime) -> str | None:
-        if identity.common_name in self.names:  # type: ignore[attr-defined]
-            return None
-        return f"{self.label}: secret-rule-text"
-
 
 ops_only = require_client_cert(CommonName("ops-console"))
 oauth2 = OAuth2PasswordBearer(tokenUrl="token", auto_error=False)

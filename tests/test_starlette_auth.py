@@ -34,20 +34,7 @@ from certgate.starlette import (
     require_client_cert,
 )
 from certgate.testing import TestCertificate, TestPKI, with_client_cert
-
-
-class CommonName(Policy):
-    """A tiny policy of the tests' own (independent of certgate.policy)."""
-
-    def __init__(self, *names: str) -> None:
-        object.__setattr__(self, "label", f"common_name in {sorted(names)}")
-        object.__setattr__(self, "names", frozenset(names))
-
-    def check(self, identity: ClientIdentity, now: datetime) -> str | None:
-        if identity.common_name in self.names:  # type: ignore[attr-defined]
-            return None
-        return f"{self.label}: secret-rule-text"
-
+from tests.policies import CommonName
 
 OPS = CommonName("ops-console")
 
