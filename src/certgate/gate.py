@@ -102,6 +102,11 @@ class _Recalling(NamedTuple):
     generation: int
 
 
+_HIT = _Recalling((), None, -1)
+"""Stands in for the memo key when :meth:`CertGate._open` found a
+remembered decision."""
+
+
 class _Recall(NamedTuple):
     decision: Decision
     expires: float
@@ -291,30 +296,23 @@ class CertGate:
         rule: PathRule | None = None
         recall: _Recalling | None = None
         try:
-            rule = self.rollout.rule(facts.path)
-            if self._memo is not None:
-                recall = self._recall_key(facts, rule, memo_key)
-                if recall is not None:
-                    remembered = self._recall(recall, rule)
-                    if remembered is not None:
-                        return remembered
-            step = self._begin(facts, rule)
+            rule, recall, step = self._open(facts, memo_key)
+            if recall is _HIT and isinstance(step, Decision):
+                return step  # a remembered decision, as it was
             if isinstance(step, Decision):
                 decision = step
             else:
                 try:
-                    key = step.key
-                    tenant = self._lookup_id(key) if step.by_id else self._lookup_host(key)
+                    tenant = (
+                        self._lookup_id(step.key) if step.by_id else self._lookup_host(step.key)
+                    )
                 except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
                     decision = self._registry_failure(exc, facts, step)
                 else:
                     decision = self._finish(step, tenant)
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
             decision = self._internal_failure(exc, facts)
-        decision = self._conclude(decision, facts, rule, tenant, start)
-        if recall is not None:
-            self._remember(recall, decision, rule, tenant)
-        return decision
+        return self._close(decision, facts, rule=rule, tenant=tenant, start=start, recall=recall)
 
     async def adecide(self, facts: RequestFacts, *, memo_key: Hashable | None = None) -> Decision:
         """Decide on a request without blocking the event loop on the registry
@@ -324,14 +322,9 @@ class CertGate:
         rule: PathRule | None = None
         recall: _Recalling | None = None
         try:
-            rule = self.rollout.rule(facts.path)
-            if self._memo is not None:
-                recall = self._recall_key(facts, rule, memo_key)
-                if recall is not None:
-                    remembered = self._recall(recall, rule)
-                    if remembered is not None:
-                        return remembered
-            step = self._begin(facts, rule)
+            rule, recall, step = self._open(facts, memo_key)
+            if recall is _HIT and isinstance(step, Decision):
+                return step  # a remembered decision, as it was
             if isinstance(step, Decision):
                 decision = step
             else:
@@ -347,6 +340,37 @@ class CertGate:
                     decision = self._finish(step, tenant)
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
             decision = self._internal_failure(exc, facts)
+        return self._close(decision, facts, rule=rule, tenant=tenant, start=start, recall=recall)
+
+    def _open(
+        self, facts: RequestFacts, memo_key: Hashable | None
+    ) -> tuple[PathRule, _Recalling | None, Decision | _Pending]:
+        """The first half of :meth:`decide` / :meth:`adecide`, up to the
+        registry lookup: the path's rule, the memo key, and a decision
+        reached without the tenant or the lookup still to do. A remembered
+        decision comes back with ``_HIT`` in place of the memo key (the
+        caller returns it as it is)."""
+        rule = self.rollout.rule(facts.path)
+        recall = None
+        if self._memo is not None:
+            recall = self._recall_key(facts, rule, memo_key)
+            if recall is not None:
+                remembered = self._recall(recall, rule)
+                if remembered is not None:
+                    return rule, _HIT, remembered
+        return rule, recall, self._begin(facts, rule)
+
+    def _close(
+        self,
+        decision: Decision,
+        facts: RequestFacts,
+        *,
+        rule: PathRule | None,
+        tenant: Tenant | None,
+        start: float,
+        recall: _Recalling | None,
+    ) -> Decision:
+        """The second half: mode and access, observers, the memo."""
         decision = self._conclude(decision, facts, rule, tenant, start)
         if recall is not None:
             self._remember(recall, decision, rule, tenant)
@@ -475,8 +499,7 @@ class CertGate:
             return
         # Seen before (a marker, or a stale entry): replaced in place, so the
         # memo does not grow, and a full memo is not emptied by a promotion.
-        identity = decision.identity
-        expires = min(cert.not_valid_after_utc for cert in identity.chain).timestamp()
+        expires = decision.identity.expires_at
         memo[key] = _Recall(decision, expires, rule, recall.token, recall.generation)
 
     def observes_allows(self) -> bool:
@@ -750,11 +773,7 @@ class CertGate:
     def _observe(
         self, decision: Decision, facts: RequestFacts, stage: str, start: float
     ) -> Decision:
-        if (
-            decision.reason is None
-            and not self._observed_allows
-            and not logger.isEnabledFor(logging.DEBUG)
-        ):
+        if decision.reason is None and not self.observes_allows():
             return decision  # the hot path: nobody wants an allow event
         identity = decision.identity
         event = DecisionEvent(
