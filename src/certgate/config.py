@@ -273,11 +273,7 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
     tenants: list[Tenant] = []
     for position, entry in enumerate(entries, 1):
         where = f"{path}: tenant #{position}"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where} is not a table")
-        unknown = set(entry) - _TENANT_KEYS
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {_some(unknown)}")
+        _check_table(entry, where, _TENANT_KEYS)
         tenant_id = entry.get("id")
         if not isinstance(tenant_id, str) or not tenant_id:
             raise ConfigError(f"{where}: 'id' must be a non-empty string")
@@ -296,9 +292,7 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
         shared = entry.get("shared_anchors", False)
         if not isinstance(shared, bool):
             raise ConfigError(f"{where}: 'shared_anchors' must be true or false")
-        mode = entry.get("mode")
-        if mode is not None:
-            parse_mode(mode, f"{where}: 'mode'")
+        mode = entry.get("mode")  # checked by Tenant
         policy = entry.get("policy")
         if policy is not None:
             policy = _policy(policy, where)
@@ -333,11 +327,7 @@ def _routes(path: Path, entries: list[Any]) -> tuple[Route, ...]:
     routes: list[Route] = []
     for position, entry in enumerate(entries, 1):
         where = f"{path}: [[certgate.routes]] #{position}"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where} is not a table")
-        unknown = set(entry) - _ROUTE_KEYS
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {_some(unknown)}")
+        _check_table(entry, where, _ROUTE_KEYS)
         pattern = entry.get("path")
         if not isinstance(pattern, str):
             raise ConfigError(f"{where}: 'path' must be a string")
@@ -349,6 +339,7 @@ def _routes(path: Path, entries: list[Any]) -> tuple[Route, ...]:
             routes.append(
                 Route(
                     pattern,
+                    # parsed here so that the message names the file and route once
                     access=None if access is None else parse_access(access, where),
                     mode=None if mode is None else parse_mode(mode, where),
                     policy=None if policy is None else _policy(policy, where),
@@ -359,6 +350,15 @@ def _routes(path: Path, entries: list[Any]) -> tuple[Route, ...]:
                 raise
             raise ConfigError(f"{where}: {exc}") from None
     return tuple(routes)
+
+
+def _check_table(entry: object, where: str, known: set[str]) -> None:
+    """:class:`ConfigError` unless ``entry`` is a table of ``known`` keys only."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where} is not a table")
+    unknown = set(entry) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {_some(unknown)}")
 
 
 def _some(keys: set[str], shown: int = 5) -> str:
