@@ -11,7 +11,7 @@ The test suite is `bash .ci/run` (set-up, ruff, mypy --strict, pytest).
 
 Set-up is a virtual environment in .venv with certgate installed in editable
 mode; it is redone when pyproject.toml changes. Debian packages the tests
-use (curl) are installed with apt-get when missing and running as root.
+use (curl, nginx, haproxy, caddy, apache2) are installed with apt-get when missing and running as root.
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
-DEBIAN_PACKAGES = {"curl": "curl"}  # command -> package
+DEBIAN_PACKAGES = {  # command -> package
+    "curl": "curl",
+    # real proxies for the end-to-end tests behind an edge (tests/test_proxies_*.py)
+    "nginx": "nginx",
+    "haproxy": "haproxy",
+    "caddy": "caddy",
+    "apache2": "apache2",
+}
 
 
 def sh(*cmd: str | Path, check: bool = True) -> int:
@@ -48,7 +55,8 @@ def ensure_venv(extra: str) -> None:
 
 
 def ensure_debian_packages() -> None:
-    missing = [pkg for cmd, pkg in DEBIAN_PACKAGES.items() if shutil.which(cmd) is None]
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    missing = [pkg for cmd, pkg in DEBIAN_PACKAGES.items() if shutil.which(cmd, path=path) is None]
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -59,7 +67,19 @@ def ensure_debian_packages() -> None:
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env)
+    # Packages are installed for their binaries only: the tests start each proxy
+    # on loopback with a configuration of their own. policy-rc.d keeps the
+    # packages' services from starting (and taking port 80) at install time.
+    policy = Path("/usr/sbin/policy-rc.d")
+    placed = not policy.exists()
+    if placed:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env)
+    finally:
+        if placed:
+            policy.unlink()
 
 
 def setup(args: list[str]) -> int:
