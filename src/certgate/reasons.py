@@ -70,6 +70,21 @@ class Reason(enum.StrEnum):
     default policy or the route's) does not allow it on this path. Which rule
     failed is logged, never sent to the client."""
 
+    PROXY_VERIFY_FAILED = "proxy_verify_failed"
+    """A trusted proxy forwarded a certificate together with a verification
+    status that is not a success (nginx ``FAILED:...`` or ``NONE``, Apache
+    ``GENEROUS``, HAProxy non-zero, GCP not chain-verified, ...), or the
+    status header the source requires is missing. certgate still verifies the
+    chain itself; a failed status refuses even a chain certgate would accept."""
+
+    SNI_MISMATCH = "sni_mismatch"
+    """The TLS server name (SNI) of the connection and the request's Host
+    header address different tenants (or the SNI addresses none): a
+    certificate accepted in the handshake for one tenant must not reach
+    another by changing the Host (the emissary-ingress #3340 attack). Checked
+    only where the server adapter knows the SNI and the certificate comes from
+    that TLS connection."""
+
     INTERNAL_ERROR = "internal_error"
     """certgate could not decide because of an unexpected error - a bug in
     certgate or in a plugged-in part (a tenant resolver, a registry returning
@@ -103,5 +118,7 @@ _META: dict[Reason, _Meta] = {
     Reason.INVALID_HOST: _Meta(400, "The Host header is missing or invalid"),
     Reason.TRUST_STORE_UNAVAILABLE: _Meta(503, "The trust store is temporarily unavailable"),
     Reason.POLICY_DENIED: _Meta(403, "The client certificate is not allowed here"),
+    Reason.PROXY_VERIFY_FAILED: _Meta(403, "The proxy did not verify the client certificate"),
+    Reason.SNI_MISMATCH: _Meta(403, "The TLS server name does not match the Host"),
     Reason.INTERNAL_ERROR: _Meta(403, "The client certificate could not be checked"),
 }
