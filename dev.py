@@ -11,7 +11,8 @@ The test suite is `bash .ci/run` (set-up, ruff, mypy --strict, pytest).
 
 Set-up is a virtual environment in .venv with certgate installed in editable
 mode; it is redone when pyproject.toml changes. Debian packages the tests
-use (curl, nginx, haproxy, caddy, apache2) are installed with apt-get when missing and running as root.
+use (curl, nginx, haproxy, caddy, apache2) are installed with apt-get when
+missing and running as root.
 """
 
 from __future__ import annotations
