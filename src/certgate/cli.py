@@ -8,7 +8,24 @@
 ``certgate bundle --config TOML``
     Print the PEM of every tenant root and intermediate: the CA file a TLS
     server loads so that the handshake accepts any tenant's clients (certgate
-    then re-verifies each request against the addressed tenant).
+    then re-verifies each request against the addressed tenant). A
+    configuration without any tenant CA is an error (exit 2), not an empty
+    bundle.
+
+``certgate inspect CERT [--json]``
+    Print the identity fields of a certificate (PEM or DER) as the app would
+    see them - subject, issuer, serial, dates, SANs, SPIFFE ID, fingerprints,
+    key, EKU. Nothing is verified: use ``check`` for that.
+
+``certgate pki init-ca --cn NAME --out DIR [--key-type ec256|ec384|rsa4096] [--days N]``
+    A new root CA: ``DIR/ca.pem`` and ``DIR/ca.key`` (mode 0600).
+
+``certgate pki issue-client --ca-cert PEM --ca-key PEM --cn NAME --out DIR [--dns D] [--uri U] ...``
+    A client certificate and key (``DIR/NAME.pem``, ``DIR/NAME.key``), and with
+    ``--p12-passphrase-file`` a PKCS#12 bundle for browsers; usable as
+    ``curl --cert DIR/NAME.pem --key DIR/NAME.key``.
+
+``certgate --version``
 
 Text output is escaped with :func:`certgate.text.safe_text`: a certificate
 subject, a SAN, a file name or a value echoed from a configuration error
@@ -25,13 +42,20 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from . import __version__, pki
 from .config import MAX_PEM_FILE_BYTES, load_config, read_regular_file
 from .decision import Decision
 from .errors import ConfigError, Rejected
 from .gate import CertGate
+from .identity import ClientIdentity
 from .pem import load_certificate, pem_to_ders
+from .pki import CLIENT_KEY_TYPES, KEY_TYPES
 from .servers.tls import trust_bundle_pem
 from .text import safe_text
 
@@ -46,6 +70,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="certgate", description="mutual-TLS client certificates, per tenant")
+    parser.add_argument("--version", action="version", version=f"certgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="verify a client certificate for a host")
     check.add_argument("cert", help="client certificate: PEM (may include the chain) or DER")
@@ -62,7 +87,40 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON")
     bundle = sub.add_parser("bundle", help="print all tenant CAs as one PEM bundle")
     bundle.add_argument("--config", required=True, help="certgate TOML configuration")
+    inspect = sub.add_parser("inspect", help="print a certificate's identity fields")
+    inspect.add_argument("cert", help="certificate: PEM or DER (the first one is shown)")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    _pki_parsers(sub.add_parser("pki", help="make CAs and client certificates"))
     return parser
+
+
+def _pki_parsers(pki: argparse.ArgumentParser) -> None:
+    sub = pki.add_subparsers(dest="pki_command", required=True)
+    init = sub.add_parser("init-ca", help="create a self-signed root CA")
+    init.add_argument("--cn", required=True, help="the CA's common name")
+    init.add_argument("--org", help="organization (O=)")
+    init.add_argument("--key-type", default="ec256", choices=sorted(KEY_TYPES))
+    init.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    init.add_argument("--path-length", type=int, help="Basic Constraints pathLen")
+    init.add_argument("--out", required=True, help="directory for ca.pem and ca.key")
+    init.add_argument("--name", default="ca", help="file name stem (default: ca)")
+    init.add_argument("--key-passphrase-file", help="encrypt the CA key with this passphrase")
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    issue = sub.add_parser("issue-client", help="issue a client certificate from a CA")
+    issue.add_argument("--ca-cert", required=True, help="the CA certificate (PEM)")
+    issue.add_argument("--ca-key", required=True, help="the CA private key (PEM)")
+    issue.add_argument("--ca-key-passphrase-file", help="passphrase of an encrypted CA key")
+    issue.add_argument("--cn", required=True, help="the client's common name")
+    issue.add_argument("--org", help="organization (O=)")
+    for option, what in (("dns", "DNS"), ("uri", "URI (e.g. a SPIFFE ID)"), ("email", "e-mail")):
+        issue.add_argument(f"--{option}", action="append", default=[], help=f"{what} SAN")
+    issue.add_argument("--ip", action="append", default=[], help="IP address SAN")
+    issue.add_argument("--key-type", default="ec256", choices=sorted(CLIENT_KEY_TYPES))
+    issue.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    issue.add_argument("--out", required=True, help="directory for the files")
+    issue.add_argument("--name", help="file name stem (default: from the CN)")
+    issue.add_argument("--p12-passphrase-file", help="also write NAME.p12 with this passphrase")
+    issue.add_argument("--force", action="store_true", help="overwrite existing files")
 
 
 def _read_certs(path: str) -> list[bytes]:
@@ -112,13 +170,18 @@ def _print_text(report: dict[str, Any]) -> None:
     for key, value in (report.get("identity") or {}).items():
         if key in ("tenant_id", "fingerprint_sha256"):
             continue
-        if isinstance(value, dict):
-            text = ", ".join(f"{k}={safe_text(v)}" for k, v in value.items() if v) or "-"
-        elif isinstance(value, list):
-            text = " <- ".join(safe_text(item) for item in value)
-        else:
-            text = "-" if value is None else safe_text(value)
-        _print(f"{key + ':':<20} {text}")
+        _print(f"{key + ':':<20} {_field_text(value, ' <- ')}")
+
+
+def _field_text(value: object, separator: str = ", ") -> str:
+    """One output field as one escaped line: a list joined by ``separator``,
+    a mapping as ``key=value`` pairs (list values joined by spaces)."""
+    if isinstance(value, dict):
+        pairs = [f"{k}={_field_text(v, ' ')}" for k, v in value.items() if v]
+        return ", ".join(pairs) or "-"
+    if isinstance(value, list | tuple):
+        return separator.join(safe_text(item) for item in value) or "-"
+    return "-" if value is None else safe_text(value)
 
 
 def _print(line: str, stream: TextIO | None = None) -> None:
@@ -149,8 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if exc.code not in (0, None) else 0
     try:
         if args.command == "bundle":
-            sys.stdout.write(trust_bundle_pem(load_config(args.config).registry.tenants()))
-            return EXIT_ALLOWED
+            return _bundle(args.config)
+        if args.command == "inspect":
+            return _inspect(args.cert, as_json=args.json)
+        if args.command == "pki":
+            try:
+                return _pki(args)
+            except ConfigError as exc:  # the operator's input, not a certgate config
+                raise ValueError(str(exc)) from None
         gate = CertGate.from_toml(args.config)
         ders = _read_certs(args.cert)
         for chain_file in args.chain:
@@ -171,6 +240,109 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         _print_text(report)
     return EXIT_ALLOWED if decision.allowed else EXIT_REJECTED
+
+
+def _bundle(config: str) -> int:
+    bundle = trust_bundle_pem(load_config(config).registry.tenants())
+    if not bundle.strip():
+        raise ConfigError(f"{config}: no tenant CA to bundle (the configuration has no tenants)")
+    sys.stdout.write(bundle)
+    return EXIT_ALLOWED
+
+
+def _inspect(path: str, *, as_json: bool) -> int:
+    der = _read_certs(path)[0]
+    cert = load_certificate(der)
+    identity = ClientIdentity.build("-", "file", cert, der, (cert,))
+    report = identity.as_dict()
+    for key in ("tenant_id", "source", "chain"):
+        report.pop(key)
+    report.update(_certificate_facts(cert))
+    report["verified"] = False
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=True))
+        return EXIT_ALLOWED
+    for key, value in report.items():
+        _print(f"{key + ':':<20} {_field_text(value)}")
+    return EXIT_ALLOWED
+
+
+def _certificate_facts(cert: x509.Certificate) -> dict[str, Any]:
+    """What ``inspect`` adds to the identity fields: key, CA flag, EKU."""
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        key_text = f"RSA {key.key_size}"
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        key_text = f"EC {key.curve.name}"
+    else:
+        key_text = type(key).__name__
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (x509.ExtensionNotFound, ValueError):
+        is_ca = False
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        eku = [getattr(oid, "_name", None) or oid.dotted_string for oid in usages]
+    except (x509.ExtensionNotFound, ValueError):
+        eku = []
+    return {"key": key_text, "ca": is_ca, "extended_key_usage": eku}
+
+
+def _passphrase(path: str | None) -> bytes | None:
+    """The first line of ``path`` (a passphrase file), or ``None``."""
+    if path is None:
+        return None
+    data = read_regular_file(path, 4096, "passphrase file").splitlines()
+    if not data or not data[0]:
+        raise ConfigError(f"{path}: empty passphrase")
+    return data[0]
+
+
+def _stem(common_name: str) -> str:
+    stem = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in common_name)
+    return stem.strip("._") or "client"
+
+
+def _pki(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.pki_command == "init-ca":
+        ca = pki.init_ca(
+            args.cn,
+            organization=args.org,
+            key_type=args.key_type,
+            days=args.days,
+            path_length=args.path_length,
+        )
+        cert_path, key_path = out / f"{args.name}.pem", out / f"{args.name}.key"
+        pki.write_private_key(
+            key_path, ca.key, passphrase=_passphrase(args.key_passphrase_file), force=args.force
+        )
+        pki.write_certificate(cert_path, ca.cert_pem, force=args.force)
+        _print(f"wrote {safe_text(cert_path)} and {safe_text(key_path)}")
+        return EXIT_ALLOWED
+    ca = pki.load_ca(args.ca_cert, args.ca_key, _passphrase(args.ca_key_passphrase_file))
+    issued = pki.issue_client(
+        ca,
+        args.cn,
+        dns=args.dns,
+        uri=args.uri,
+        email=args.email,
+        ip=args.ip,
+        organization=args.org,
+        key_type=args.key_type,
+        days=args.days,
+    )
+    stem = args.name or _stem(args.cn)
+    paths = [out / f"{stem}.pem", out / f"{stem}.key"]
+    p12 = _passphrase(args.p12_passphrase_file)
+    pki.write_private_key(paths[1], issued.key, force=args.force)
+    pki.write_certificate(paths[0], issued.chain_pem, force=args.force)
+    if p12 is not None:
+        paths.append(out / f"{stem}.p12")
+        pki.write_pkcs12(paths[2], issued, p12, force=args.force)
+    _print("wrote " + ", ".join(safe_text(p) for p in paths))
+    return EXIT_ALLOWED
 
 
 if __name__ == "__main__":

@@ -147,6 +147,7 @@ class CA(IssuedCert):
         path_length: int | None = None,
         key_cert_sign: bool = True,
         ca: bool = True,
+        signature_hash: hashes.HashAlgorithm | None = None,
     ) -> CA:
         """A self-signed root CA (``ca=False`` makes a deliberately bad "root")."""
         key = make_key(key_type, rsa_bits)
@@ -168,7 +169,7 @@ class CA(IssuedCert):
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
         )
-        cert = builder.sign(key, _sign_hash(key, None))
+        cert = builder.sign(key, _sign_hash(key, signature_hash))
         return cls(cert=cert, key=key, issuers=(), is_root=True)
 
     def intermediate(

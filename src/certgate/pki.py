@@ -1,0 +1,230 @@
+"""Operator PKI: the cfssl steps of the reference setup, done by certgate.
+
+The reference flow (Cloudflare Access's mTLS guide) makes a root CA with
+cfssl, issues client certificates from it, and hands devices a certificate
+and key that ``curl --cert/--key`` or a browser (PKCS#12) can use. These
+functions do the same with ``cryptography`` and are what ``certgate pki``
+runs:
+
+* :func:`init_ca` - a self-signed root CA: RSA 4096, EC P-256 or EC P-384;
+  Basic Constraints ``CA:TRUE`` (critical), Key Usage ``keyCertSign`` and
+  ``cRLSign`` (critical), SHA-256 (SHA-384 for P-384) signatures;
+* :func:`issue_client` - a client certificate from a CA: ``clientAuth``
+  EKU, Key Usage ``digitalSignature``, the CN and SANs you give (DNS, URI -
+  SPIFFE IDs included -, e-mail, IP), a fresh key of its own;
+* :func:`write_private_key` / :func:`write_pkcs12` - key files are created
+  with mode 0600 and never overwrite an existing file (a lost CA key cannot
+  be recovered; an overwritten one is a lost one).
+
+What is **not** here: revocation (CRLs) and vetting of CAs you did not make
+with :func:`init_ca` belong to the registry; a CA key on disk is protected
+only by its file mode and an optional passphrase - an HSM or a cloud KMS is
+the production answer for a CA that signs many devices.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from .devpki import CA, IssuedCert, PrivateKey
+from .errors import ConfigError
+
+KEY_TYPES: dict[str, tuple[str, int]] = {
+    "rsa4096": ("rsa", 4096),
+    "ec256": ("ec", 0),
+    "ec384": ("ec384", 0),
+}
+"""``--key-type`` values -> :func:`certgate.devpki.make_key` arguments."""
+
+CLIENT_KEY_TYPES: dict[str, tuple[str, int]] = {**KEY_TYPES, "rsa2048": ("rsa", 2048)}
+
+MAX_CA_DAYS = 36500
+MAX_CLIENT_DAYS = 3650
+
+
+def _check_days(days: int, limit: int, what: str) -> None:
+    if not 1 <= days <= limit:
+        raise ConfigError(f"{what}: --days must be between 1 and {limit}, not {days}")
+
+
+def _key_args(key_type: str, table: dict[str, tuple[str, int]]) -> tuple[str, int]:
+    try:
+        return table[key_type]
+    except KeyError:
+        known = ", ".join(table)
+        raise ConfigError(f"unknown key type {key_type!r} (known: {known})") from None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def init_ca(
+    common_name: str,
+    *,
+    organization: str | None = None,
+    key_type: str = "ec256",
+    days: int = 3650,
+    path_length: int | None = None,
+) -> CA:
+    """A new self-signed root CA valid from one hour ago for ``days`` days."""
+    _check_days(days, MAX_CA_DAYS, "init-ca")
+    kind, bits = _key_args(key_type, KEY_TYPES)
+    now = _now()
+    return CA.root(
+        common_name,
+        organization=organization,
+        key_type=kind,
+        rsa_bits=bits or 2048,
+        not_before=now - dt.timedelta(hours=1),
+        not_after=now + dt.timedelta(days=days),
+        path_length=path_length,
+        signature_hash=_hash_for(key_type),
+    )
+
+
+def _hash_for(key_type: str) -> hashes.HashAlgorithm:
+    return hashes.SHA384() if key_type == "ec384" else hashes.SHA256()
+
+
+def load_ca(cert_path: str | Path, key_path: str | Path, passphrase: bytes | None = None) -> CA:
+    """A CA from its PEM certificate and PEM private key (PKCS#8 or
+    traditional, optionally encrypted). Refuses a certificate that is not a
+    CA able to sign certificates, or a key that does not match it."""
+    from .config import MAX_PEM_FILE_BYTES, read_regular_file  # noqa: PLC0415 - avoid a cycle
+
+    cert_data = read_regular_file(str(cert_path), MAX_PEM_FILE_BYTES, "CA certificate")
+    key_data = read_regular_file(str(key_path), MAX_PEM_FILE_BYTES, "CA key")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_data)
+    except ValueError as exc:
+        raise ConfigError(f"{cert_path}: not a PEM certificate ({exc})") from None
+    try:
+        key = serialization.load_pem_private_key(key_data, passphrase)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key_path}: cannot load the private key ({exc})") from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{key_path}: only RSA and EC CA keys are supported")
+    spki = _spki(key.public_key())
+    if not spki or spki != _spki(cert.public_key()):
+        raise ConfigError(f"{key_path} is not the key of {cert_path}")
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise ConfigError(f"{cert_path}: not a CA (no Basic Constraints or Key Usage)") from None
+    if not constraints.ca or not usage.key_cert_sign:
+        raise ConfigError(f"{cert_path}: not a CA (needs CA:TRUE and keyCertSign)")
+    return CA(cert=cert, key=key, issuers=(), is_root=cert.issuer == cert.subject)
+
+
+def _spki(public_key: object) -> bytes:
+    public_bytes = getattr(public_key, "public_bytes", None)
+    if public_bytes is None:
+        return b""
+    return bytes(
+        public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def issue_client(
+    ca: CA,
+    common_name: str,
+    *,
+    dns: Iterable[str] = (),
+    uri: Iterable[str] = (),
+    email: Iterable[str] = (),
+    ip: Iterable[str] = (),
+    organization: str | None = None,
+    key_type: str = "ec256",
+    days: int = 365,
+) -> IssuedCert:
+    """A client certificate for ``common_name``, valid from one hour ago for
+    ``days`` days but never past the CA's own notAfter."""
+    _check_days(days, MAX_CLIENT_DAYS, "issue-client")
+    kind, bits = _key_args(key_type, CLIENT_KEY_TYPES)
+    now = _now()
+    not_after = min(now + dt.timedelta(days=days), ca.cert.not_valid_after_utc)
+    if not_after <= now:
+        raise ConfigError("the CA has expired: it cannot issue certificates")
+    try:
+        return ca.issue(
+            common_name,
+            organization=organization,
+            dns=list(dns),
+            uri=list(uri),
+            email=list(email),
+            ip=list(ip),
+            key_type=kind,
+            rsa_bits=bits or 2048,
+            not_before=now - dt.timedelta(hours=1),
+            not_after=not_after,
+        )
+    except ValueError as exc:  # a malformed SAN (an IP that is not one, ...)
+        raise ConfigError(f"issue-client: {exc}") from None
+
+
+def _create(path: Path, data: bytes, mode: int, *, force: bool) -> None:
+    """Write ``data`` to a new file created with ``mode`` (refusing to
+    replace an existing one unless ``force``)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if not force:
+        flags |= os.O_EXCL
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists: not overwriting it (use --force)") from None
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)
+        handle.write(data)
+
+
+def write_certificate(path: Path, pem: bytes, *, force: bool = False) -> None:
+    """Write a PEM certificate (mode 0644)."""
+    _create(path, pem, 0o644, force=force)
+
+
+def write_private_key(
+    path: Path, key: PrivateKey, *, passphrase: bytes | None = None, force: bool = False
+) -> None:
+    """Write ``key`` as PKCS#8 PEM (encrypted with ``passphrase`` when given),
+    in a new file with mode 0600."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+    _create(path, data, 0o600, force=force)
+
+
+def write_pkcs12(path: Path, issued: IssuedCert, passphrase: bytes, *, force: bool = False) -> None:
+    """A PKCS#12 bundle (key, certificate, intermediates) for browsers and
+    ``curl --cert-type P12``: AES-256-CBC with PBKDF2-SHA256, mode 0600."""
+    if not passphrase:
+        raise ConfigError("a PKCS#12 bundle needs a passphrase (--p12-passphrase-file)")
+    encryption = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(100_000)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(passphrase)
+    )
+    key = issued.key
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ConfigError("PKCS#12 bundles are written for RSA and EC keys only")
+    name = issued.cert.subject.rfc4514_string().encode("utf-8")[:200]
+    data = pkcs12.serialize_key_and_certificates(
+        name, key, issued.cert, list(issued.issuers) or None, encryption
+    )
+    _create(path, data, 0o600, force=force)
