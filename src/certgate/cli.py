@@ -12,6 +12,11 @@
     configuration without any tenant CA is an error (exit 2), not an empty
     bundle.
 
+``certgate expiry --config TOML [--warning-days 30] [--critical-days 14] [--all] [--json]``
+    List the tenant roots and intermediates that expire within the warning
+    threshold (or have expired), soonest first. Exit 0 when there are none,
+    1 when there are (for cron and monitoring), 2 on bad usage.
+
 ``certgate inspect CERT [--json]``
     Print the identity fields of a certificate (PEM or DER) as the app would
     see them - subject, issuer, serial, dates, SANs, SPIFFE ID, fingerprints,
@@ -52,6 +57,7 @@ from . import __version__, pki
 from .config import MAX_PEM_FILE_BYTES, load_config, read_regular_file
 from .decision import Decision
 from .errors import ConfigError, Rejected
+from .expiry import ca_expiry
 from .gate import CertGate
 from .identity import ClientIdentity
 from .pem import load_certificate, pem_to_ders
@@ -87,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON")
     bundle = sub.add_parser("bundle", help="print all tenant CAs as one PEM bundle")
     bundle.add_argument("--config", required=True, help="certgate TOML configuration")
+    expiry = sub.add_parser("expiry", help="list tenant CAs that expire soon (exit 1 if any)")
+    expiry.add_argument("--config", required=True, help="certgate TOML configuration")
+    expiry.add_argument("--warning-days", type=float, default=30, help="default 30")
+    expiry.add_argument("--critical-days", type=float, default=14, help="default 14")
+    expiry.add_argument("--all", action="store_true", help="list every CA, not only the late")
+    expiry.add_argument("--at", help="as of this time, ISO 8601 (default: now)")
+    expiry.add_argument("--json", action="store_true", help="print JSON")
     inspect = sub.add_parser("inspect", help="print a certificate's identity fields")
     inspect.add_argument("cert", help="certificate: PEM or DER (the first one is shown)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
@@ -213,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "bundle":
             return _bundle(args.config)
+        if args.command == "expiry":
+            return _expiry(args)
         if args.command == "inspect":
             return _inspect(args.cert, as_json=args.json)
         if args.command == "pki":
@@ -248,6 +263,35 @@ def _bundle(config: str) -> int:
         raise ConfigError(f"{config}: no tenant CA to bundle (the configuration has no tenants)")
     sys.stdout.write(bundle)
     return EXIT_ALLOWED
+
+
+def _expiry(args: argparse.Namespace) -> int:
+    items = ca_expiry(
+        load_config(args.config).registry.tenants(),
+        now=_parse_time(args.at) if args.at else None,
+        warning_days=args.warning_days,
+        critical_days=args.critical_days,
+    )
+    late = [item for item in items if item.level != "ok"]
+    shown = items if args.all else late
+    if args.json:
+        report = {
+            "warning_days": args.warning_days,
+            "critical_days": args.critical_days,
+            "late": len(late),
+            "items": [item.as_dict() for item in shown],
+        }
+        print(json.dumps(report, indent=2, ensure_ascii=True))
+    else:
+        if not shown:
+            _print(f"all {len(items)} tenant CAs have {args.warning_days:g} days or more left")
+        width = max((len(safe_text(item.tenant_id)) for item in shown), default=0)
+        for item in shown:
+            _print(
+                f"{item.level:<9} {item.days_left:8.1f} days  {item.not_after:%Y-%m-%d}  "
+                f"{safe_text(item.tenant_id):<{width}}  {item.kind:<12}  {safe_text(item.subject)}"
+            )
+    return EXIT_REJECTED if late else EXIT_ALLOWED
 
 
 def _inspect(path: str, *, as_json: bool) -> int:
