@@ -136,3 +136,36 @@ def test_a_ca_shared_by_two_tenants_is_listed_for_each() -> None:
     ]
     items = ca_expiry(tenants)
     assert [(i.tenant_id, i.level) for i in items] == [("a", "critical"), ("b", "critical")]
+
+
+def test_config_check_reports_late_cas_as_warnings(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "config", "check", str(config))
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        f"{config}: valid",
+        "tenants: 4, host patterns: 4, CA certificates: 5",
+    ]
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 3
+    assert "tenant 'gone': root CN=Gone Root" in warnings[0]
+    assert "expired" in warnings[0]
+    assert run(capsys, "config", "check", str(config), "--strict")[0] == 1
+
+
+def test_config_check_of_a_good_and_a_bad_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "fine.pem").write_bytes(CA.root("Fine").cert_pem)
+    good = tmp_path / "good.toml"
+    good.write_text('[[tenants]]\nid = "fine"\nhosts = ["fine.test"]\nroots = ["fine.pem"]\n')
+    code, out, _ = run(capsys, "config", "check", str(good), "--strict")
+    assert code == 0
+    assert "warning" not in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[certgate]\nheader_sources = ["cloudflare"]\n' + good.read_text())
+    code, out, err = run(capsys, "config", "check", str(bad))
+    assert code == 2
+    assert out == ""
+    assert "trusted_proxies is empty" in err

@@ -12,6 +12,12 @@
     configuration without any tenant CA is an error (exit 2), not an empty
     bundle.
 
+``certgate config check TOML [--strict]``
+    Load a configuration as the middleware would: exit 2 with the error when
+    it is invalid; otherwise print a summary and the warnings (certgate's
+    load-time warnings, and tenant CAs inside ``expiry_warning_days``), exit
+    0 (1 with ``--strict`` when there are warnings).
+
 ``certgate expiry --config TOML [--warning-days 30] [--critical-days 14] [--all] [--json]``
     List the tenant roots and intermediates that expire within the warning
     threshold (or have expired), soonest first. Exit 0 when there are none,
@@ -45,6 +51,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON")
     bundle = sub.add_parser("bundle", help="print all tenant CAs as one PEM bundle")
     bundle.add_argument("--config", required=True, help="certgate TOML configuration")
+    config = sub.add_parser("config", help="work with a configuration file")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    config_check = config_sub.add_parser("check", help="validate a configuration")
+    config_check.add_argument("config", help="certgate TOML configuration")
+    config_check.add_argument("--strict", action="store_true", help="exit 1 on warnings")
     expiry = sub.add_parser("expiry", help="list tenant CAs that expire soon (exit 1 if any)")
     expiry.add_argument("--config", required=True, help="certgate TOML configuration")
     expiry.add_argument("--warning-days", type=float, default=30, help="default 30")
@@ -226,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "bundle":
             return _bundle(args.config)
+        if args.command == "config":
+            return _config_check(args.config, strict=args.strict)
         if args.command == "expiry":
             return _expiry(args)
         if args.command == "inspect":
@@ -263,6 +277,45 @@ def _bundle(config: str) -> int:
         raise ConfigError(f"{config}: no tenant CA to bundle (the configuration has no tenants)")
     sys.stdout.write(bundle)
     return EXIT_ALLOWED
+
+
+class _Collect(logging.Handler):
+    """Keeps the WARNING (and worse) messages certgate logs while loading."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _config_check(path: str, *, strict: bool) -> int:
+    """Load ``path`` as the middleware would; print a summary and the
+    warnings (certgate's own load-time warnings and late CAs)."""
+    collect = _Collect()
+    logger = logging.getLogger("certgate")
+    logger.addHandler(collect)
+    try:
+        gate = CertGate.from_toml(path)
+    finally:
+        logger.removeHandler(collect)
+    tenants = list(getattr(gate.registry, "tenants", list)())
+    hosts = sum(len(t.hosts) for t in tenants)
+    cas = sum(len(t.roots) + len(t.intermediates) for t in tenants)
+    warnings = list(collect.messages)
+    for item in ca_expiry(tenants, warning_days=gate.expiry_warning_days or 30):
+        if item.level != "ok":
+            when = "expired" if item.level == "expired" else f"expires in {item.days_left:.1f} days"
+            warnings.append(
+                f"tenant {item.tenant_id!r}: {item.kind} {item.subject} {when} "
+                f"(notAfter {item.not_after:%Y-%m-%d})"
+            )
+    _print(f"{safe_text(path)}: valid")
+    _print(f"tenants: {len(tenants)}, host patterns: {hosts}, CA certificates: {cas}")
+    for warning in warnings:
+        _print(f"warning: {safe_text(warning)}")
+    return EXIT_REJECTED if strict and warnings else EXIT_ALLOWED
 
 
 def _expiry(args: argparse.Namespace) -> int:
