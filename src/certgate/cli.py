@@ -1,8 +1,11 @@
 """The ``certgate`` command.
 
-``certgate check CERT [--chain PEM]... --host HOST --config TOML [--at ISO8601] [--json]``
+``certgate check CERT [--chain PEM]... --host HOST --config TOML [--at TIME] [--json] [--explain]``
     Verify a client certificate the way the middleware would for a request
-    to HOST. Prints the decision, tenant, reason and identity fields.
+    to HOST. Prints the decision, tenant, reason and identity fields; a
+    refusal's detail says where the path breaks (a missing issuer by name
+    and key id, an expired tenant CA). ``--explain`` also lists the other
+    tenants the certificate is valid for.
     Exit 0 allowed, 1 rejected, 2 bad usage or bad configuration.
 
 ``certgate bundle --config TOML``
@@ -98,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", required=True, help="certgate TOML configuration")
     check.add_argument("--at", help="validation time, ISO 8601 (default: now)")
     check.add_argument("--json", action="store_true", help="print JSON")
+    check.add_argument(
+        "--explain", action="store_true", help="on a refusal, also try every other tenant"
+    )
     bundle = sub.add_parser("bundle", help="print all tenant CAs as one PEM bundle")
     bundle.add_argument("--config", required=True, help="certgate TOML configuration")
     config = sub.add_parser("config", help="work with a configuration file")
@@ -172,6 +178,32 @@ def _parse_time(text: str) -> dt.datetime:
         raise ValueError(f"--at {text!r} is out of range once converted to UTC") from None
 
 
+EXPLAIN_MAX_TENANTS = 100_000
+
+
+def _valid_for(
+    gate: CertGate, ders: list[bytes], at: dt.datetime | None, skip: str | None
+) -> list[str]:
+    """The other tenants (ids) this chain verifies for: a device sent to the
+    wrong host, or a CA registered on the wrong tenant. Operator-only: the
+    middleware never tries other tenants (that would tell a client who else
+    trusts its certificate, and cost a verification per tenant)."""
+    tenants = getattr(gate.registry, "tenants", None)
+    if tenants is None:
+        return []
+    when = at or gate.verification.now()
+    found: list[str] = []
+    for tenant in list(tenants())[:EXPLAIN_MAX_TENANTS]:
+        if tenant.id == skip:
+            continue
+        try:
+            gate.verifier.verify(tenant, ders, source="cli", now=when)
+        except Rejected:
+            continue
+        found.append(tenant.id)
+    return found
+
+
 def _report(decision: Decision, host: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "decision": "allowed" if decision.allowed else "rejected",
@@ -192,6 +224,8 @@ def _print_text(report: dict[str, Any]) -> None:
     for key in ("decision", "host", "tenant", "reason", "detail", "fingerprint_sha256"):
         if report.get(key) is not None:
             _print(f"{key + ':':<20} {safe_text(report[key])}")
+    if "valid_for_tenants" in report:
+        _print(f"{'valid_for_tenants:':<20} {_field_text(report['valid_for_tenants'])}")
     for key, value in (report.get("identity") or {}).items():
         if key in ("tenant_id", "fingerprint_sha256"):
             continue
@@ -262,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     decision = gate.check(args.host, ders, at=at)
     report = _report(decision, args.host)
+    if args.explain and not decision.allowed:
+        report["valid_for_tenants"] = _valid_for(gate, ders, at, decision.tenant_id)
     if args.json:
         # ensure_ascii (the default, made explicit): besides control
         # characters, U+2028/2029 and bidi overrides become \uXXXX escapes.

@@ -61,6 +61,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from .diagnostics import explain_untrusted
 from .errors import ConfigError, Rejected
 from .identity import ClientIdentity
 from .pem import MAX_PRESENTED_CERTIFICATES, load_certificate, name_sizes
@@ -266,16 +267,29 @@ class ChainVerifier:
             time_reason, at = Reason.NOT_YET_VALID, leaf.not_valid_before_utc + timedelta(seconds=1)
         if time_reason is None and not _lacks_client_auth(leaf):
             # No defect to explain: a second path search could only say "untrusted".
-            return Rejected(Reason.UNTRUSTED_CHAIN, detail)
+            return _untrusted(tenant, leaf, intermediates, now, detail)
         try:
             self._verify(tenant, leaf, intermediates, at, self._diag_policy)
         except VerificationError:
-            return Rejected(Reason.UNTRUSTED_CHAIN, detail)
+            return _untrusted(tenant, leaf, intermediates, now, detail)
         if time_reason is not None:
             return Rejected(time_reason, detail)
         if _lacks_client_auth(leaf):
             return Rejected(Reason.WRONG_USAGE, detail)
         return Rejected(Reason.UNTRUSTED_CHAIN, detail)
+
+
+def _untrusted(
+    tenant: Tenant,
+    leaf: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    now: datetime,
+    detail: str,
+) -> Rejected:
+    """``untrusted_chain`` with the verifier's message and, where the names
+    show it, where the path breaks (:mod:`certgate.diagnostics`)."""
+    explanation = explain_untrusted(tenant, leaf, intermediates, now)
+    return Rejected(Reason.UNTRUSTED_CHAIN, f"{explanation} ({detail})" if explanation else detail)
 
 
 MAX_CLIENT_INTERMEDIATES = 4
