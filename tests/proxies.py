@@ -190,9 +190,7 @@ defaults
     elif kind == "apache":
         path = directory / "apache2.conf"
         modules = ["mpm_event", "authz_core", "ssl", "headers", "proxy", "proxy_http"]
-        loads = "\n".join(
-            f"LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so" for m in modules
-        )
+        loads = "\n".join(f"LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so" for m in modules)
         listens = "\n".join(f"Listen 127.0.0.1:{lis.port} https" for lis in listeners)
         path.write_text(f"""\
 ServerRoot {directory}
@@ -302,9 +300,11 @@ def _accepts_tls(port: int) -> bool:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
-            with context.wrap_socket(raw, server_hostname="localhost"):
-                return True
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
+            context.wrap_socket(raw, server_hostname="localhost"),
+        ):
+            return True
     except (OSError, ssl.SSLError):
         return False
 
@@ -394,9 +394,7 @@ def proxy_config(env: DevEnv, name: str, header_source: str) -> Path:
     ``header_source`` (a TOML value: ``"nginx"`` or an inline table)."""
     text = env.config.read_text().replace(
         "[certgate]\n",
-        "[certgate]\n"
-        'trusted_proxies = ["127.0.0.1/32"]\n'
-        f"header_sources = [{header_source}]\n",
+        f'[certgate]\ntrusted_proxies = ["127.0.0.1/32"]\nheader_sources = [{header_source}]\n',
         1,
     )
     path = env.directory / f"certgate-{name}.toml"
@@ -405,10 +403,10 @@ def proxy_config(env: DevEnv, name: str, header_source: str) -> Path:
 
 
 @contextlib.contextmanager
-def uvicorn_upstream(config: Path) -> Iterator[App]:
+def uvicorn_upstream(config: Path, port: int | None = None) -> Iterator[App]:
     """The FastAPI example through ``python -m certgate.servers.uvicorn``
-    without TLS (the proxy terminates it)."""
-    port = free_port()
+    without TLS (the proxy terminates it), on ``port`` (default: a free one)."""
+    port = port or free_port()
     log = config.with_suffix(f".uvicorn-{port}.log")
     cmd = [
         sys.executable, "-m", "certgate.servers.uvicorn", "examples.fastapi_app.app:create_app",
@@ -419,9 +417,9 @@ def uvicorn_upstream(config: Path) -> Iterator[App]:
 
 
 @contextlib.contextmanager
-def gunicorn_upstream(config: Path) -> Iterator[App]:
+def gunicorn_upstream(config: Path, port: int | None = None) -> Iterator[App]:
     """The Flask example on gunicorn without TLS, with certgate's hooks."""
-    port = free_port()
+    port = port or free_port()
     log = config.with_suffix(f".gunicorn-{port}.log")
     settings = config.with_suffix(f".gunicorn-{port}.conf.py")
     settings.write_text(
@@ -444,7 +442,7 @@ class EchoUpstream:
 
     def __init__(self) -> None:
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 pairs = [[k, v] for k, v in self.headers.raw_items()]
                 body = json.dumps(pairs).encode()
                 self.send_response(200)
@@ -453,7 +451,7 @@ class EchoUpstream:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
