@@ -3,7 +3,7 @@
 ```toml
 [certgate]                       # optional; every key has a safe default
 trusted_proxies = []             # CIDRs of proxies allowed to set cert headers
-header_sources  = []             # e.g. ["cloudflare"]; needs trusted_proxies
+header_sources  = []             # e.g. ["nginx"] or [{preset = "nginx", verify_status = false}]
 transport       = true           # use the certificate of the TLS connection
 exempt_paths    = ["/healthz"]   # exact paths, or prefixes ending in "/*"
 access          = "require"      # default access: "require", or "optional" (routes decide)
@@ -63,6 +63,7 @@ from cryptography import x509
 from .errors import ConfigError
 from .registry import InMemoryRegistry
 from .rollout import Route, parse_access, parse_mode
+from .sources.base import HeaderSource, header_source
 from .tenant import Tenant, check_tenant_id, load_pem_certificates
 from .text import safe_text
 
@@ -204,6 +205,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         if key == "policy":
             kwargs[key] = _policy(value, f"{path}: [certgate]")
             continue
+        if key == "header_sources" and isinstance(value, list):
+            kwargs[key] = _header_sources(path, value)
+            continue
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: [certgate].{key} must be a list of strings")
         kwargs[key] = tuple(value) if isinstance(value, list) else value
@@ -211,6 +215,29 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         if key in kwargs:
             check(kwargs[key], f"{path}: [certgate].{key}")
     return Config(registry=TomlRegistry(path, data), gate_kwargs=kwargs)
+
+
+def _header_sources(path: Path, entries: list[Any]) -> tuple[str | HeaderSource, ...]:
+    """``header_sources``: preset names, or inline tables ``{preset = "nginx",
+    <option> = ...}`` built here (an unknown preset or option, or a bad
+    value, is a ConfigError naming the entry)."""
+    out: list[str | HeaderSource] = []
+    for position, entry in enumerate(entries, 1):
+        where = f"{path}: [certgate].header_sources #{position}"
+        if isinstance(entry, str):
+            out.append(entry)
+            continue
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("preset"), str):
+            raise ConfigError(
+                f"{where}: must be a preset name or a table with a 'preset' key "
+                '(e.g. {preset = "nginx", verify_status = false})'
+            )
+        options = {k: v for k, v in entry.items() if k != "preset"}
+        try:
+            out.append(header_source(entry["preset"], **options))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return tuple(out)
 
 
 def read_regular_file(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
