@@ -338,9 +338,8 @@ class CertGate:
                 except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
                     decision = self._registry_failure(exc, facts, step)
                 else:
-                    decision = self._sni_check(step, tenant, sni_tenant) or self._finish(
-                        step, tenant
-                    )
+                    mismatch = self._sni_check(step, tenant, sni_tenant)
+                    decision = self._finish(step, tenant) if mismatch is None else mismatch
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
             decision = self._internal_failure(exc, facts)
         return self._close(decision, facts, rule=rule, tenant=tenant, start=start, recall=recall)
@@ -375,9 +374,8 @@ class CertGate:
                 except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
                     decision = self._registry_failure(exc, facts, step)
                 else:
-                    decision = self._sni_check(step, tenant, sni_tenant) or self._finish(
-                        step, tenant
-                    )
+                    mismatch = self._sni_check(step, tenant, sni_tenant)
+                    decision = self._finish(step, tenant) if mismatch is None else mismatch
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
             decision = self._internal_failure(exc, facts)
         return self._close(decision, facts, rule=rule, tenant=tenant, start=start, recall=recall)
