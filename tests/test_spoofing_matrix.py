@@ -25,8 +25,6 @@ import socket
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-import pytest
-
 import certgate.sources
 from certgate import CertGate
 from certgate.asgi import DECISION_KEY, CertGateMiddleware
@@ -237,9 +235,9 @@ def test_wsgi_matrix(pki: PKI) -> None:
                 )
             keys = {"HTTP_" + n.upper().replace("-", "_") for n in target.names}
             for peer in PEERS:
-                for forwarded in FORWARDED:
+                for forwarded, claims in FORWARDED.items():
                     for server in ("werkzeug.socket", "gunicorn.socket"):
-                        for path in PATHS:
+                        for path, access in PATHS.items():
                             environ: dict[str, Any] = {
                                 "REQUEST_METHOD": "GET",
                                 "PATH_INFO": path,
@@ -249,7 +247,7 @@ def test_wsgi_matrix(pki: PKI) -> None:
                                 server: sockets[peer],
                             }
                             environ.update(dict.fromkeys(keys, value))
-                            for k, v in FORWARDED[forwarded]:
+                            for k, v in claims:
                                 environ["HTTP_" + k.upper().replace("-", "_")] = v
                             if forwarded != "none":  # ProxyFix's rewrite
                                 environ["werkzeug.proxy_fix.orig"] = {"REMOTE_ADDR": PEERS[peer][0]}
@@ -259,7 +257,7 @@ def test_wsgi_matrix(pki: PKI) -> None:
                             count += 1
                             got = seen[before:]
                             leaked = [k for e in got for k in e if k in keys]
-                            if PATHS[path] == "require":
+                            if access == "require":
                                 ok = status.startswith("403") and not got
                             else:
                                 ok = (
