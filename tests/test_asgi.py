@@ -865,7 +865,11 @@ def test_no_certificate_logged_at_info(
     make_gate: GateFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="certgate")
-    run_http(CertGateMiddleware(RecordingApp(), make_gate()), http_scope())
+    scope = http_scope()
+    # A plain-HTTP scope: an https scope without the tls extension is now a
+    # misconfiguration certgate warns about (issue 8; test_trust_misconfig.py).
+    scope["scheme"] = "http"
+    run_http(CertGateMiddleware(RecordingApp(), make_gate()), scope)
     records = [r for r in caplog.records if r.name == "certgate"]
     assert len(records) == 1
     assert records[0].levelno == logging.INFO

@@ -38,16 +38,17 @@ Lifespan and other scope types pass through untouched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from .decision import Decision
 from .errors import ClientCertificateRefused
-from .facts import RequestFacts
+from .facts import Presented, RequestFacts
 from .gate import CertGate
 from .identity import ClientIdentity
 from .problem import RefusalResponse
 from .reasons import Reason
+from .sni import SCOPE_KEY as SNI_KEY
 from .sources import asgi_tls
 
 Scope = MutableMapping[str, Any]
@@ -62,6 +63,24 @@ IDENTITY_KEY = "certgate.identity"
 DECISION_KEY = "certgate.decision"
 GATE_KEY = "certgate.gate"
 SOCKET_PEER_KEY = "certgate.socket_peer"
+CLIENT_CERT_REQUESTED = "certgate.client_cert_requested"
+"""Key of the ``tls`` extension dict in which certgate's server adapters say
+whether the TLS server asks clients for a certificate."""
+
+_NO_TLS_FIX = (
+    "serve the app through certgate's server adapter, which fills the ASGI 'tls' extension: "
+    "python -m certgate.servers.uvicorn (uvicorn's flags, plus --ssl-ca-certs <tenants' CA "
+    "bundle> --ssl-cert-reqs 1), certgate.servers.uvicorn.run(...), or plain uvicorn with "
+    "--http certgate.servers.uvicorn:AutoTLSProtocol --ws "
+    "certgate.servers.uvicorn:AutoWebSocketsTLSProtocol (under gunicorn: certgate's uvicorn "
+    "worker class; see the README's 'Servers'). If a proxy in front terminates TLS, configure "
+    "header_sources with trusted_proxies or proxy_ca instead, or set transport = false."
+)
+_NOT_REQUESTED_FIX = (
+    "make the server ask for a client certificate: --ssl-cert-reqs 1 (ssl.CERT_OPTIONAL) with "
+    "--ssl-ca-certs <tenants' CA bundle, `certgate bundle --config certgate.toml`>, or "
+    "ssl_cert_reqs=ssl.CERT_OPTIONAL in certgate.servers.uvicorn.run(...)."
+)
 
 
 def identity_from_scope(scope: Scope) -> ClientIdentity | None:
@@ -144,10 +163,21 @@ class CertGateMiddleware:
         client = scope.get(SOCKET_PEER_KEY)
         if not (isinstance(client, tuple | list) and client and isinstance(client[0], str)):
             return None
+        sni = scope.get(SNI_KEY)
+        if sni is not None and type(sni) is not str:
+            return None  # the full path ignores it; never part of a key
         trust = self._trust
-        trusted = trust.peer_is_trusted(client[0])
+        presented: Presented | None = None
+        if trust.reads_proxy_certificate:
+            try:
+                presented = asgi_tls.from_scope(scope)
+            except Exception:  # noqa: BLE001 - the full path reads it again and refuses it
+                return None
+            trusted = trust.trusts(client[0], presented)
+        else:
+            trusted = trust.peer_is_trusted(client[0])
         host: object = None
-        parts: list[object] = [True] if trusted else [False]
+        parts: list[object] = [sni, True] if trusted else [sni, False]
         kinds = self._kinds
         try:
             for name, value in headers:
@@ -172,16 +202,24 @@ class CertGateMiddleware:
         if host is None:
             return None
         if trusted:
-            return (host, *parts) if len(parts) > 1 else None
+            if len(parts) <= 2:
+                return None
+            if presented is not None:
+                # The proxy's own certificate decided the trust: the key
+                # names it, so a remembered allow never outlives a change of
+                # the proxy's certificate (its verdict is checked above anyway).
+                return (host, presented.digest, *parts)
+            return (host, *parts)
         if not trust.transport:
             return None
-        try:
-            presented = asgi_tls.from_scope(scope)
-        except Exception:  # noqa: BLE001 - the full path reads it again and refuses it
-            return None
+        if presented is None:
+            try:
+                presented = asgi_tls.from_scope(scope)
+            except Exception:  # noqa: BLE001 - the full path reads it again and refuses it
+                return None
         if presented is None or presented.digest is None or presented.verdict is not None:
             return None
-        return (host, False, presented.source, presented.digest)
+        return (host, sni, False, presented.source, presented.digest)
 
     def _kind(self, name: bytes) -> int:
         """How a header name is treated. ``_ALIAS``: a spelling with an
@@ -190,13 +228,14 @@ class CertGateMiddleware:
         into one environ key - dropped even from a trusted proxy, which sets
         the dashed names only. ``_WANTED``/``_STRIP``: read/kept from a
         trusted proxy, dropped from anyone else."""
-        if name == b"host":
+        lower = name.lower()  # servers send lowercase names; a non-compliant one, not
+        if lower == b"host":
             kind = _HOST
-        elif b"_" in name:
-            kind = _ALIAS if name.replace(b"_", b"-") in self._strip else _PLAIN
-        elif name in self._wanted:
+        elif b"_" in lower:
+            kind = _ALIAS if lower.replace(b"_", b"-") in self._strip else _PLAIN
+        elif lower in self._wanted:
             kind = _WANTED
-        elif name in self._strip:
+        elif lower in self._strip:
             kind = _STRIP
         else:
             kind = _PLAIN
@@ -248,7 +287,14 @@ class CertGateMiddleware:
         peer = socket_peer(scope, trust_reported=trust.trust_reported_peer)
         if peer is None and SOCKET_PEER_KEY not in scope:
             trust.note_unknown_peer("no scope['certgate.socket_peer']")
-        trusted = trust.peer_is_trusted(peer)
+        transport: Presented | None = None
+        if trust.reads_proxy_certificate:
+            transport = asgi_tls.from_scope(scope)
+            trusted = trust.trusts(peer, transport)
+        else:
+            trusted = trust.peer_is_trusted(peer)
+            if not trusted and trust.transport:
+                transport = asgi_tls.from_scope(scope)
         host: str | None = None
         found: dict[str, list[str]] = {}
         removed: list[str] = []
@@ -266,16 +312,19 @@ class CertGateMiddleware:
             elif kind == _ALIAS or not trusted:
                 removed.append(name.decode("latin-1"))
             elif kind == _WANTED:
-                found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+                key = name.decode("latin-1").lower()
+                found.setdefault(key, []).append(value.decode("latin-1"))
         if removed:
             drop = {name.encode("latin-1") for name in removed}
             scope = dict(scope)
             scope["headers"] = [(n, v) for n, v in raw_headers if n not in drop]
-            trust.note_stripped(peer, removed)
-        transport = None
-        if not trusted and trust.transport:
-            transport = asgi_tls.from_scope(scope)
+            trust.note_stripped(
+                peer, removed, "" if trusted else trust.untrusted_why(peer, transport)
+            )
+        if not trusted and transport is None and trust.transport:
+            self._note_missing_tls(scope)
         path = scope.get("path")
+        sni = scope.get(SNI_KEY)
         facts = RequestFacts(
             host=host,
             path=path if isinstance(path, str) else "",
@@ -283,8 +332,29 @@ class CertGateMiddleware:
             headers=found,
             transport=transport,
             trusted=trusted,
+            sni=sni if isinstance(sni, str) else None,
         )
         return scope, facts
+
+    def _note_missing_tls(self, scope: Scope) -> None:
+        """Say once, loudly, when no client certificate can ever arrive: a
+        TLS request without the ``tls`` extension (a server that does not
+        fill it, and not certgate's adapter, which fills it on every TLS
+        connection and records the socket peer), or a TLS server that does
+        not ask for a client certificate."""
+        extensions = scope.get("extensions")
+        tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
+        if tls is None:
+            if scope.get("scheme") in ("https", "wss") and SOCKET_PEER_KEY not in scope:
+                self._trust.note_no_tls_info(
+                    f"ASGI scope scheme {scope.get('scheme')!r} without the 'tls' extension",
+                    _NO_TLS_FIX,
+                )
+        elif isinstance(tls, Mapping) and tls.get(CLIENT_CERT_REQUESTED) is False:
+            self._trust.note_not_requested(
+                "the ASGI tls extension says certgate.client_cert_requested = False",
+                _NOT_REQUESTED_FIX,
+            )
 
     def _malformed_scope(self, scope: Scope, exc: Exception) -> Decision:
         """The refusal of a scope the middleware could not read (headers that

@@ -13,6 +13,9 @@ refusal_format  = "problem+json" # or "text", "html"
 expiry_warning_days = 30         # warn when a client certificate expires sooner
 strip_known_headers = true       # remove every well-known proxy cert header from untrusted peers
 trust_reported_peer = false      # believe scope["client"] / REMOTE_ADDR as the socket peer
+trust_unix_socket = false        # trust a unix-socket peer as a proxy (explicit opt-in)
+proxy_ca        = "proxy-ca.pem" # authenticated proxies: headers only with a cert from this CA
+proxy_names     = []             # allowed proxy names (CN, DNS or URI SAN), exact; needs proxy_ca
 cache_size      = 10000          # verified chains kept (0 = no cache)
 registry_timeout = 5.0           # seconds a registry lookup may take (then 503)
 max_chain_depth = 8
@@ -129,6 +132,9 @@ _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "exempt_paths": list,
     "strip_known_headers": bool,
     "trust_reported_peer": bool,
+    "trust_unix_socket": bool,
+    "proxy_ca": str,
+    "proxy_names": list,
     "cache_size": int,
     "max_chain_depth": int,
     "min_rsa_bits": int,
@@ -207,6 +213,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             continue
         if key == "header_sources" and isinstance(value, list):
             kwargs[key] = _header_sources(path, value)
+            continue
+        if key == "proxy_ca" and isinstance(value, str):
+            kwargs[key] = path.parent / value  # relative to this TOML file, read by the gate
             continue
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: [certgate].{key} must be a list of strings")

@@ -59,7 +59,10 @@ class RequestFacts(NamedTuple):
     the header names certgate asked for. ``transport``: the certificate from
     the TLS connection, if any. ``trusted``: whether ``peer`` is a trusted
     proxy, when the adapter already asked the gate's header trust
-    (``None``: the gate asks).
+    (``None``: the gate asks). ``sni``: the TLS server name the client asked
+    for on this connection, when the server adapter knows it
+    (:mod:`certgate.sni`; ``None``: unknown or not sent). With a trusted
+    proxy as the peer it is the proxy's connection's, not the client's.
     """
 
     host: str | None
@@ -68,3 +71,4 @@ class RequestFacts(NamedTuple):
     headers: Mapping[str, Sequence[str]]
     transport: Presented | None
     trusted: bool | None = None
+    sni: str | None = None

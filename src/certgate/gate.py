@@ -16,7 +16,9 @@ order:
    stripped by the adapter);
 3. no certificate -> ``no_certificate`` (on an optional path: allowed, no
    identity);
-4. the tenant: by the ``Host`` header, or by a custom resolver;
+4. the tenant: by the ``Host`` header, or by a custom resolver; where the
+   TLS server name (SNI) is known and the certificate came with the TLS
+   connection, the SNI's tenant must be that tenant (``sni_mismatch``);
 5. cached verification (:mod:`certgate.verification`) against that
    tenant's trust, at the time of the request;
 6. authorization (:mod:`certgate.policy`): the tenant's default policy (or
@@ -65,6 +67,7 @@ from .hosts import normalize_host
 from .identity import ClientIdentity
 from .lookups import DEFAULT_REGISTRY_TIMEOUT, bind_registry, check_timeout
 from .problem import BodyMaker, RefusalResponse, Refusals
+from .proxies import ProxyCA
 from .reasons import Reason
 from .registry import AsyncTrustRegistry, TrustRegistry
 from .rollout import Access, Mode, PathRule, Rollout, Route
@@ -125,6 +128,9 @@ class _Pending(NamedTuple):
     key: str
     rule: PathRule
     preset: Decision | None
+    sni: str | None = None
+    """The normalized TLS server name whose tenant must be the request's
+    (see :meth:`CertGate._sni_check`); ``None``: nothing to compare."""
 
 
 class CertGate:
@@ -143,6 +149,18 @@ class CertGate:
     (``scope["client"]``, ``REMOTE_ADDR``) as the socket peer when they
     cannot see the socket themselves - only correct when nothing rewrites
     that address from ``X-Forwarded-For`` (see :func:`certgate.asgi.socket_peer`).
+    ``trust_unix_socket`` trusts a unix-socket peer (``"unix:"``) as a proxy
+    (an explicit opt-in). ``proxy_ca`` (a PEM file, PEM bytes or
+    certificates) turns on authenticated proxies: headers count only from a
+    peer whose TLS client certificate verifies against it and, when
+    ``proxy_names`` is set, has one of those names (CN, DNS or URI SAN);
+    with ``trusted_proxies`` also set, both must hold (see
+    :mod:`certgate.trust`).
+
+    Host vs SNI: when the server adapter recorded the TLS server name
+    (:mod:`certgate.sni`) and the certificate came with the TLS connection,
+    the tenant of that name must be the request's tenant, else ``403
+    sni_mismatch`` (see :meth:`_sni_check`); no known SNI, no check.
 
     Paths and modes (:class:`~certgate.rollout.Rollout`, ``gate.rollout``):
     ``exempt_paths`` are served without a certificate (short for
@@ -186,6 +204,9 @@ class CertGate:
         policy: Policy | None = None,
         strip_known_headers: bool = True,
         trust_reported_peer: bool = False,
+        trust_unix_socket: bool = False,
+        proxy_ca: ProxyCA | None = None,
+        proxy_names: Iterable[str] = (),
         tenant_resolver: TenantResolver | None = None,
         cache_size: int = 10_000,
         max_chain_depth: int = 8,
@@ -204,6 +225,9 @@ class CertGate:
             transport=transport,
             strip_known_headers=strip_known_headers,
             trust_reported_peer=trust_reported_peer,
+            trust_unix_socket=trust_unix_socket,
+            proxy_ca=proxy_ca,
+            proxy_names=proxy_names,
         )
         if (
             isinstance(expiry_warning_days, bool)
@@ -306,10 +330,16 @@ class CertGate:
                     tenant = (
                         self._lookup_id(step.key) if step.by_id else self._lookup_host(step.key)
                     )
+                    sni_tenant = (
+                        self._lookup_host(step.sni)
+                        if step.sni is not None and tenant is not None
+                        else None
+                    )
                 except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
                     decision = self._registry_failure(exc, facts, step)
                 else:
-                    decision = self._finish(step, tenant)
+                    mismatch = self._sni_check(step, tenant, sni_tenant)
+                    decision = self._finish(step, tenant) if mismatch is None else mismatch
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
             decision = self._internal_failure(exc, facts)
         return self._close(decision, facts, rule=rule, tenant=tenant, start=start, recall=recall)
@@ -334,10 +364,18 @@ class CertGate:
                         tenant = (self._lookup_id if step.by_id else self._lookup_host)(step.key)
                     else:
                         tenant = await lookup(step.key)
+                    sni_tenant = None
+                    if step.sni is not None and tenant is not None:
+                        by_sni = self._alookup_host
+                        if by_sni is None:
+                            sni_tenant = self._lookup_host(step.sni)
+                        else:
+                            sni_tenant = await by_sni(step.sni)
                 except Exception as exc:  # noqa: BLE001 - a registry outage: fail closed (503)
                     decision = self._registry_failure(exc, facts, step)
                 else:
-                    decision = self._finish(step, tenant)
+                    mismatch = self._sni_check(step, tenant, sni_tenant)
+                    decision = self._finish(step, tenant) if mismatch is None else mismatch
         except Exception as exc:  # noqa: BLE001 - any bug fails closed, never a 500
             decision = self._internal_failure(exc, facts)
         return self._close(decision, facts, rule=rule, tenant=tenant, start=start, recall=recall)
@@ -431,25 +469,33 @@ class CertGate:
 
     def _facts_key(self, facts: RequestFacts) -> _RecallKey | None:
         """The memo key built from :class:`RequestFacts` (adapters that pass
-        no key of their own)."""
+        no key of their own): the raw Host, the SNI, whose certificate counts
+        and the presented certificate - with ``proxy_ca``, also the digest of
+        the proxy's own certificate that made the peer trusted."""
         trusted = facts.trusted
         if trusted is None:
-            trusted = self.trust.peer_is_trusted(facts.peer)
+            trusted = self.trust.trusts(facts.peer, facts.transport)
         if trusted:
-            parts: list[object] = [facts.host, True]
+            parts: list[object] = [facts.host, facts.sni, True]
+            if self.trust.reads_proxy_certificate:
+                proxy = facts.transport
+                if proxy is None or proxy.digest is None:
+                    return None
+                parts.append(proxy.digest)
+            base = len(parts)
             for name, values in facts.headers.items():
                 # The count makes the key unambiguous: a header sent three
                 # times is never the same key as two headers sent once.
                 parts.append(name)
                 parts.append(len(values))
                 parts.extend(values)
-            if len(parts) == 2:
+            if len(parts) == base:
                 return None
             return tuple(parts)
         transport = facts.transport if self.trust.transport else None
         if transport is None or transport.digest is None or transport.verdict is not None:
             return None
-        return (facts.host, False, transport.source, transport.digest)
+        return (facts.host, facts.sni, False, transport.source, transport.digest)
 
     def _recall(self, recall: _Recalling, rule: PathRule) -> Decision | None:
         """A remembered warm allow for ``key``, if nothing it depended on has
@@ -620,6 +666,16 @@ class CertGate:
                 )
             if preset is not None and not self._mode_needs_tenant(rule):
                 return preset  # the tenant could not change the decision: no lookup
+            sni: str | None = None
+            if preset is None and facts.sni is not None and presented is facts.transport:
+                # The certificate came with the TLS connection: the tenant
+                # its handshake was addressed to must be the request's.
+                try:
+                    sni = normalize_host(facts.sni)
+                except Rejected:
+                    raise Rejected(
+                        Reason.SNI_MISMATCH, "the TLS server name is not a valid host name"
+                    ) from None
             if self.tenant_resolver is not None:
                 try:
                     tenant_id = self.tenant_resolver(facts)
@@ -631,14 +687,15 @@ class CertGate:
                     if preset is not None:
                         return preset
                     raise Rejected(Reason.UNKNOWN_TENANT, "resolver returned no tenant")
-                return _Pending(presented, True, tenant_id, rule, preset)
+                return _Pending(presented, True, tenant_id, rule, preset, sni)
             try:
                 host = normalize_host(facts.host)
             except Rejected:
                 if preset is not None:
                     return preset
                 raise
-            return _Pending(presented, False, host, rule, preset)
+            # The same name needs no second lookup: it names the same tenant.
+            return _Pending(presented, False, host, rule, preset, None if sni == host else sni)
         except Rejected as exc:
             return Decision(
                 reason=exc.reason, detail=exc.detail, source=presented.source if presented else None
@@ -655,6 +712,36 @@ class CertGate:
         if rule.modes.tenant_modes:
             return True
         return bool(getattr(self.registry, "has_tenant_modes", True))
+
+    def _sni_check(
+        self, step: _Pending, tenant: Tenant | None, sni_tenant: Tenant | None
+    ) -> Decision | None:
+        """Host vs SNI (the emissary-ingress #3340 attack: a certificate
+        accepted in a handshake addressed to one tenant, sent with the Host
+        of another): when the request's certificate came with its TLS
+        connection and the connection's server name is known, the tenant of
+        that name must be the tenant the request is addressed to - else
+        ``sni_mismatch``. A server name that names no tenant while the Host
+        does is a mismatch. No known SNI (not sent, or a server adapter that
+        does not record it), a certificate forwarded by a trusted proxy, or
+        an exempt path: no check. ``None``: the check passed or did not
+        apply."""
+        if step.sni is None or tenant is None:
+            return None
+        if sni_tenant is not None and sni_tenant.id == tenant.id:
+            return None
+        presented = step.presented
+        return Decision(
+            reason=Reason.SNI_MISMATCH,
+            detail=(
+                f"TLS server name {step.sni!r} addresses "
+                f"{'tenant ' + repr(sni_tenant.id) if sni_tenant else 'no tenant'}, "
+                f"the request tenant {tenant.id!r}"
+            ),
+            tenant_id=tenant.id,
+            source=presented.source if presented else None,
+            fingerprint=leaf_fingerprint(presented) if presented else None,
+        )
 
     def _finish(self, step: _Pending, tenant: Tenant | None) -> Decision:
         host = None if step.by_id else step.key

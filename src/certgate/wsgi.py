@@ -41,16 +41,19 @@ state (cache, registry index) is locked or immutable.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable, Iterable, MutableMapping
 from functools import cache
 from importlib import metadata
 from types import TracebackType
 from typing import Any, Protocol
 
+from . import sni
 from .decision import Decision
 from .facts import RequestFacts
 from .gate import CertGate
 from .identity import ClientIdentity
+from .proxies import UNIX_PEER
 from .reasons import Reason
 from .rollout import Access
 from .servers import gunicorn
@@ -72,6 +75,21 @@ class StartResponse(Protocol):
 
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
+_NO_TLS_FIX = (
+    "serve the app from a server that hands certgate the TLS connection: gunicorn with "
+    "certfile/keyfile, ca_certs = <tenants' CA bundle> and cert_reqs = 1 plus certgate's "
+    "ssl_context hook (certgate.servers.gunicorn), or Werkzeug with ssl_context="
+    "certgate.servers.tls.client_auth_context(...); Apache mod_wsgi with SSLOptions "
+    "+ExportCertData. If a proxy in front terminates TLS (and sets X-Forwarded-Proto), "
+    "configure header_sources with trusted_proxies or proxy_ca instead, or set transport = false."
+)
+_NOT_REQUESTED_FIX = (
+    "make the server ask for a client certificate: gunicorn cert_reqs = 1 with ca_certs = "
+    "<tenants' CA bundle, `certgate bundle --config certgate.toml`>; Werkzeug: pass "
+    "certgate.servers.tls.client_auth_context(...) as ssl_context (the (cert, key) tuple "
+    "form never asks for one)."
+)
+
 IDENTITY_KEY = "certgate.identity"
 DECISION_KEY = "certgate.decision"
 GATE_KEY = "certgate.gate"
@@ -92,7 +110,8 @@ def identity_from_environ(environ: Environ) -> ClientIdentity | None:
 def socket_peer(environ: Environ, *, trust_reported: bool = False) -> str | None:
     """The IP address of the TCP peer of this request, or ``None``.
 
-    Read from the server's socket (``gunicorn.socket``, ``werkzeug.socket``).
+    Read from the server's socket (``gunicorn.socket``, ``werkzeug.socket``);
+    ``"unix:"`` when that is a unix (``AF_UNIX``) socket.
     Without one, ``REMOTE_ADDR`` - or the value Werkzeug's ``ProxyFix`` saved
     before rewriting it - is used only with ``trust_reported=True``: other
     rewriters (Apache ``mod_remoteip``, custom middleware) leave no trace.
@@ -100,13 +119,15 @@ def socket_peer(environ: Environ, *, trust_reported: bool = False) -> str | None
     for key in wsgi_environ.SOCKET_KEYS:
         sock = environ.get(key)
         if isinstance(sock, socket.socket):
+            if _is_unix(sock):
+                return UNIX_PEER
             try:
                 name = sock.getpeername()
             except OSError:
                 return None
             if isinstance(name, tuple) and name and isinstance(name[0], str):
                 return name[0]
-            return None  # unix socket
+            return None
     if not trust_reported:
         return None
     orig = environ.get("werkzeug.proxy_fix.orig")
@@ -114,6 +135,24 @@ def socket_peer(environ: Environ, *, trust_reported: bool = False) -> str | None
         return str(orig["REMOTE_ADDR"])
     addr = environ.get("REMOTE_ADDR")
     return addr if isinstance(addr, str) and addr else None
+
+
+def _is_unix(sock: socket.socket) -> bool:
+    family = getattr(socket, "AF_UNIX", None)
+    try:
+        return family is not None and sock.family == family
+    except OSError:
+        return False
+
+
+def server_name(environ: Environ) -> str | None:
+    """The TLS server name (SNI) of this request's connection, as recorded by
+    certgate's ``sni_callback`` on the server socket (:mod:`certgate.sni`)."""
+    for key in wsgi_environ.SOCKET_KEYS:
+        sock = environ.get(key)
+        if sock is not None:
+            return sni.server_name(sock)
+    return None
 
 
 def request_path(environ: Environ) -> str:
@@ -190,7 +229,14 @@ class CertGateWSGIMiddleware:
         peer = socket_peer(environ, trust_reported=trust.trust_reported_peer)
         if peer is None and not any(k in environ for k in wsgi_environ.SOCKET_KEYS):
             trust.note_unknown_peer("no server socket in the WSGI environ")
-        trusted = trust.peer_is_trusted(peer)
+        transport = None
+        if trust.reads_proxy_certificate:
+            transport = wsgi_environ.from_environ(environ)
+            trusted = trust.trusts(peer, transport)
+        else:
+            trusted = trust.peer_is_trusted(peer)
+            if not trusted and trust.transport:
+                transport = wsgi_environ.from_environ(environ)
         headers: dict[str, list[str]] = {}
         ambiguous: str | None = None
         if trusted:
@@ -207,10 +253,9 @@ class CertGateWSGIMiddleware:
         else:
             stripped = self._strip(environ)
             if stripped:
-                trust.note_stripped(peer, stripped)
-        transport = None
-        if not trusted and trust.transport:
-            transport = wsgi_environ.from_environ(environ)
+                trust.note_stripped(peer, stripped, trust.untrusted_why(peer, transport))
+            if transport is None and trust.transport:
+                self._note_missing_tls(environ)
         host = environ.get("HTTP_HOST")
         facts = RequestFacts(
             host=host if isinstance(host, str) else None,
@@ -219,8 +264,30 @@ class CertGateWSGIMiddleware:
             headers=headers,
             transport=transport,
             trusted=trusted,
+            sni=server_name(environ),
         )
         return facts, ambiguous
+
+    def _note_missing_tls(self, environ: Environ) -> None:
+        """Say once, loudly, when no client certificate can ever arrive: an
+        https request with neither a TLS server socket nor any ``SSL_*``
+        variable of the server, or a TLS socket whose context does not ask
+        for a client certificate."""
+        sock = wsgi_environ.tls_socket(environ)
+        if sock is not None:
+            if sock.context.verify_mode == ssl.CERT_NONE:
+                self._trust.note_not_requested(
+                    "the WSGI server's TLS context has verify_mode CERT_NONE", _NOT_REQUESTED_FIX
+                )
+            return
+        if environ.get("wsgi.url_scheme") != "https":
+            return
+        if any(key.startswith("SSL_") for key in environ):
+            return  # Apache mod_wsgi and the like export SSL_* variables
+        self._trust.note_no_tls_info(
+            "wsgi.url_scheme is https, but there is no TLS server socket and no SSL_* variable",
+            _NO_TLS_FIX,
+        )
 
     def _strip(self, environ: Environ) -> list[str]:
         """Delete every certificate header from ``environ``; the keys deleted."""
