@@ -68,9 +68,10 @@ def test_gunicorn_with_certgate_uvicorn_worker(env: DevEnv) -> None:
         refused = get_sni(env, port, "acme-device", "api.globex.test", "/whoami")
         assert refused.json()["reason"] == "untrusted_chain"
         # the context is certgate's: expired is certgate's 403, not a TLS alert
-        assert get_sni(env, port, "acme-expired", "pay.acme.test", "/whoami").json()[
-            "reason"
-        ] == "expired"
+        assert (
+            get_sni(env, port, "acme-expired", "pay.acme.test", "/whoami").json()["reason"]
+            == "expired"
+        )
         assert _ws(env, port, "acme-device", "pay.acme.test") == {"tenant_id": "acme"}
         assert _ws(env, port, "acme-device", "api.globex.test") == 403
         assert "does not ask clients for a certificate" not in server.log_text()
@@ -123,9 +124,10 @@ def test_gunicorn_wsgi_per_tenant_hook(env: DevEnv, tmp_path: Path) -> None:
         assert ok.json()["tenant_id"] == "acme"
         with pytest.raises(HANDSHAKE_FAILED):
             get_sni(env, port, "acme-device", "api.globex.test", "/whoami")
-        assert get_sni(env, port, "globex-device", "api.globex.test", "/whoami").json()[
-            "tenant_id"
-        ] == "globex"
+        assert (
+            get_sni(env, port, "globex-device", "api.globex.test", "/whoami").json()["tenant_id"]
+            == "globex"
+        )
         no_cert = get_sni(env, port, None, "shop.example.com", "/whoami", check_hostname=False)
         assert no_cert.status_code == 403
     assert ROOT.is_dir()

@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> DevEnv:
     return make_dev_environment(tmp_path_factory.mktemp("pki"))
 
 
-def _facts(scope: dict[str, Any]) -> dict[str, Any]:
+def _facts(scope: MutableMapping[str, Any]) -> dict[str, Any]:
     tls = (scope.get("extensions") or {}).get("tls")
     return {
         "sni": scope.get("certgate.sni", "<absent>"),
@@ -43,7 +43,7 @@ def _facts(scope: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def echo_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     """Answers every HTTP request and WebSocket with the scope's certgate facts."""
     if scope["type"] == "lifespan":
         while True:
@@ -117,9 +117,7 @@ def get_sni(
     extensions = {"sni_hostname": sni} if sni is not None else {}
     headers = {"Host": host or sni or "127.0.0.1"}
     with httpx.Client(verify=context, timeout=10) as client:
-        return client.get(
-            f"https://127.0.0.1:{port}{path}", headers=headers, extensions=extensions
-        )
+        return client.get(f"https://127.0.0.1:{port}{path}", headers=headers, extensions=extensions)
 
 
 def _tls_kwargs(env: DevEnv, reqs: ssl.VerifyMode = ssl.CERT_OPTIONAL) -> dict[str, Any]:
@@ -195,9 +193,8 @@ def test_unix_socket_peer_is_recorded(tmp_path: Path) -> None:
 
 
 def test_plain_tcp_has_no_sni_key(env: DevEnv) -> None:
-    with uvicorn_in_thread(echo_app) as server:
-        with httpx.Client(timeout=10) as client:
-            facts = client.get(f"http://127.0.0.1:{server.config.port}/").json()
+    with uvicorn_in_thread(echo_app) as server, httpx.Client(timeout=10) as client:
+        facts = client.get(f"http://127.0.0.1:{server.config.port}/").json()
     assert facts["sni"] == "<absent>"
     assert facts["peer"][0] == "127.0.0.1"
 

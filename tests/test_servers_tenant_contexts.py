@@ -8,7 +8,7 @@ import contextlib
 import ssl
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def _reason(response: httpx.Response) -> str:
 
 def test_cli_per_tenant_handshake_uses_the_addressed_tenants_anchors(env: DevEnv) -> None:
     port = free_port()
-    with serve(_launcher(env, port, "--per-tenant", str(env.config)), env, port) as server:
+    with serve(_launcher(env, port, "--per-tenant", str(env.config)), env, port):
         ok = get_sni(env, port, "acme-device", "pay.acme.test", "/whoami")
         assert ok.status_code == 200, ok.text
         assert ok.json()["tenant_id"] == "acme"
@@ -239,7 +239,7 @@ def test_werkzeug_server_with_per_tenant_contexts(env: DevEnv) -> None:
 
     from certgate.wsgi import CertGateWSGIMiddleware
 
-    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    def wsgi_app(environ: MutableMapping[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
 

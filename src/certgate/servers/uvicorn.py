@@ -112,7 +112,8 @@ class _ConnectionApp:
         self.sni = sni_name
         self.unix = unix
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def apply(self, scope: Scope) -> None:
+        """Put the connection's facts into an http/websocket ``scope``."""
         if scope["type"] in ("http", "websocket"):
             scope[SOCKET_PEER_KEY] = UNIX_SOCKET_PEER if self.unix else scope.get("client")
             if self.tls is not None:
@@ -120,10 +121,13 @@ class _ConnectionApp:
                 extensions["tls"] = self.tls
                 scope["extensions"] = extensions
                 scope[sni.SCOPE_KEY] = self.sni
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.apply(scope)
         await self.app(scope, receive, send)
 
 
-def connection_app(app: ASGIApp, transport: Any) -> ASGIApp:
+def connection_app(app: Any, transport: Any) -> _ConnectionApp:
     """``app`` wrapped for one connection of an asyncio ``transport`` (or
     stream writer: anything with ``get_extra_info``)."""
     ssl_object = transport.get_extra_info("ssl_object")
