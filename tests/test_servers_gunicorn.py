@@ -131,3 +131,56 @@ def test_gunicorn_wsgi_per_tenant_hook(env: DevEnv, tmp_path: Path) -> None:
         no_cert = get_sni(env, port, None, "shop.example.com", "/whoami", check_hostname=False)
         assert no_cert.status_code == 403
     assert ROOT.is_dir()
+
+
+SNI_APP = """
+from certgate import sni
+
+
+def app(environ, start_response):
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [repr(sni.server_name(sock)).encode()]
+"""
+
+
+def test_wsgi_sockets_carry_the_sni(env: DevEnv, tmp_path: Path) -> None:
+    """gunicorn (certgate's ssl_context hook) and Werkzeug
+    (client_auth_context): the SNI is recorded on the socket in the environ;
+    gunicorn without cert_reqs logs the warning once, on the first connection."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from certgate.servers.tls import client_auth_context
+
+    (tmp_path / "sni_wsgi_app.py").write_text(SNI_APP)
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "from certgate.servers.gunicorn import ssl_context  # noqa: F401\n"
+        f"certfile = {str(env.server_cert)!r}\nkeyfile = {str(env.server_key)!r}\n"
+        "workers = 1\n"
+    )
+    port = free_port()
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", f"127.0.0.1:{port}",
+           "--chdir", str(tmp_path), "sni_wsgi_app:app"]  # fmt: skip
+    with serve(cmd, env, port) as server:
+        for _ in range(2):
+            assert get_sni(env, port, None, "initech.test").text == "'initech.test'"
+        assert get_sni(env, port, None, None, check_hostname=False).text == "None"
+        log = server.log_text()
+    assert log.count("does not ask clients for a certificate") == 1, log
+    assert "cert_reqs = 1" in log
+
+    namespace: dict[str, object] = {}
+    exec(SNI_APP, namespace)
+    context = client_auth_context(env.server_cert, env.server_key, ca_file=env.bundle)
+    port = free_port()
+    werkzeug = make_server("127.0.0.1", port, namespace["app"], ssl_context=context)  # type: ignore[arg-type]
+    thread = threading.Thread(target=werkzeug.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert get_sni(env, port, "acme-device", "eu.acme.test").text == "'eu.acme.test'"
+    finally:
+        werkzeug.shutdown()
+        thread.join(10)
