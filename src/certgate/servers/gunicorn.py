@@ -38,6 +38,7 @@ A configuration that defines its own ``post_worker_init`` calls
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -45,14 +46,66 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..sources.known_headers import KNOWN_CERTIFICATE_HEADERS
-from .tls import prepare_server_context
+from .tenant_contexts import TenantContexts, UnknownSNIRule
+from .tls import prepare_server_context, warn_no_client_certificates
+
+_NO_CERT_FIX = "set cert_reqs = 1 (--cert-reqs 1) and ca_certs in gunicorn's configuration"
 
 
 def ssl_context(
     config: Any, default_ssl_context_factory: Callable[[], ssl.SSLContext]
 ) -> ssl.SSLContext:
-    """gunicorn's ``ssl_context`` server hook."""
-    return prepare_server_context(default_ssl_context_factory())
+    """gunicorn's ``ssl_context`` server hook (logs one start-up ``WARNING``
+    when ``cert_reqs`` asks for no client certificate)."""
+    context = prepare_server_context(default_ssl_context_factory())
+    warn_no_client_certificates(context, _NO_CERT_FIX)
+    return context
+
+
+class PerTenantSSLContext:
+    """A gunicorn ``ssl_context`` hook for per-tenant handshakes
+    (:class:`~certgate.servers.tenant_contexts.TenantContexts`)::
+
+        # gunicorn.conf.py
+        from certgate.servers.gunicorn import PerTenantSSLContext
+        ssl_context = PerTenantSSLContext("/etc/certgate/certgate.toml")
+        cert_reqs = 1        # required: the listener's verify mode is kept
+
+    ``source``: a certgate TOML path (its registry is loaded in each worker
+    the first time the hook runs), a synchronous registry or a ``CertGate``.
+    gunicorn's ``certfile``/``keyfile`` are loaded into every per-tenant
+    context; gunicorn's ``ca_certs`` (optional) is what the ``"listener"``
+    rule for an unknown SNI trusts.
+    """
+
+    def __init__(
+        self, source: Any, *, max_contexts: int = 1024, unknown_sni: UnknownSNIRule = "no_anchors"
+    ) -> None:
+        self.source = source
+        self.max_contexts = max_contexts
+        self.unknown_sni: UnknownSNIRule = unknown_sni
+        self.contexts: TenantContexts | None = None
+
+    def __call__(
+        self, config: Any, default_ssl_context_factory: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        context = default_ssl_context_factory()
+        warn_no_client_certificates(context, _NO_CERT_FIX)
+        source = self.source
+        if isinstance(source, str | os.PathLike):
+            from ..config import load_config  # noqa: PLC0415
+
+            source = load_config(source).registry
+        if self.contexts is None:
+            self.contexts = TenantContexts(
+                source,
+                config.certfile,
+                config.keyfile,
+                max_contexts=self.max_contexts,
+                unknown_sni=self.unknown_sni,
+                require_certificate=context.verify_mode == ssl.CERT_REQUIRED,
+            )
+        return self.contexts.install(context)
 
 
 # -- underscore aliases of certificate headers (header_map) -----------------

@@ -39,6 +39,12 @@ things to a context that asks for client certificates:
   chain (measured with OpenSSL 3.0), so the decision is the same. The cost
   is a full handshake for every new TLS 1.3 connection.
 
+Every context :func:`prepare_server_context` sees (including one that asks
+for no client certificate) also gets an ``sni_callback`` that records the
+server name the client asked for (:func:`record_sni`, chaining to a callback
+already set), so the adapters can tell the middleware the connection's SNI
+(:mod:`certgate.sni`).
+
 ``CERT_OPTIONAL`` (the default here) lets clients without a certificate
 connect, so they get a 403 ``no_certificate`` and exempt paths (health
 checks) keep working.
@@ -46,14 +52,25 @@ checks) keep working.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .. import sni
 from ..errors import ServerSetupError
 from ..tenant import Tenant
+
+_log = logging.getLogger("certgate")
+_warned_no_client_cert = threading.Event()
+
+SNICallback = Callable[[Any, Any, ssl.SSLContext], "int | None"]
+"""The signature of ``SSLContext.sni_callback`` (connection, server name or
+``None``, the context the connection was made with)."""
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
 """OpenSSL's flag (``x509_vfy.h``) to skip validity-time checks."""
@@ -89,11 +106,61 @@ def disable_stateless_resumption(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
+class SNIRecorder:
+    """An ``sni_callback`` that records the requested server name on the
+    connection (:func:`certgate.sni.remember`), then calls the callback that
+    was set before it (``previous``) and returns what that returns."""
+
+    __slots__ = ("previous",)
+
+    def __init__(self, previous: SNICallback | None = None) -> None:
+        self.previous = previous
+
+    def __call__(self, conn: Any, server_name: str | None, context: ssl.SSLContext) -> int | None:
+        sni.remember(conn, server_name)
+        if self.previous is not None:
+            return self.previous(conn, server_name, context)
+        return None
+
+
+def record_sni(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Install an :class:`SNIRecorder` on ``context``, chaining to the
+    ``sni_callback`` already set. Idempotent: a context whose callback
+    already records (certgate's recorder, or
+    :class:`~certgate.servers.tenant_contexts.TenantContexts`) is left as is."""
+    current = context.sni_callback
+    if not getattr(current, "records_sni", False) and not isinstance(current, SNIRecorder):
+        context.sni_callback = SNIRecorder(current)
+    return context
+
+
+def warn_no_client_certificates(context: object, fix: str) -> bool:
+    """Log ONE ``WARNING`` per process when ``context`` is a TLS server
+    context that asks clients for no certificate (``CERT_NONE``): certgate's
+    transport source then sees no certificate and answers 403
+    ``no_certificate`` to every device. ``fix`` says how to turn it on for
+    the server at hand. Returns whether the context asks for none."""
+    if not isinstance(context, ssl.SSLContext) or context.verify_mode != ssl.CERT_NONE:
+        return False
+    if not _warned_no_client_cert.is_set():
+        _warned_no_client_cert.set()
+        _log.warning(
+            "certgate: this TLS server does not ask clients for a certificate (CERT_NONE): "
+            "devices connecting to it directly will present none and get 403 "
+            "no_certificate. Fix: %s. (Ignore this behind a trusted proxy that forwards "
+            "the certificate in a header.) Logged once.",
+            fix,
+        )
+    return True
+
+
 def prepare_server_context(context: ssl.SSLContext, *, defer_time: bool = True) -> ssl.SSLContext:
     """Everything certgate needs of a server context that asks for client
     certificates: deferred time checks (unless ``defer_time=False``),
-    intermediate anchors, no session tickets. A context with
-    ``verify_mode == CERT_NONE`` is returned unchanged."""
+    intermediate anchors, no session tickets. Every context, also one with
+    ``verify_mode == CERT_NONE`` (otherwise left unchanged), gets the SNI
+    recorder (:func:`record_sni`)."""
+    record_sni(context)
     if context.verify_mode == ssl.CERT_NONE:
         return context
     if defer_time:

@@ -42,6 +42,8 @@ HTTP/2 (``zttp``) is not covered.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Sequence
@@ -49,16 +51,27 @@ from typing import Any
 
 from cryptography import x509
 
+from .. import sni
 from ..asgi import SOCKET_PEER_KEY, ASGIApp, Receive, Scope, Send
 from ..errors import ServerSetupError
 from ..sources.ssl_socket import peer_chain_der
-from .tls import disable_stateless_resumption, prepare_server_context
+from .tenant_contexts import UNKNOWN_SNI_RULES, TenantContexts, UnknownSNIRule, registry_of
+from .tls import disable_stateless_resumption, prepare_server_context, warn_no_client_certificates
 
 _TLS_VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
 
+CLIENT_CERT_REQUESTED_KEY = "certgate.client_cert_requested"
+"""Key in the ``tls`` dict certgate's adapters build: whether the server
+context asked the client for a certificate (``verify_mode != CERT_NONE``)."""
+
+UNIX_SOCKET_PEER = ("unix:", 0)
+"""``scope["certgate.socket_peer"]`` of a connection on a Unix socket."""
+
+
 def tls_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, Any]:
-    """The ASGI ``tls`` extension dict for one TLS connection."""
+    """The ASGI ``tls`` extension dict for one TLS connection, plus
+    ``"certgate.client_cert_requested"`` (see :data:`CLIENT_CERT_REQUESTED_KEY`)."""
     chain = peer_chain_der(ssl_object) or []
     name: str | None = None
     if chain:
@@ -74,26 +87,66 @@ def tls_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> dict[str, Any]:
         "client_cert_error": None,
         "tls_version": _TLS_VERSIONS.get(version or ""),
         "cipher_suite": None,
+        CLIENT_CERT_REQUESTED_KEY: _asks_for_certificate(ssl_object),
     }
 
 
+def _asks_for_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> bool:
+    context = getattr(ssl_object, "context", None)
+    return isinstance(context, ssl.SSLContext) and context.verify_mode != ssl.CERT_NONE
+
+
 class _ConnectionApp:
-    """Wraps the app for one connection, adding the connection's TLS facts."""
+    """Wraps the app for one connection, adding the connection's TLS facts:
+    the ``tls`` extension and ``scope["certgate.sni"]`` (TLS connections
+    only), and ``scope["certgate.socket_peer"]`` (``("unix:", 0)`` on a Unix
+    socket)."""
 
-    __slots__ = ("app", "tls")
+    __slots__ = ("app", "sni", "tls", "unix")
 
-    def __init__(self, app: ASGIApp, tls: dict[str, Any] | None) -> None:
+    def __init__(
+        self, app: ASGIApp, tls: dict[str, Any] | None, sni_name: str | None, unix: bool
+    ) -> None:
         self.app = app
         self.tls = tls
+        self.sni = sni_name
+        self.unix = unix
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def apply(self, scope: Scope) -> None:
+        """Put the connection's facts into an http/websocket ``scope``."""
         if scope["type"] in ("http", "websocket"):
-            scope[SOCKET_PEER_KEY] = scope.get("client")
+            scope[SOCKET_PEER_KEY] = UNIX_SOCKET_PEER if self.unix else scope.get("client")
             if self.tls is not None:
                 extensions = dict(scope.get("extensions") or {})
                 extensions["tls"] = self.tls
                 scope["extensions"] = extensions
+                scope[sni.SCOPE_KEY] = self.sni
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.apply(scope)
         await self.app(scope, receive, send)
+
+
+def connection_app(app: Any, transport: Any) -> _ConnectionApp:
+    """``app`` wrapped for one connection of an asyncio ``transport`` (or
+    stream writer: anything with ``get_extra_info``)."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    tls = tls_extension(ssl_object) if ssl_object is not None else None
+    name = sni.server_name(ssl_object) if ssl_object is not None else None
+    return _ConnectionApp(app, tls, name, _is_unix(transport))
+
+
+def _is_unix(transport: Any) -> bool:
+    sock = transport.get_extra_info("socket")
+    family = getattr(sock, "family", None)
+    return family is not None and family == getattr(socket, "AF_UNIX", object())
+
+
+_NO_CERT_FIX = (
+    "ask for client certificates with --ssl-cert-reqs 1 (uvicorn CLI and "
+    "python -m certgate.servers.uvicorn), ssl_cert_reqs=ssl.CERT_OPTIONAL "
+    "(uvicorn.Config / certgate.servers.uvicorn.run), or cert_reqs = 1 (gunicorn)"
+)
 
 
 class TLSScopeMixin:
@@ -103,10 +156,10 @@ class TLSScopeMixin:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
-        _no_tickets(transport.get_extra_info("sslcontext"))
-        ssl_object = transport.get_extra_info("ssl_object")
-        tls = tls_extension(ssl_object) if ssl_object is not None else None
-        self.app = _ConnectionApp(self.app, tls)
+        context = transport.get_extra_info("sslcontext")
+        _no_tickets(context)
+        warn_no_client_certificates(context, _NO_CERT_FIX)
+        self.app = connection_app(self.app, transport)
 
 
 def _no_tickets(context: object) -> None:
@@ -176,8 +229,11 @@ def ssl_context_factory(
     config: Any, default_factory: Callable[[], ssl.SSLContext]
 ) -> ssl.SSLContext:
     """uvicorn ``ssl_context_factory``: uvicorn's own context, prepared with
-    :func:`~certgate.servers.tls.prepare_server_context`."""
-    return prepare_server_context(default_factory())
+    :func:`~certgate.servers.tls.prepare_server_context` (and a start-up
+    ``WARNING`` when it asks for no client certificate)."""
+    context = prepare_server_context(default_factory())
+    warn_no_client_certificates(context, _NO_CERT_FIX)
+    return context
 
 
 class PreparedContextFactory:
@@ -197,7 +253,66 @@ class PreparedContextFactory:
     def __call__(
         self, config: Any, default_factory: Callable[[], ssl.SSLContext]
     ) -> ssl.SSLContext:
-        return prepare_server_context(self.factory(config, default_factory))
+        context = prepare_server_context(self.factory(config, default_factory))
+        warn_no_client_certificates(context, _NO_CERT_FIX)
+        return context
+
+
+class PerTenantContextFactory:
+    """uvicorn ``ssl_context_factory`` for per-tenant handshakes.
+
+    Takes uvicorn's listener context (or the one a wrapped ``factory``
+    makes) and installs :class:`~certgate.servers.tenant_contexts.TenantContexts`
+    on it, with the server certificate of the ``Config``. ``source`` is a
+    synchronous registry, a ``CertGate``, or the path of a certgate TOML file
+    (its registry is loaded in each server process: the only form that
+    survives uvicorn's pickling into ``workers > 1`` / ``reload`` processes).
+    The :class:`TenantContexts` made is kept in :attr:`contexts`.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        max_contexts: int = 1024,
+        unknown_sni: UnknownSNIRule = "no_anchors",
+        factory: Callable[[Any, Callable[[], ssl.SSLContext]], ssl.SSLContext] | None = None,
+    ) -> None:
+        if isinstance(source, str | os.PathLike):
+            source = os.fspath(source)
+        else:
+            registry_of(source)  # refuse an async registry now, not in the server
+        self.source = source
+        self.max_contexts = max_contexts
+        self.unknown_sni: UnknownSNIRule = unknown_sni
+        self.factory = factory
+        self.contexts: TenantContexts | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "contexts": None}
+
+    def __call__(
+        self, config: Any, default_factory: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        source = self.source
+        if isinstance(source, str):
+            from ..config import load_config  # noqa: PLC0415 - only for this form
+
+            source = load_config(source).registry
+        context = (
+            self.factory(config, default_factory) if self.factory is not None else default_factory()
+        )
+        warn_no_client_certificates(context, _NO_CERT_FIX)
+        self.contexts = TenantContexts(
+            source,
+            config.ssl_certfile,
+            config.ssl_keyfile,
+            password=config.ssl_keyfile_password,
+            max_contexts=self.max_contexts,
+            unknown_sni=self.unknown_sni,
+            require_certificate=context.verify_mode == ssl.CERT_REQUIRED,
+        )
+        return self.contexts.install(context)
 
 
 def _with_context_factory(kwargs: dict[str, Any]) -> None:
@@ -208,10 +323,30 @@ def _with_context_factory(kwargs: dict[str, Any]) -> None:
     would make it try TLS without a certificate."""
     given = kwargs.get("ssl_context_factory")
     if given is not None:
-        if not isinstance(given, PreparedContextFactory) and given is not ssl_context_factory:
+        if not isinstance(given, PreparedContextFactory | PerTenantContextFactory) and (
+            given is not ssl_context_factory
+        ):
             kwargs["ssl_context_factory"] = PreparedContextFactory(given)
     elif kwargs.get("ssl_certfile"):
         kwargs["ssl_context_factory"] = ssl_context_factory
+
+
+def _with_per_tenant(kwargs: dict[str, Any]) -> None:
+    """Turn ``per_tenant`` (and its options) into a
+    :class:`PerTenantContextFactory` (wrapping a caller's factory)."""
+    source = kwargs.pop("per_tenant", None)
+    max_contexts = kwargs.pop("per_tenant_max_contexts", 1024)
+    unknown_sni = kwargs.pop("per_tenant_unknown_sni", "no_anchors")
+    if source is None:
+        return
+    if not kwargs.get("ssl_certfile"):
+        raise ServerSetupError("per_tenant needs TLS: pass ssl_certfile (and ssl_keyfile)")
+    kwargs["ssl_context_factory"] = PerTenantContextFactory(
+        source,
+        max_contexts=int(max_contexts),
+        unknown_sni=unknown_sni,
+        factory=kwargs.get("ssl_context_factory"),
+    )
 
 
 def config(app: Any, **kwargs: Any) -> Any:
@@ -222,6 +357,12 @@ def config(app: Any, **kwargs: Any) -> Any:
     an ``ssl_context_factory`` of yours is wrapped so its context is
     prepared too. Without ``ssl_certfile`` (and without a factory) the
     server speaks plain HTTP.
+
+    ``per_tenant`` (a synchronous registry, a ``CertGate`` or a certgate
+    TOML path) turns on per-tenant handshakes
+    (:class:`~certgate.servers.tenant_contexts.TenantContexts`), with
+    ``per_tenant_max_contexts`` (default 1024) and ``per_tenant_unknown_sni``
+    (``"no_anchors"``, ``"refuse"`` or ``"listener"``).
     """
     import uvicorn  # noqa: PLC0415 - optional dependency
 
@@ -233,6 +374,7 @@ def config(app: Any, **kwargs: Any) -> Any:
     for key, allowed in (("http", _HTTP_CLASSES), ("ws", _WS_CLASSES)):
         _require_wrapped(key, kwargs.get(key), allowed)
     kwargs.setdefault("ssl_cert_reqs", ssl.CERT_OPTIONAL)
+    _with_per_tenant(kwargs)
     _with_context_factory(kwargs)
     return uvicorn.Config(app, **kwargs)
 
@@ -248,7 +390,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m certgate.servers.uvicorn``: uvicorn's CLI, certgate's protocols.
 
     Adds ``--http``/``--ws`` defaults naming the TLS-aware classes, and defers
-    validity-time checks of the handshake to certgate.
+    validity-time checks of the handshake to certgate. certgate's own flags:
+    ``--per-tenant CERTGATE.toml`` (per-tenant handshakes with the registry
+    of that file, loaded in each server process),
+    ``--per-tenant-max-contexts N`` and ``--per-tenant-unknown-sni RULE``.
     """
     import importlib  # noqa: PLC0415
 
@@ -258,6 +403,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     assert isinstance(command, click.Command)
 
     args = list(sys.argv[1:] if argv is None else argv)
+    per_tenant = _pop_option(args, "--per-tenant")
+    max_contexts = _pop_option(args, "--per-tenant-max-contexts")
+    unknown_sni = _pop_option(args, "--per-tenant-unknown-sni")
+    if per_tenant is None and (max_contexts is not None or unknown_sni is not None):
+        raise SystemExit("python -m certgate.servers.uvicorn: --per-tenant-* need --per-tenant")
+    if unknown_sni is not None and unknown_sni not in UNKNOWN_SNI_RULES:
+        raise SystemExit(
+            "python -m certgate.servers.uvicorn: --per-tenant-unknown-sni must be one of "
+            + ", ".join(UNKNOWN_SNI_RULES)
+        )
     for option, default, allowed in (
         ("--http", "AutoTLSProtocol", _HTTP_CLASSES),
         ("--ws", "AutoWebSocketsTLSProtocol", _WS_CLASSES),
@@ -280,11 +435,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     original_run = uvicorn_main.run
 
     def run_prepared(*a: Any, **k: Any) -> None:
+        if per_tenant is not None:
+            k["per_tenant"] = per_tenant
+            k["per_tenant_max_contexts"] = int(max_contexts or 1024)
+            k["per_tenant_unknown_sni"] = unknown_sni or "no_anchors"
+            _with_per_tenant(k)
         _with_context_factory(k)
         original_run(*a, **k)
 
     uvicorn_main.__dict__["run"] = run_prepared  # this process only; called once
     command.main(args=args, prog_name="python -m certgate.servers.uvicorn")
+
+
+def _pop_option(args: list[str], option: str) -> str | None:
+    """Remove ``option VALUE`` / ``option=VALUE`` (certgate's own flags,
+    unknown to uvicorn's CLI) from ``args``; return the value."""
+    for index, arg in enumerate(args):
+        if arg == option:
+            if index + 1 >= len(args):
+                raise SystemExit(f"python -m certgate.servers.uvicorn: {option} needs a value")
+            value = args[index + 1]
+            del args[index : index + 2]
+            return value
+        if arg.startswith(option + "="):
+            del args[index]
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _option_value(args: list[str], option: str) -> str | None:

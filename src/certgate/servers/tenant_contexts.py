@@ -1,0 +1,301 @@
+"""Per-tenant handshakes: choose the server's ``SSLContext`` by the SNI.
+
+One listener context loaded with the union of every tenant's CAs makes the
+handshake prove only "chains to *some* tenant" and must load every root at
+start-up (3,002 roots take about half a second; a million cannot be loaded).
+:class:`TenantContexts` instead installs an ``sni_callback`` that looks up
+the tenant serving the requested name (``registry.tenant_for_host``) and
+switches the connection to a context that trusts **that tenant's** roots and
+intermediates only. A device of tenant A connecting to tenant B's host name
+then fails in the handshake (TLS alert ``unknown_ca``), before any HTTP.
+certgate still verifies every request against the tenant of its Host (the
+handshake decides nothing on its own).
+
+What each per-tenant context holds: the server certificate and key (loaded
+from ``certfile``/``keyfile``) and the tenant's roots and intermediates. The
+verify mode, verify flags (``VERIFY_X509_PARTIAL_CHAIN``, deferred time
+checks), the session-ticket setting and the cipher list are those of the
+*listener* context: OpenSSL keeps them on the connection when the context is
+switched, so :meth:`TenantContexts.install` prepares the listener with
+:func:`~certgate.servers.tls.prepare_server_context` (and the per-tenant
+contexts get the same settings, for consistency).
+
+Contexts are built on first use and kept in a bounded LRU
+(``max_contexts``), keyed by tenant id; an entry is rebuilt when the
+tenant's :attr:`~certgate.tenant.Tenant.trust_id` (its id, roots and
+intermediates) differs from the one it was built for, so a tenant whose
+anchors changed gets a fresh context on its next handshake.
+
+**Unknown or missing SNI** (``unknown_sni``; also a name that is not a valid
+host name):
+
+* ``"no_anchors"`` (default): the connection switches to a context that
+  trusts no CA. A client that sends no certificate completes the handshake
+  and reaches certgate (403 ``unknown_tenant`` / ``no_certificate``, and
+  exempt paths such as health checks still answer); a client that sends one
+  fails the handshake (``unknown_ca``), since no tenant was chosen.
+* ``"refuse"``: the handshake is aborted with the ``unrecognized_name``
+  alert.
+* ``"listener"``: the connection stays on the listener context and trusts
+  what was loaded into it (for example the union bundle via uvicorn's
+  ``ssl_ca_certs``, for devices that connect by IP address and send no SNI).
+
+A registry lookup that raises (an outage) aborts the handshake with the
+``internal_error`` alert (logged, once until a lookup succeeds again).
+
+**Lookups in the handshake.** ``sni_callback`` is synchronous and runs
+inside the handshake: under uvicorn and hypercorn on the event loop thread,
+under Werkzeug on the thread that accepts connections, under gunicorn in the
+worker. A registry that waits on I/O (a database) blocks that thread for
+the length of the lookup - every other connection of the event loop waits
+with it. Two memories keep that rare: the host -> tenant answers (at most
+``max_hosts``; valid while the registry's ``change_token`` is the same
+object, or for ``host_ttl`` seconds for a registry without one) and the
+contexts themselves. Only synchronous registries are accepted
+(:class:`~certgate.registry.TrustRegistry`): a coroutine cannot be awaited
+inside a handshake.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Literal
+
+from .. import sni
+from ..errors import Rejected, ServerSetupError
+from ..hosts import normalize_host
+from ..registry import TrustRegistry
+from ..tenant import Tenant
+from .tls import (
+    SNICallback,
+    SNIRecorder,
+    accept_intermediate_anchors,
+    defer_time_checks,
+    disable_stateless_resumption,
+    prepare_server_context,
+    trust_bundle_pem,
+)
+
+UnknownSNIRule = Literal["no_anchors", "refuse", "listener"]
+UNKNOWN_SNI_RULES: tuple[UnknownSNIRule, ...] = ("no_anchors", "refuse", "listener")
+
+_log = logging.getLogger("certgate")
+_NO_TOKEN = object()
+
+
+def registry_of(source: Any) -> TrustRegistry:
+    """The synchronous registry of ``source``: a registry, or an object with
+    a ``registry`` attribute (a :class:`~certgate.gate.CertGate`).
+
+    Raises :class:`ServerSetupError` for an asynchronous registry."""
+    registry = getattr(source, "registry", source)
+    lookup = getattr(registry, "tenant_for_host", None)
+    if lookup is None or not callable(lookup):
+        raise ServerSetupError(f"{type(source).__name__} is not a trust registry or a CertGate")
+    if inspect.iscoroutinefunction(lookup):
+        raise ServerSetupError(
+            "per-tenant handshakes need a synchronous registry: tenant_for_host is looked up "
+            "inside the TLS handshake, where a coroutine cannot be awaited"
+        )
+    return registry  # type: ignore[no-any-return]
+
+
+class _TenantSNI:
+    """The ``sni_callback`` of a listener context (records the SNI too)."""
+
+    __slots__ = ("owner", "previous")
+    records_sni = True
+
+    def __init__(self, owner: TenantContexts, previous: SNICallback | None) -> None:
+        self.owner = owner
+        self.previous = previous
+
+    def __call__(self, conn: Any, server_name: str | None, context: ssl.SSLContext) -> int | None:
+        sni.remember(conn, server_name)
+        if self.previous is not None:
+            answer = self.previous(conn, server_name, context)
+            if answer is not None:
+                return answer
+        return self.owner.select(conn)
+
+
+class TenantContexts:
+    """Per-tenant ``SSLContext`` s chosen by SNI; see the module docstring.
+
+    ``registry``: a synchronous trust registry, or a ``CertGate`` (its
+    registry is used). ``certfile``/``keyfile``/``password``: the server's
+    certificate, loaded into every context. ``max_contexts`` bounds the
+    per-tenant contexts kept (least recently used dropped first);
+    ``max_hosts`` and ``host_ttl`` bound the host -> tenant memory.
+    ``require_certificate`` makes the handshake refuse clients without a
+    certificate (``CERT_REQUIRED``; default ``CERT_OPTIONAL``, certgate
+    answers 403). ``defer_time`` leaves validity times to certgate.
+    """
+
+    def __init__(
+        self,
+        registry: Any,
+        certfile: str | os.PathLike[str],
+        keyfile: str | os.PathLike[str] | None = None,
+        *,
+        password: str | None = None,
+        max_contexts: int = 1024,
+        unknown_sni: UnknownSNIRule = "no_anchors",
+        require_certificate: bool = False,
+        defer_time: bool = True,
+        max_hosts: int = 16384,
+        host_ttl: float = 60.0,
+    ) -> None:
+        if unknown_sni not in UNKNOWN_SNI_RULES:
+            raise ServerSetupError(
+                f"unknown_sni must be one of {', '.join(UNKNOWN_SNI_RULES)}, not {unknown_sni!r}"
+            )
+        if max_contexts < 1 or max_hosts < 1:
+            raise ServerSetupError("max_contexts and max_hosts must be at least 1")
+        self.registry = registry_of(registry)
+        self.certfile = certfile
+        self.keyfile = keyfile
+        self.password = password
+        self.max_contexts = max_contexts
+        self.max_hosts = max_hosts
+        self.host_ttl = host_ttl
+        self.unknown_sni: UnknownSNIRule = unknown_sni
+        self.verify_mode = ssl.CERT_REQUIRED if require_certificate else ssl.CERT_OPTIONAL
+        self.defer_time = defer_time
+        self.built = 0
+        """How many per-tenant contexts were built (a rebuild counts again)."""
+        self._lock = threading.Lock()
+        self._contexts: OrderedDict[str, tuple[bytes, ssl.SSLContext]] = OrderedDict()
+        self._hosts: OrderedDict[str, tuple[object, float, Tenant | None]] = OrderedDict()
+        self._no_anchors: ssl.SSLContext | None = None
+        self._failing = False
+
+    # -- contexts ---------------------------------------------------------
+
+    def _base(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.certfile, self.keyfile, self.password)
+        context.verify_mode = self.verify_mode
+        if self.defer_time:
+            defer_time_checks(context)
+        accept_intermediate_anchors(context)
+        return disable_stateless_resumption(context)
+
+    def server_context(self) -> ssl.SSLContext:
+        """A new listener context (server certificate, no CAs) with the
+        per-tenant ``sni_callback`` installed."""
+        return self.install(self._base())
+
+    def install(self, context: ssl.SSLContext) -> ssl.SSLContext:
+        """Prepare ``context`` (a listener context that asks for client
+        certificates) and install the per-tenant ``sni_callback``, chaining
+        to a callback already set (it runs first; an alert it returns ends
+        the handshake). Raises :class:`ServerSetupError` for a context with
+        ``CERT_NONE``: the connection keeps the listener's verify mode, so
+        no client certificate would ever be requested."""
+        if context.verify_mode == ssl.CERT_NONE:
+            raise ServerSetupError(
+                "per-tenant handshakes need a listener context that asks for client "
+                "certificates (CERT_OPTIONAL or CERT_REQUIRED; uvicorn: ssl_cert_reqs=1, "
+                "gunicorn: cert_reqs = 1)"
+            )
+        prepare_server_context(context, defer_time=self.defer_time)
+        previous = context.sni_callback
+        if isinstance(previous, SNIRecorder | _TenantSNI):
+            previous = previous.previous
+        context.sni_callback = _TenantSNI(self, previous)
+        return context
+
+    def context_for(self, tenant: Tenant) -> ssl.SSLContext:
+        """The context for ``tenant`` (built now unless a current one is kept)."""
+        with self._lock:
+            kept = self._contexts.get(tenant.id)
+            if kept is not None and kept[0] == tenant.trust_id:
+                self._contexts.move_to_end(tenant.id)
+                return kept[1]
+            context = self._base()
+            context.load_verify_locations(cadata=trust_bundle_pem([tenant]))
+            self.built += 1
+            self._contexts[tenant.id] = (tenant.trust_id, context)
+            self._contexts.move_to_end(tenant.id)
+            while len(self._contexts) > self.max_contexts:
+                self._contexts.popitem(last=False)
+            return context
+
+    def cached_tenants(self) -> list[str]:
+        """The tenant ids whose contexts are kept, least recently used first."""
+        with self._lock:
+            return list(self._contexts)
+
+    def __len__(self) -> int:
+        return len(self._contexts)
+
+    def _no_anchor_context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._no_anchors is None:
+                self._no_anchors = self._base()
+            return self._no_anchors
+
+    # -- lookups ----------------------------------------------------------
+
+    def tenant_for(self, host: str) -> Tenant | None:
+        """The tenant serving normalised ``host`` (remembered; see the module
+        docstring). Raises what the registry raises."""
+        token = getattr(self.registry, "change_token", _NO_TOKEN)
+        now = time.monotonic()
+        with self._lock:
+            entry = self._hosts.get(host)
+            fresh = entry is not None and (token is not _NO_TOKEN or now < entry[1])
+            if entry is not None and fresh and entry[0] is token:
+                self._hosts.move_to_end(host)
+                return entry[2]
+        tenant = self.registry.tenant_for_host(host)
+        with self._lock:
+            self._hosts[host] = (token, now + self.host_ttl, tenant)
+            self._hosts.move_to_end(host)
+            while len(self._hosts) > self.max_hosts:
+                self._hosts.popitem(last=False)
+        return tenant
+
+    def select(self, conn: Any) -> int | None:
+        """Switch ``conn`` (in its ``sni_callback``) to the context of the
+        tenant its recorded SNI names; returns a TLS alert to abort, or
+        ``None`` to go on."""
+        name = sni.server_name(conn)
+        tenant: Tenant | None = None
+        if name is not None:
+            try:
+                host = normalize_host(name)
+            except Rejected:
+                host = None
+            if host is not None:
+                try:
+                    tenant = self.tenant_for(host)
+                    context = self.context_for(tenant) if tenant is not None else None
+                except Exception as exc:  # noqa: BLE001 - an outage: abort the handshake
+                    if not self._failing:
+                        self._failing = True
+                        _log.warning(
+                            "certgate: per-tenant handshake aborted: tenant lookup for SNI %r "
+                            "failed (%s); further failures are not logged until a lookup "
+                            "succeeds",
+                            host,
+                            type(exc).__name__,
+                        )
+                    return int(ssl.ALERT_DESCRIPTION_INTERNAL_ERROR)
+                self._failing = False
+                if context is not None:
+                    conn.context = context
+                    return None
+        if self.unknown_sni == "refuse":
+            return int(ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME)
+        if self.unknown_sni == "no_anchors":
+            conn.context = self._no_anchor_context()
+        return None
