@@ -131,7 +131,7 @@ def _raw_get(
     """One HTTP/1.1 request on its own TLS connection: (status, resumed, session)."""
     with (
         socket.create_connection(("127.0.0.1", port), 10) as raw,
-        context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+        context.wrap_socket(raw, server_hostname=host, session=session) as tls,
     ):
         tls.sendall(f"GET /whoami HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         data = b""

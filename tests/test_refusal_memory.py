@@ -106,7 +106,9 @@ def _make_env(directory: Path) -> MemoryEnv:
     (directory / "acme-root.pem").write_bytes(acme.cert_pem)
     (directory / "globex-root.pem").write_bytes(globex.cert_pem)
     (directory / "server-ca.pem").write_bytes(server_ca.cert_pem)
-    server_ca.server(["localhost", "127.0.0.1"]).write_files(directory, "server")
+    server_ca.server(["localhost", "127.0.0.1", "pay.acme.test", "api.globex.test"]).write_files(
+        directory, "server"
+    )
     (directory / "tenants-bundle.pem").write_bytes(acme.cert_pem + globex.cert_pem)
     (directory / "certgate.toml").write_text(
         '[[tenants]]\nid = "acme"\nhosts = ["pay.acme.test"]\nroots = ["acme-root.pem"]\n\n'
@@ -122,13 +124,19 @@ def _request_bytes(host: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+def _host_of(request: bytes) -> str:
+    """The Host of ``request``: the SNI a client sends for it (the server
+    refuses a Host of another tenant than the SNI: sni_mismatch)."""
+    return request.split(b"\r\nHost: ", 1)[1].split(b"\r\n", 1)[0].decode()
+
+
 def _refused_request(server: Server, cert: Path, key: Path, request: bytes) -> str:
     """Send ``request`` over a TLS connection presenting ``cert``; the reason."""
     context = ssl.create_default_context(cafile=str(server.env.server_ca))
     context.load_cert_chain(cert, key)
     with (
         socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw,
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
+        context.wrap_socket(raw, server_hostname=_host_of(request)) as tls,
     ):
         tls.sendall(request)
         chunks = []

@@ -126,7 +126,7 @@ def _get(
 ) -> tuple[int, bool, ssl.SSLSession | None]:
     with (
         socket.create_connection(("127.0.0.1", port), 10) as raw,
-        context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
+        context.wrap_socket(raw, server_hostname="initech.test", session=session) as tls,
     ):
         tls.sendall(b"GET /whoami HTTP/1.1\r\nHost: initech.test\r\nConnection: close\r\n\r\n")
         data = b""
