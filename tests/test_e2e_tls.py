@@ -159,8 +159,11 @@ def test_python_session_reuse_keeps_the_decision(server: Server, version: str) -
     if version == "1.3":
         assert not any(resumed[1:]), "TLS 1.3 tickets must be off"
     # the other tenant's host stays refused on a resumed session too
+    # (421 sni_mismatch where the resumed TLS 1.2 session keeps the SNI it
+    # was made for - acme's: OpenSSL reports the session's name on resumption;
+    # 403 untrusted_chain where the server does not resume it)
     refused, _, _ = _raw_get(server.port, context, "api.globex.test", session)
-    assert refused == 403
+    assert refused in (403, 421)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

@@ -5,7 +5,7 @@ the Host of another.
 Rule (certgate.gate.CertGate._sni_check): when the server adapter recorded
 the connection's SNI and the certificate came with the TLS connection (the
 peer is not a trusted proxy), the tenant of the SNI must be the tenant of the
-Host, else 403 ``sni_mismatch``; an SNI naming no tenant while the Host does
+Host, else 421 ``sni_mismatch``; an SNI naming no tenant while the Host does
 is a mismatch. No SNI known -> no check. Exempt paths: no check.
 """
 
@@ -50,8 +50,8 @@ def tls_scope(client: IssuedCert, host: str, sni: str | None, path: str = "/") -
         (GLOBEX, GLOBEX, 200),
         (GLOBEX, None, 200),  # no SNI known: no check
         (GLOBEX, "API.GLOBEX.TEST", 200),  # compared as host names
-        (GLOBEX, ACME, 403),  # another tenant's name
-        (GLOBEX, "nobody.example", 403),  # a name of no tenant
+        (GLOBEX, ACME, 421),  # another tenant's name
+        (GLOBEX, "nobody.example", 421),  # a name of no tenant
     ],
 )
 def test_sni_must_name_the_hosts_tenant(pki: PKI, host: str, sni: str | None, status: int) -> None:
@@ -59,7 +59,7 @@ def test_sni_must_name_the_hosts_tenant(pki: PKI, host: str, sni: str | None, st
     mw = CertGateMiddleware(app, CertGate(pki.registry()))
     result = run_http(mw, tls_scope(pki["globex"].client("sni"), host, sni))
     assert result.status == status
-    if status == 403:
+    if status == 421:
         assert result.reason == Reason.SNI_MISMATCH.value
         assert app.scopes == []
 
@@ -87,7 +87,7 @@ def test_the_emissary_attack_acme_sni_globex_host(pki: PKI) -> None:
     client = pki["globex"].client("device")
     assert run_http(mw, tls_scope(client, ACME, None)).status == 200  # no SNI: no check
     result = run_http(mw, tls_scope(client, ACME, GLOBEX))
-    assert result.status == 403
+    assert result.status == 421
     assert result.reason == Reason.SNI_MISMATCH.value
 
 
@@ -95,7 +95,7 @@ def test_exempt_path_is_not_checked(pki: PKI) -> None:
     mw = CertGateMiddleware(RecordingApp(), CertGate(pki.registry(), exempt_paths=["/healthz"]))
     client = pki["globex"].client("exempt")
     assert run_http(mw, tls_scope(client, GLOBEX, ACME, "/healthz")).status == 200
-    assert run_http(mw, tls_scope(client, GLOBEX, ACME, "/")).status == 403
+    assert run_http(mw, tls_scope(client, GLOBEX, ACME, "/")).status == 421
 
 
 def test_forwarded_certificate_from_trusted_proxy_is_not_checked(pki: PKI) -> None:
@@ -119,7 +119,7 @@ def test_the_memo_never_serves_a_remembered_allow_for_another_sni(pki: PKI) -> N
         assert run_http(mw, tls_scope(client, GLOBEX, GLOBEX)).status == 200
     assert app.scopes[-1][DECISION_KEY] is app.scopes[-2][DECISION_KEY]  # remembered
     result = run_http(mw, tls_scope(client, GLOBEX, ACME))
-    assert result.status == 403
+    assert result.status == 421
     assert result.reason == Reason.SNI_MISMATCH.value
     # the gate's own key (facts, no adapter key) too
     facts = RequestFacts(GLOBEX, "/", "203.0.113.7", {}, _transport(client), False, GLOBEX)
@@ -233,7 +233,7 @@ def test_wsgi_reads_sni_from_the_server_socket(pki: PKI) -> None:
                 "SSL_CLIENT_CERT": client.cert_pem.decode(),
             }
             statuses.append(wsgi_status(mw, environ))
-        assert [s[:3] for s in statuses] == ["200", "403", "200"]
+        assert [s[:3] for s in statuses] == ["200", "421", "200"]
     finally:
         sock.close()
         right.close()
@@ -291,7 +291,7 @@ def test_real_tls_server_host_vs_sni(
     same = _https_get(port, base, GLOBEX, GLOBEX)
     assert same.split(b" ", 2)[1] == b"200", same[:200]
     other = _https_get(port, base, ACME, GLOBEX)  # handshake for acme, request for globex
-    assert other.split(b" ", 2)[1] == b"403", other[:200]
+    assert other.split(b" ", 2)[1] == b"421", other[:200]
     assert b"sni_mismatch" in other
     unknown = _https_get(port, base, "nobody.example", GLOBEX)
     assert b"sni_mismatch" in unknown

@@ -83,7 +83,10 @@ class Reason(enum.StrEnum):
     certificate accepted in the handshake for one tenant must not reach
     another by changing the Host (the emissary-ingress #3340 attack). Checked
     only where the server adapter knows the SNI and the certificate comes from
-    that TLS connection."""
+    that TLS connection. Answered with 421 Misdirected Request (RFC 9110
+    15.5.20), not 403: a browser that reuses an HTTP/2 connection for another
+    host its server certificate covers (connection coalescing) retries a 421
+    on a new connection, with the right SNI; a 403 would lock it out."""
 
     INTERNAL_ERROR = "internal_error"
     """certgate could not decide because of an unexpected error - a bug in
@@ -119,6 +122,6 @@ _META: dict[Reason, _Meta] = {
     Reason.TRUST_STORE_UNAVAILABLE: _Meta(503, "The trust store is temporarily unavailable"),
     Reason.POLICY_DENIED: _Meta(403, "The client certificate is not allowed here"),
     Reason.PROXY_VERIFY_FAILED: _Meta(403, "The proxy did not verify the client certificate"),
-    Reason.SNI_MISMATCH: _Meta(403, "The TLS server name does not match the Host"),
+    Reason.SNI_MISMATCH: _Meta(421, "This connection cannot serve this host"),
     Reason.INTERNAL_ERROR: _Meta(403, "The client certificate could not be checked"),
 }
