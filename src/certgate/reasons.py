@@ -85,6 +85,17 @@ class Reason(enum.StrEnum):
     only where the server adapter knows the SNI and the certificate comes from
     that TLS connection."""
 
+    REVOKED = "revoked"
+    """The client certificate, or an intermediate CA of its verified chain,
+    is listed on its issuer's CRL (see :mod:`certgate.crl`)."""
+
+    REVOCATION_UNAVAILABLE = "revocation_unavailable"
+    """The tenant checks revocation, but a CRL needed for the chain cannot be
+    used: it is stale (past its nextUpdate, or its thisUpdate is in the
+    future), a configured CRL URL has not been fetched yet, or
+    ``require_crl`` is set and an issuer of the chain has no CRL. Fail
+    closed (``crl_stale = "warn"`` lets stale CRLs through with a warning)."""
+
     INTERNAL_ERROR = "internal_error"
     """certgate could not decide because of an unexpected error - a bug in
     certgate or in a plugged-in part (a tenant resolver, a registry returning
@@ -120,5 +131,7 @@ _META: dict[Reason, _Meta] = {
     Reason.POLICY_DENIED: _Meta(403, "The client certificate is not allowed here"),
     Reason.PROXY_VERIFY_FAILED: _Meta(403, "The proxy did not verify the client certificate"),
     Reason.SNI_MISMATCH: _Meta(403, "The TLS server name does not match the Host"),
+    Reason.REVOKED: _Meta(403, "The client certificate has been revoked"),
+    Reason.REVOCATION_UNAVAILABLE: _Meta(403, "The revocation status could not be checked"),
     Reason.INTERNAL_ERROR: _Meta(403, "The client certificate could not be checked"),
 }
