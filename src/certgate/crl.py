@@ -281,14 +281,8 @@ def _entry_reason(extensions: x509.Extensions, where: str) -> x509.ReasonFlags |
     return reason
 
 
-class _Slots:
-    """The CRLs of one issuing CA: for end-entity and for CA certificates."""
-
-    __slots__ = ("ca", "ee")
-
-    def __init__(self) -> None:
-        self.ee: CrlRecord | None = None
-        self.ca: CrlRecord | None = None
+_Slots = tuple[CrlRecord | None, CrlRecord | None]
+"""The CRLs of one issuing CA: for end-entity and for CA certificates."""
 
 
 def _newer(record: CrlRecord, current: CrlRecord | None) -> bool:
@@ -319,21 +313,21 @@ class Revocation:
     ) -> None:
         from .tenant import name_key  # noqa: PLC0415 - tenant imports this module
 
-        by_key: dict[bytes, _Slots] = {}
+        chosen: dict[bytes, list[CrlRecord | None]] = {}
         keys = {id(ca): name_key(ca) for ca in cas}
         for record in records:
-            slots = by_key.setdefault(
-                keys.get(id(record.issuer)) or name_key(record.issuer), _Slots()
-            )
-            if record.scope != SCOPE_CA and _newer(record, slots.ee):
-                slots.ee = record
-            if record.scope != SCOPE_EE and _newer(record, slots.ca):
-                slots.ca = record
-        self.by_key = by_key
+            key = keys.get(id(record.issuer)) or name_key(record.issuer)
+            slots = chosen.setdefault(key, [None, None])
+            for index, excluded in ((0, SCOPE_CA), (1, SCOPE_EE)):
+                if record.scope != excluded and _newer(record, slots[index]):
+                    slots[index] = record
+        self.by_key: dict[bytes, _Slots] = {k: (v[0], v[1]) for k, v in chosen.items()}
         self.by_id: dict[int, _Slots] = {
-            id(ca): by_key[keys[id(ca)]] for ca in cas if keys[id(ca)] in by_key
+            id(ca): self.by_key[keys[id(ca)]] for ca in cas if keys[id(ca)] in self.by_key
         }
-        self._cas = tuple(cas)  # keeps the objects whose ids by_id holds alive
+        # Serial numbers of the tenant's CA objects (reading one costs ~0.4 us).
+        self._serials = {id(ca): ca.serial_number for ca in cas}
+        self._cas = tuple(cas)  # keeps the objects whose ids the dicts hold alive
         self.pending = pending
         self.stale = stale
         self.require = require
@@ -348,23 +342,25 @@ class Revocation:
         """
         until = math.inf
         if self.pending:
-            until = self._unusable(
-                f"CRL URL(s) not fetched yet: {', '.join(self.pending)}", now, tenant_id
-            )
+            pending = ", ".join(self.pending)
+            until = self._unusable(f"CRL URL(s) not fetched yet: {pending}", now, tenant_id)
         by_id = self.by_id
-        for position in range(len(chain) - 1):
-            issuer = chain[position + 1]
+        for position in range(1, len(chain)):
+            issuer = chain[position]
             slots = by_id.get(id(issuer))
             if slots is None:
                 slots = self._slots_by_key(issuer)
-            record = None if slots is None else (slots.ee if position == 0 else slots.ca)
+            record = None if slots is None else slots[position > 1]
             if record is None:
                 if self.require:
                     self._refuse_missing(issuer)
                 continue
-            cert = chain[position]
-            if cert.serial_number in record.revoked:
-                raise _revoked(cert, position, record)
+            cert = chain[position - 1]
+            serial = self._serials.get(id(cert))
+            if serial is None:
+                serial = cert.serial_number
+            if serial in record.revoked:
+                raise _revoked(cert, position - 1, record)
             if record.this_update <= now < record.next_update:
                 until = min(until, record.next_update)
             else:
