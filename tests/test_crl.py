@@ -571,3 +571,23 @@ def test_toml_registry_fetches_crl_urls_in_the_background(
         assert reason(gate, chain.leaf) == "revoked"
     finally:
         registry.close()
+
+
+def test_cli_check_fetches_crl_urls_first(
+    chain: Chain, crl_server: CrlServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from certgate.cli import main
+
+    crl_server.serve(build_crl(chain.issuing, [chain.leaf.cert.serial_number]))
+    (tmp_path / "root.pem").write_bytes(chain.root.cert_pem)
+    (tmp_path / "issuing.pem").write_bytes(chain.issuing.cert_pem)
+    (tmp_path / "leaf.pem").write_bytes(chain.leaf.cert_pem)
+    config = tmp_path / "certgate.toml"
+    config.write_text(
+        f'[[tenants]]\nid = "crl"\nhosts = ["{HOST}"]\nroots = ["root.pem"]\n'
+        f'intermediates = ["issuing.pem"]\ncrl_urls = ["{crl_server.url}"]\n'
+    )
+    code = main(["check", str(tmp_path / "leaf.pem"), "--host", HOST, "--config", str(config)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "revoked" in out

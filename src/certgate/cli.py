@@ -257,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:  # the operator's input, not a certgate config
                 raise ValueError(str(exc)) from None
         gate = CertGate.from_toml(args.config)
+        refresher = getattr(gate.registry, "crl_refresher", None)
+        if refresher is not None:  # crl_urls: fetch them now, not in the background
+            refresher.refresh()
         ders = _read_certs(args.cert)
         for chain_file in args.chain:
             ders.extend(_read_certs(chain_file))
