@@ -282,3 +282,138 @@ def test_reference_flow_with_curl(tmp_path: Path, capsys: pytest.CaptureFixture[
             timeout=30,
         )  # fmt: skip
         assert other.stdout == b"403"
+
+
+def revoke_args(ca_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--ca-cert",
+        str(ca_dir / "ca.pem"),
+        "--ca-key",
+        str(ca_dir / "ca.key"),
+        "--db",
+        str(ca_dir / "revoked.json"),
+        *extra,
+    ]
+
+
+def test_revoke_records_and_crl_signs_with_increasing_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    init_ca(capsys, tmp_path)
+    assert issue(capsys, tmp_path, "--cn", "lost")[0] == 0
+    lost = load(tmp_path / "lost.pem")
+    code, out, err = run(
+        capsys,
+        "pki",
+        "revoke",
+        *revoke_args(tmp_path, "--cert", str(tmp_path / "lost.pem"), "--reason", "keyCompromise"),
+    )
+    assert code == 0, err
+    db = json.loads((tmp_path / "revoked.json").read_text())
+    [entry] = db["revoked"]
+    assert entry["serial"] == format(lost.serial_number, "x")
+    assert entry["reason"] == "keyCompromise"
+    assert entry["revoked_at"]
+    # twice: not an error, not a second entry
+    code, out, _ = run(
+        capsys, "pki", "revoke", *revoke_args(tmp_path, "--cert", str(tmp_path / "lost.pem"))
+    )
+    assert code == 0
+    assert "already revoked" in out
+    ca = load(tmp_path / "ca.pem")
+    numbers = []
+    for der in (False, True):
+        crl_path = tmp_path / ("ca.der.crl" if der else "ca.crl")
+        extra = ["--out", str(crl_path), "--days", "3", *(["--der"] if der else [])]
+        code, _, err = run(capsys, "pki", "crl", *revoke_args(tmp_path, *extra))
+        assert code == 0, err
+        data = crl_path.read_bytes()
+        crl = x509.load_der_x509_crl(data) if der else x509.load_pem_x509_crl(data)
+        assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        numbers.append(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+        aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        assert aki.key_identifier == ski.digest
+        revoked = crl.get_revoked_certificate_by_serial_number(lost.serial_number)
+        assert revoked is not None
+        reason = revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        assert reason == x509.ReasonFlags.key_compromise
+        assert crl.next_update_utc is not None
+        lifetime = crl.next_update_utc - crl.last_update_utc
+        assert 3 * 86400 <= lifetime.total_seconds() <= 3 * 86400 + 120
+    assert numbers == [1, 2]
+
+
+def test_revoke_refuses_a_certificate_of_another_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    init_ca(capsys, tmp_path)
+    other = tmp_path / "other"
+    init_ca(capsys, other)
+    assert issue(capsys, other, "--cn", "stranger")[0] == 0
+    code, _, err = run(
+        capsys, "pki", "revoke", *revoke_args(tmp_path, "--cert", str(other / "stranger.pem"))
+    )
+    assert code == 2
+    assert "not issued by this CA" in err
+    assert not (tmp_path / "revoked.json").exists()
+    # a database of one CA is not used for another
+    run(capsys, "pki", "revoke", *revoke_args(tmp_path, "--serial", "0x1234"))
+    code, _, err = run(
+        capsys,
+        "pki",
+        "crl",
+        "--ca-cert", str(other / "ca.pem"), "--ca-key", str(other / "ca.key"),
+        "--db", str(tmp_path / "revoked.json"), "--out", str(other / "ca.crl"),
+    )  # fmt: skip
+    assert code == 2
+    assert "belongs to another CA" in err
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_reference_flow_revocation_with_curl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue two devices with `pki issue-client`, revoke one with `pki
+    revoke`, make the CRL with `pki crl`, configure it on the tenant: through
+    a real certgate-protected uvicorn server, curl --cert/--key gets 403
+    revoked for the revoked device and 200 for the other."""
+    env: DevEnv = make_dev_environment(tmp_path / "dev")
+    ca_dir = env.directory / "newtenant"
+    init_ca(capsys, ca_dir)
+    for name in ("kiosk-1", "kiosk-2"):
+        assert issue(capsys, ca_dir, "--cn", name)[0] == 0
+    code, _, err = run(
+        capsys,
+        "pki",
+        "revoke",
+        *revoke_args(ca_dir, "--cert", str(ca_dir / "kiosk-1.pem"), "--reason", "keyCompromise"),
+    )
+    assert code == 0, err
+    code, _, err = run(capsys, "pki", "crl", *revoke_args(ca_dir, "--out", str(ca_dir / "ca.crl")))
+    assert code == 0, err
+    with env.config.open("a") as config:
+        config.write('\n[[tenants]]\nid = "newtenant"\nhosts = ["localhost"]\n')
+        config.write('roots = ["newtenant/ca.pem"]\ncrls = ["newtenant/ca.crl"]\n')
+    with env.bundle.open("ab") as bundle:
+        bundle.write((ca_dir / "ca.pem").read_bytes())
+    port = free_port()
+    with serve(uvicorn_cmd(env, port), env, port):
+        base = ["curl", "-s", "--cacert", str(env.server_ca)]
+        base += ["--resolve", f"localhost:{port}:127.0.0.1", "-D", "-"]
+        url = f"https://localhost:{port}/whoami"
+
+        def curl(name: str) -> str:
+            device = ["--cert", str(ca_dir / f"{name}.pem"), "--key", str(ca_dir / f"{name}.key")]
+            done = subprocess.run(
+                [*base, *device, url], capture_output=True, check=True, timeout=30
+            )
+            return done.stdout.decode()
+
+        refused = curl("kiosk-1")
+        assert refused.startswith("HTTP/1.1 403"), refused
+        assert "certgate-reason: revoked" in refused.lower()
+        assert '"reason":"revoked"' in refused.replace(" ", "")
+        allowed = curl("kiosk-2")
+        assert allowed.startswith("HTTP/1.1 200"), allowed
+        assert '"tenant_id":"newtenant"' in allowed.replace(" ", "")

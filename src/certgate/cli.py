@@ -39,6 +39,20 @@
     ``--p12-passphrase-file`` a PKCS#12 bundle for browsers; usable as
     ``curl --cert DIR/NAME.pem --key DIR/NAME.key``.
 
+``certgate pki revoke --ca-cert PEM --ca-key PEM --cert DEVICE.pem --db revoked.json [--reason R]``
+    Record a revocation (serial, date, reason) in the CA's JSON revocation
+    database (created on first use); ``--serial HEX`` instead of ``--cert``
+    revokes by serial number. ``--reason``: an RFC 5280 reason name
+    (``keyCompromise``, ``superseded``, ...; default ``unspecified``). The
+    certificate must have been issued by the CA. Revoking twice is not an
+    error.
+
+``certgate pki crl --ca-cert PEM --ca-key PEM --db revoked.json --out ca.crl [--days 7] [--der]``
+    Write a CRL of the database's revocations signed by the CA (PEM, or DER
+    with ``--der``): CRL Number one higher than the last, Authority Key
+    Identifier, nextUpdate ``--days`` ahead. List the file in the tenant's
+    ``crls`` (or serve it at one of its ``crl_urls``).
+
 ``certgate --version``
 
 Text output is escaped with :func:`certgate.text.safe_text`: a certificate
@@ -64,6 +78,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import __version__, pki
+from . import pki as pki_module
 from .config import MAX_PEM_FILE_BYTES, load_config, read_regular_file
 from .decision import Decision
 from .errors import ConfigError, Rejected
@@ -152,6 +167,27 @@ def _pki_parsers(pki: argparse.ArgumentParser) -> None:
     issue.add_argument("--name", help="file name stem (default: from the CN)")
     issue.add_argument("--p12-passphrase-file", help="also write NAME.p12 with this passphrase")
     issue.add_argument("--force", action="store_true", help="overwrite existing files")
+    revoke = sub.add_parser("revoke", help="record a certificate's revocation")
+    _ca_arguments(revoke)
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cert", help="the certificate to revoke (PEM)")
+    which.add_argument("--serial", help="its serial number, hex")
+    revoke.add_argument(
+        "--reason", default="unspecified", choices=list(pki_module.REVOCATION_REASONS)
+    )
+    revoke.add_argument("--db", required=True, help="the CA's revocation database (JSON)")
+    crl = sub.add_parser("crl", help="write a CRL signed by the CA")
+    _ca_arguments(crl)
+    crl.add_argument("--db", required=True, help="the CA's revocation database (JSON)")
+    crl.add_argument("--out", required=True, help="the CRL file to write")
+    crl.add_argument("--days", type=int, default=7, help="nextUpdate in days (default 7)")
+    crl.add_argument("--der", action="store_true", help="write DER instead of PEM")
+
+
+def _ca_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ca-cert", required=True, help="the CA certificate (PEM)")
+    parser.add_argument("--ca-key", required=True, help="the CA private key (PEM)")
+    parser.add_argument("--ca-key-passphrase-file", help="passphrase of an encrypted CA key")
 
 
 def _read_certs(path: str) -> list[bytes]:
@@ -284,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:  # the operator's input, not a certgate config
                 raise ValueError(str(exc)) from None
         gate = CertGate.from_toml(args.config)
+        refresher = getattr(gate.registry, "crl_refresher", None)
+        if refresher is not None:  # crl_urls: fetch them now, not in the background
+            refresher.refresh()
         ders = _read_certs(args.cert)
         for chain_file in args.chain:
             ders.extend(_read_certs(chain_file))
@@ -436,7 +475,45 @@ def _stem(common_name: str) -> str:
     return stem.strip("._") or "client"
 
 
+def _revocation_command(args: argparse.Namespace) -> int:
+    """``pki revoke`` and ``pki crl``."""
+    ca = pki.load_ca(args.ca_cert, args.ca_key, _passphrase(args.ca_key_passphrase_file))
+    db_path = Path(args.db)
+    db = pki.read_revocations(db_path, ca)
+    if args.pki_command == "crl":
+        crl = pki.make_crl(ca, db, days=args.days)
+        pki.write_crl(Path(args.out), crl, der=args.der)
+        pki.write_revocations(db_path, db)
+        _print(
+            f"wrote {safe_text(args.out)}: CRL number {db['crl_number']}, "
+            f"{len(db['revoked'])} revoked, next update {crl.next_update_utc}"
+        )
+        return EXIT_ALLOWED
+    cert = None
+    serial = None
+    if args.cert is not None:
+        cert = load_certificate(_read_certs(args.cert)[0])
+    else:
+        try:
+            serial = int(args.serial.removeprefix("0x").replace(":", ""), 16)
+        except ValueError:
+            raise ConfigError(f"--serial {args.serial!r:.80} is not a hex number") from None
+    added = pki.revoke(ca, db, cert=cert, serial=serial, reason=args.reason)
+    if added:
+        pki.write_revocations(db_path, db)
+    entry = db["revoked"][-1] if added else None
+    what = f"serial {entry['serial']}" if entry else "that certificate"
+    _print(
+        f"revoked {what} ({args.reason}) in {safe_text(db_path)}; run `certgate pki crl`"
+        if added
+        else f"{what} was already revoked in {safe_text(db_path)}"
+    )
+    return EXIT_ALLOWED
+
+
 def _pki(args: argparse.Namespace) -> int:
+    if args.pki_command in ("revoke", "crl"):
+        return _revocation_command(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.pki_command == "init-ca":

@@ -63,14 +63,16 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
+from .crl import MAX_CRL_BYTES, load_crls
 from .errors import ConfigError
 from .registry import InMemoryRegistry
 from .rollout import Route, parse_access, parse_mode
 from .sources.base import HeaderSource, header_source
-from .tenant import Tenant, check_tenant_id, load_pem_certificates
+from .tenant import Tenant, check_crl_url, check_tenant_id, load_pem_certificates
 from .text import safe_text
 
 if TYPE_CHECKING:
+    from .crlfetch import CrlRefresher
     from .policy import Policy
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
@@ -146,7 +148,20 @@ _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "routes": list,
     "policy": dict,
 }
-_TENANT_KEYS = {"id", "hosts", "roots", "intermediates", "shared_anchors", "mode", "policy"}
+_TENANT_KEYS = {
+    "id",
+    "hosts",
+    "roots",
+    "intermediates",
+    "shared_anchors",
+    "mode",
+    "policy",
+    "crls",
+    "crl_urls",
+    "crl_refresh",
+    "crl_stale",
+    "require_crl",
+}
 _ROUTE_KEYS = {"path", "access", "mode", "policy"}
 MAX_ROUTES = 1000
 """Most ``[[certgate.routes]]`` entries."""
@@ -165,24 +180,48 @@ class TomlRegistry(InMemoryRegistry):
 
     :meth:`reload` re-reads the file and swaps the tenants in atomically; on a
     bad file it raises and keeps serving the previous tenants. It reloads
-    ``[[tenants]]`` only: a change to ``[certgate]`` settings needs a restart.
+    ``[[tenants]]`` only (their CRL files included): a change to
+    ``[certgate]`` settings needs a restart.
+
+    When a tenant has ``crl_urls``, the registry starts a
+    :class:`~certgate.crlfetch.CrlRefresher` (``crl_refresher``) in a daemon
+    thread; a reload keeps the CRLs it already fetched. :meth:`close` stops it.
     """
 
     def __init__(self, path: str | os.PathLike[str], data: Mapping[str, Any] | None = None) -> None:
         """Load ``path`` (``data``: its already-parsed contents, if at hand)."""
         self.path = Path(path)
+        self.crl_refresher: CrlRefresher | None = None
         tenants = _read_tenants(self.path, data if data is not None else _read_toml(self.path))
         try:
             super().__init__(tenants)
         except ConfigError as exc:  # shared anchors, a host claimed twice, ...
             raise ConfigError(f"{self.path}: {exc}") from None
+        self._watch_crl_urls(tenants)
 
     def reload(self) -> None:
         tenants = _read_tenants(self.path, _read_toml(self.path))
+        if self.crl_refresher is not None:
+            tenants = self.crl_refresher.apply(tenants)
         try:
             self.replace_all(tenants)
         except ConfigError as exc:
             raise ConfigError(f"{self.path}: {exc}") from None
+        self._watch_crl_urls(tenants)
+
+    def _watch_crl_urls(self, tenants: list[Tenant]) -> None:
+        if self.crl_refresher is None and any(t.crl_urls for t in tenants):
+            from .crlfetch import CrlRefresher  # noqa: PLC0415 - only configs with CRL URLs
+
+            self.crl_refresher = CrlRefresher(self)
+            self.crl_refresher.start()
+        elif self.crl_refresher is not None:
+            self.crl_refresher.wake()
+
+    def close(self) -> None:
+        """Stop the CRL refresher thread, if any."""
+        if self.crl_refresher is not None:
+            self.crl_refresher.stop(timeout=5)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -332,6 +371,8 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
         policy = entry.get("policy")
         if policy is not None:
             policy = _policy(policy, where)
+        crls, labels = _crls(path, _strings(entry.get("crls", []), f"{where}: 'crls'"), where)
+        revocation = _revocation_settings(entry, where)
         try:
             tenants.append(
                 Tenant(
@@ -342,11 +383,60 @@ def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
                     shared_anchors=shared,
                     policy=policy,
                     mode=mode,
+                    crls=tuple(crls),
+                    crl_labels=tuple(labels),
+                    **revocation,
                 )
             )
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return tenants
+
+
+def _revocation_settings(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``crl_urls``, ``crl_refresh``, ``crl_stale`` and ``require_crl`` of a
+    ``[[tenants]]`` table (types checked here, values by :class:`Tenant`)."""
+    urls = _strings(entry.get("crl_urls", []), f"{where}: 'crl_urls'")
+    for url in urls:
+        check_crl_url(url, where)
+    refresh = entry.get("crl_refresh", 3600)
+    if isinstance(refresh, bool) or not isinstance(refresh, int | float):
+        raise ConfigError(f"{where}: 'crl_refresh' must be a number of seconds")
+    stale = entry.get("crl_stale", "fail")
+    if not isinstance(stale, str):
+        raise ConfigError(f'{where}: \'crl_stale\' must be "fail" or "warn"')
+    require = entry.get("require_crl", False)
+    if not isinstance(require, bool):
+        raise ConfigError(f"{where}: 'require_crl' must be true or false")
+    return {
+        "crl_urls": tuple(urls),
+        "crl_refresh": float(refresh),
+        "crl_stale": stale,
+        "require_crl": require,
+    }
+
+
+def _crls(
+    config_path: Path, files: list[str], where: str
+) -> tuple[list[x509.CertificateRevocationList], list[str]]:
+    """The CRLs of ``files`` (PEM or DER, at most
+    :data:`~certgate.crl.MAX_CRL_BYTES` each) and, for each, a label naming
+    its file (for vetting errors)."""
+    crls: list[x509.CertificateRevocationList] = []
+    labels: list[str] = []
+    for name in files:
+        file = config_path.parent / name
+        with contextlib.suppress(OSError, RuntimeError, ValueError):  # the read says why
+            file = file.resolve()
+        try:
+            data = read_regular_file(file, MAX_CRL_BYTES, "CRL file")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        label = f"{where}: CRL file {safe_text(file, 300)}"
+        loaded = load_crls(data, label)
+        crls.extend(loaded)
+        labels.extend([label] * len(loaded))
+    return crls, labels
 
 
 def _policy(value: Any, where: str) -> Policy:

@@ -101,8 +101,9 @@ class ClientIdentity:
     ``wsgi_environ``, ``cloudflare``, ...). ``certificate`` is the leaf;
     ``chain`` the verified path, leaf first, ending at one of the tenant's
     roots; ``issuers`` is ``chain[1:]``, the CA certificates above the leaf.
-    ``expires_at`` is the POSIX time the verified path stops being valid
-    (the earliest notAfter on it).
+    ``expires_at`` is the POSIX time the verification stops holding: the
+    earliest notAfter on the verified path, or the nextUpdate of a CRL the
+    path was checked against, if earlier.
 
     Immutable. What an identity keeps is small (it is what the
     verification cache holds): the four strings and bytes above, the
@@ -161,10 +162,14 @@ class ClientIdentity:
         chain: tuple[x509.Certificate, ...],
         *,
         fingerprint: str | None = None,
+        valid_until: float | None = None,
     ) -> ClientIdentity:
         """Build from a verified chain, leaf first (``fingerprint``: the
         leaf's hex SHA-256, if already known). Keeps ``leaf_der`` and
-        ``chain[1:]``, not the ``leaf`` object (see the class docstring)."""
+        ``chain[1:]``, not the ``leaf`` object (see the class docstring).
+        ``valid_until``: a POSIX time before the chain's earliest notAfter
+        at which the verification stops holding (the nextUpdate of a CRL
+        it was checked against); :attr:`expires_at` is then the earlier."""
         identity = object.__new__(cls)
         _fill(
             identity,
@@ -175,6 +180,8 @@ class ClientIdentity:
             tuple(chain[1:]),
             fingerprint or hashlib.sha256(leaf_der).hexdigest(),
         )
+        if valid_until is not None:
+            object.__setattr__(identity, "_expires", min(identity.expires_at, valid_until))
         return identity
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -216,8 +223,9 @@ class ClientIdentity:
 
     @property
     def expires_at(self) -> float:
-        """POSIX time the verified path stops being valid: the earliest
-        notAfter on :attr:`chain`."""
+        """POSIX time the verification stops holding: the earliest notAfter
+        on :attr:`chain`, or the nextUpdate of a CRL the chain was checked
+        against if earlier (cached allows and the decision memo end then)."""
         expires = self._expires
         if expires is None:
             expires = self._leaf_expiry()

@@ -14,20 +14,31 @@ runs:
   SPIFFE IDs included -, e-mail, IP), a fresh key of its own;
 * :func:`write_private_key` / :func:`write_pkcs12` - key files are created
   with mode 0600 and never overwrite an existing file (a lost CA key cannot
-  be recovered; an overwritten one is a lost one).
+  be recovered; an overwritten one is a lost one);
+* :func:`revoke` / :func:`make_crl` - a JSON revocation database per CA
+  (serial, date, reason of each revoked certificate, and the last CRL
+  Number) and CRLs signed by the CA from it: CRL Number one higher each
+  time, Authority Key Identifier, Reason Code entries, thisUpdate one minute
+  in the past (for servers whose clock is slightly behind) and nextUpdate
+  ``days`` later.
 
-What is **not** here: revocation (CRLs) and vetting of CAs you did not make
-with :func:`init_ca` belong to the registry; a CA key on disk is protected
+What is **not** here: vetting of CAs you did not make with :func:`init_ca`
+belongs to the registry; a CA key on disk is protected
 only by its file mode and an optional passphrase - an HSM or a cloud KMS is
 the production answer for a CA that signs many devices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
+import json
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -228,3 +239,168 @@ def write_pkcs12(path: Path, issued: IssuedCert, passphrase: bytes, *, force: bo
         name, key, issued.cert, list(issued.issuers) or None, encryption
     )
     _create(path, data, 0o600, force=force)
+
+
+REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
+    flag.value: flag for flag in x509.ReasonFlags if flag is not x509.ReasonFlags.remove_from_crl
+}
+"""``--reason`` values (RFC 5280 names: ``keyCompromise``, ``superseded``, ...)."""
+
+MAX_CRL_DAYS = 366
+_DB_VERSION = 1
+MAX_DB_BYTES = 64 * 1024 * 1024
+
+
+def _ca_id(ca: CA) -> str:
+    return hashlib.sha256(_spki(ca.cert.public_key())).hexdigest()
+
+
+def read_revocations(path: Path, ca: CA) -> dict[str, Any]:
+    """The revocation database at ``path`` for ``ca`` (a new, empty one if
+    the file does not exist). :class:`ConfigError` if it is not one, or
+    belongs to another CA."""
+    from .config import read_regular_file  # noqa: PLC0415 - avoid a cycle
+
+    if not path.exists():
+        return {
+            "version": _DB_VERSION,
+            "issuer": ca.cert.subject.rfc4514_string(),
+            "issuer_key_sha256": _ca_id(ca),
+            "crl_number": 0,
+            "revoked": [],
+        }
+    data = read_regular_file(str(path), MAX_DB_BYTES, "revocation database")
+    try:
+        db = json.loads(data)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not a revocation database (invalid JSON: {exc})") from None
+    if (
+        not isinstance(db, dict)
+        or db.get("version") != _DB_VERSION
+        or not isinstance(db.get("revoked"), list)
+        or not isinstance(db.get("crl_number"), int)
+    ):
+        raise ConfigError(f"{path}: not a certgate revocation database")
+    if db.get("issuer_key_sha256") != _ca_id(ca):
+        raise ConfigError(
+            f"{path} belongs to another CA ({db.get('issuer')!r}), not to "
+            f"{ca.cert.subject.rfc4514_string()!r}"
+        )
+    return db
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0644) so that a reader sees the
+    old or the new content, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o644)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_revocations(path: Path, db: dict[str, Any]) -> None:
+    """Write the revocation database (atomically)."""
+    _write_atomically(path, json.dumps(db, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def revoke(
+    ca: CA,
+    db: dict[str, Any],
+    *,
+    cert: x509.Certificate | None = None,
+    serial: int | None = None,
+    reason: str = "unspecified",
+    when: dt.datetime | None = None,
+) -> bool:
+    """Record the revocation of ``cert`` (which ``ca`` must have issued) or
+    of ``serial`` in ``db``; returns ``False`` if it was already recorded."""
+    if reason not in REVOCATION_REASONS:
+        raise ConfigError(f"unknown reason {reason!r} (known: {', '.join(REVOCATION_REASONS)})")
+    if cert is not None:
+        if cert.issuer != ca.cert.subject:
+            raise ConfigError("the certificate was not issued by this CA (issuer name differs)")
+        try:
+            cert.verify_directly_issued_by(ca.cert)
+        except Exception:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError
+            raise ConfigError("the certificate was not issued by this CA (signature)") from None
+        serial = cert.serial_number
+    if serial is None or serial <= 0:
+        raise ConfigError("give the certificate to revoke (--cert) or its serial (--serial)")
+    hex_serial = format(serial, "x")
+    if any(entry.get("serial") == hex_serial for entry in db["revoked"]):
+        return False
+    entry: dict[str, Any] = {
+        "serial": hex_serial,
+        "revoked_at": (when or _now()).isoformat(),
+        "reason": reason,
+    }
+    if cert is not None:
+        entry["subject"] = cert.subject.rfc4514_string()
+    db["revoked"].append(entry)
+    return True
+
+
+def make_crl(
+    ca: CA, db: dict[str, Any], *, days: int = 7, now: dt.datetime | None = None
+) -> x509.CertificateRevocationList:
+    """A CRL of every revocation in ``db``, signed by ``ca``, with the next
+    CRL Number (``db["crl_number"]`` is incremented: write ``db`` back)."""
+    if not 1 <= days <= MAX_CRL_DAYS:
+        raise ConfigError(f"crl: --days must be between 1 and {MAX_CRL_DAYS}, not {days}")
+    now = now or _now()
+    number = int(db["crl_number"]) + 1
+    revoked = []
+    for entry in db["revoked"]:
+        try:
+            serial = int(entry["serial"], 16)
+            date = dt.datetime.fromisoformat(entry["revoked_at"])
+            reason = REVOCATION_REASONS[entry.get("reason", "unspecified")]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"a malformed revocation entry {entry!r:.200}: {exc!r}") from None
+        item = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(date)
+        if reason is not x509.ReasonFlags.unspecified:  # RFC 5280: omit rather than unspecified
+            item = item.add_extension(x509.CRLReason(reason), critical=False)
+        revoked.append(item.build())
+    # All entries at once: add_revoked_certificate() copies the list each time.
+    builder = (
+        x509.CertificateRevocationListBuilder(revoked_certificates=revoked)
+        .issuer_name(ca.cert.subject)
+        .last_update(now - dt.timedelta(minutes=1))
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(_aki(ca), critical=False)
+    )
+    key = ca.key
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ConfigError("only RSA and EC CA keys can sign CRLs here")
+    algorithm: hashes.SHA256 | hashes.SHA384 = (
+        hashes.SHA384()
+        if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384
+        else hashes.SHA256()
+    )
+    crl = builder.sign(key, algorithm)
+    db["crl_number"] = number
+    return crl
+
+
+def _aki(ca: CA) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.cert.public_key())  # type: ignore[arg-type]
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def write_crl(path: Path, crl: x509.CertificateRevocationList, *, der: bool = False) -> None:
+    """Write ``crl`` (PEM, or DER) atomically: a server reading the file
+    meanwhile sees the old CRL or the new one."""
+    encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
+    _write_atomically(path, crl.public_bytes(encoding))

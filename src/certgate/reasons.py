@@ -88,6 +88,17 @@ class Reason(enum.StrEnum):
     host its server certificate covers (connection coalescing) retries a 421
     on a new connection, with the right SNI; a 403 would lock it out."""
 
+    REVOKED = "revoked"
+    """The client certificate, or an intermediate CA of its verified chain,
+    is listed on its issuer's CRL (see :mod:`certgate.crl`)."""
+
+    REVOCATION_UNAVAILABLE = "revocation_unavailable"
+    """The tenant checks revocation, but a CRL needed for the chain cannot be
+    used: it is stale (past its nextUpdate, or its thisUpdate is in the
+    future), a configured CRL URL has not been fetched yet, or
+    ``require_crl`` is set and an issuer of the chain has no CRL. Fail
+    closed (``crl_stale = "warn"`` lets stale CRLs through with a warning)."""
+
     INTERNAL_ERROR = "internal_error"
     """certgate could not decide because of an unexpected error - a bug in
     certgate or in a plugged-in part (a tenant resolver, a registry returning
@@ -123,5 +134,7 @@ _META: dict[Reason, _Meta] = {
     Reason.POLICY_DENIED: _Meta(403, "The client certificate is not allowed here"),
     Reason.PROXY_VERIFY_FAILED: _Meta(403, "The proxy did not verify the client certificate"),
     Reason.SNI_MISMATCH: _Meta(421, "This connection cannot serve this host"),
+    Reason.REVOKED: _Meta(403, "The client certificate has been revoked"),
+    Reason.REVOCATION_UNAVAILABLE: _Meta(403, "The revocation status could not be checked"),
     Reason.INTERNAL_ERROR: _Meta(403, "The client certificate could not be checked"),
 }

@@ -313,6 +313,20 @@ class InMemoryRegistry:
             others = [t for t in self._index.by_id.values() if t.id != tenant.id]
             self._index = HostIndex.build([*others, tenant])
 
+    def swap(self, old: Tenant, new: Tenant) -> bool:
+        """Replace ``old`` by ``new`` (same id) only if ``old`` is still the
+        registered tenant; returns whether it was. For updates derived from
+        a tenant (a refreshed CRL, see :mod:`certgate.crlfetch`) that must
+        not undo a replacement made meanwhile (a reload)."""
+        if new.id != old.id:
+            raise ValueError("swap() replaces a tenant by one with the same id")
+        with self._lock:
+            if self._index.by_id.get(old.id) is not old:
+                return False
+            others = [t for t in self._index.by_id.values() if t.id != old.id]
+            self._index = HostIndex.build([*others, new])
+            return True
+
     def remove(self, tenant_id: str) -> None:
         """Remove a tenant; unknown ids are ignored."""
         with self._lock:

@@ -13,9 +13,11 @@ accident (see :mod:`certgate.registry`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import re
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.verification import Store
 
+from .crl import STALE_MODES, Revocation, load_crls, vet_crl
 from .errors import ConfigError
 from .hosts import normalize_pattern
 from .rollout import parse_mode
@@ -32,6 +35,10 @@ if TYPE_CHECKING:
     from .policy import Policy
 
 _TRUST_ID_VERSION = b"certgate-trust-v1"
+_CRL_PART = b"certgate-crl-v1"
+
+MIN_CRL_REFRESH = 10.0
+MAX_CRL_REFRESH = 7 * 86400.0
 _ANCHOR_KEY_VERSION = b"certgate-anchor-v1"
 
 
@@ -144,6 +151,21 @@ class Tenant:
     enforcement mode (``"enforce"``, ``"report"``, or ``None`` for the
     gate's; see :mod:`certgate.rollout`). Neither is part of
     :attr:`trust_id`: both are applied after verification, per request.
+
+    Revocation (see :mod:`certgate.crl`): ``crls`` are CRLs of the tenant's
+    roots and intermediates (``crl_labels``: optional names for them in
+    error messages, a file name say), each vetted here - a CRL that fails
+    vetting is a :class:`ConfigError`. ``crl_urls`` are HTTP(S) URLs of
+    CRLs fetched every ``crl_refresh`` seconds by a
+    :class:`~certgate.crlfetch.CrlRefresher`, which swaps in a new tenant
+    (``fetched_crls``: the last good CRL of each URL) - until a URL's
+    first fetch, every chain of the tenant is ``revocation_unavailable``.
+    ``crl_stale``: ``"fail"`` (default) refuses a chain whose CRL is stale
+    (``revocation_unavailable``); ``"warn"`` logs and allows it.
+    ``require_crl``: refuse a chain with an issuer that has no CRL (by
+    default such an issuer is not checked). The CRLs and these settings
+    are part of :attr:`trust_id`: a tenant with another CRL never reuses a
+    cached verification of the old one.
     """
 
     id: str
@@ -153,7 +175,18 @@ class Tenant:
     shared_anchors: bool = False
     policy: Policy | None = field(default=None, compare=False)
     mode: str | None = None
+    crls: tuple[x509.CertificateRevocationList, ...] = field(default=(), repr=False)
+    crl_urls: tuple[str, ...] = ()
+    crl_refresh: float = 3600.0
+    crl_stale: str = "fail"
+    require_crl: bool = False
+    crl_labels: tuple[str, ...] = field(default=(), repr=False)
+    fetched_crls: tuple[tuple[str, x509.CertificateRevocationList], ...] = field(
+        default=(), repr=False
+    )
     trust_id: bytes = field(init=False, repr=False)
+    revocation: Revocation | None = field(init=False, repr=False)
+    """The vetted, indexed CRLs (``None``: the tenant checks no revocation)."""
 
     def __post_init__(self) -> None:
         check_tenant_id(self.id)
@@ -178,7 +211,80 @@ class Tenant:
                 der = cert.public_bytes(Encoding.DER)
                 digest.update(b"%d:" % len(der))
                 digest.update(der)
+        revocation = self._revocation()
+        if revocation is not None:
+            self._digest_crls(digest)
+        object.__setattr__(self, "revocation", revocation)
         object.__setattr__(self, "trust_id", digest.digest())
+
+    def _revocation(self) -> Revocation | None:
+        """Check the CRL settings, vet every CRL, and index them."""
+        object.__setattr__(self, "crls", tuple(self.crls))
+        object.__setattr__(self, "crl_urls", tuple(self.crl_urls))
+        object.__setattr__(self, "crl_labels", tuple(self.crl_labels))
+        object.__setattr__(self, "fetched_crls", tuple(self.fetched_crls))
+        where = f"tenant {self.id!r}"
+        if self.crl_stale not in STALE_MODES:
+            raise ConfigError(
+                f'{where}: crl_stale must be "fail" or "warn", not {self.crl_stale!r:.40}'
+            )
+        if not isinstance(self.require_crl, bool):
+            raise ConfigError(f"{where}: require_crl must be a bool")
+        refresh = self.crl_refresh
+        if (
+            isinstance(refresh, bool)
+            or not isinstance(refresh, int | float)
+            or not MIN_CRL_REFRESH <= refresh <= MAX_CRL_REFRESH
+        ):
+            raise ConfigError(
+                f"{where}: crl_refresh must be a number of seconds from {MIN_CRL_REFRESH:g} "
+                f"to {MAX_CRL_REFRESH:g}, not {refresh!r:.40}"
+            )
+        for url in self.crl_urls:
+            check_crl_url(url, where)
+        if not (self.crls or self.crl_urls or self.require_crl):
+            if self.fetched_crls:
+                raise ConfigError(f"{where}: fetched_crls without crl_urls")
+            return None
+        cas = self.roots + self.intermediates
+        records = []
+        for position, crl in enumerate(self.crls):
+            label = (
+                self.crl_labels[position]
+                if position < len(self.crl_labels)
+                else f"{where}: CRL #{position + 1}"
+            )
+            records.append(vet_crl(crl, cas, label))
+        fetched = set()
+        for url, crl in self.fetched_crls:
+            if url not in self.crl_urls:
+                raise ConfigError(f"{where}: fetched CRL of {url!r}, which is not in crl_urls")
+            fetched.add(url)
+            records.append(vet_crl(crl, cas, f"{where}: CRL from {url}"))
+        pending = tuple(url for url in self.crl_urls if url not in fetched)
+        return Revocation(
+            records, cas, pending=pending, stale=self.crl_stale, require=self.require_crl
+        )
+
+    def _digest_crls(self, digest: hashlib._Hash) -> None:
+        """Add the CRLs and the revocation settings to the trust id."""
+        digest.update(_CRL_PART)
+        parts = [self.crl_stale.encode(), b"%d" % self.require_crl]
+        parts += [url.encode() for url in self.crl_urls]
+        parts += [crl.public_bytes(Encoding.DER) for crl in self.crls]
+        for url, crl in self.fetched_crls:
+            parts += [url.encode(), crl.public_bytes(Encoding.DER)]
+        digest.update(b"|%d|" % len(parts))
+        for part in parts:
+            digest.update(b"%d:" % len(part))
+            digest.update(part)
+
+    def with_fetched_crls(
+        self, fetched: Iterable[tuple[str, x509.CertificateRevocationList]]
+    ) -> Tenant:
+        """This tenant with ``fetched`` as the CRLs of its ``crl_urls``
+        (vetted again: :class:`ConfigError` if one fails)."""
+        return dataclasses.replace(self, fetched_crls=tuple(fetched))
 
     @classmethod
     def from_pem(
@@ -191,8 +297,20 @@ class Tenant:
         shared_anchors: bool = False,
         policy: Policy | None = None,
         mode: str | None = None,
+        crls: Sequence[bytes] = (),
+        crl_urls: Sequence[str] = (),
+        crl_refresh: float = 3600.0,
+        crl_stale: str = "fail",
+        require_crl: bool = False,
     ) -> Tenant:
-        """Build a tenant from PEM text (one string may hold several certificates)."""
+        """Build a tenant from PEM text (one string may hold several
+        certificates). ``crls``: CRLs as PEM or DER bytes (one item may hold
+        several PEM CRLs); the other CRL settings as on the class."""
+        loaded = [
+            crl
+            for position, data in enumerate(crls, 1)
+            for crl in load_crls(data, f"tenant {id!r}: CRL #{position}")
+        ]
         return cls(
             id=id,
             hosts=tuple(hosts),
@@ -201,6 +319,11 @@ class Tenant:
             shared_anchors=shared_anchors,
             policy=policy,
             mode=mode,
+            crls=tuple(loaded),
+            crl_urls=tuple(crl_urls),
+            crl_refresh=crl_refresh,
+            crl_stale=crl_stale,
+            require_crl=require_crl,
         )
 
     @functools.cached_property
@@ -219,6 +342,22 @@ class Tenant:
         once, not on every registry change)."""
         roots = tuple((anchor.cert, anchor.name_key) for anchor in self.anchors)
         return roots + tuple((cert, name_key(cert)) for cert in self.intermediates)
+
+
+def check_crl_url(url: object, where: str) -> str:
+    """``url`` if it is an ``http://`` or ``https://`` URL with a host, else
+    :class:`ConfigError`."""
+    if not isinstance(url, str) or len(url) > 2048:
+        raise ConfigError(f"{where}: a CRL URL must be a string of at most 2048 characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: CRL URL {url[:200]!r} is not an http:// or https:// URL")
+    if not url.isprintable() or " " in url:
+        raise ConfigError(f"{where}: CRL URL {url[:200]!r} holds spaces or control characters")
+    return url
 
 
 def load_pem_certificates(data: bytes, where: str) -> list[x509.Certificate]:

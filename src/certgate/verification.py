@@ -5,9 +5,13 @@ chain and a :class:`~certgate.tenant.Tenant` into a
 :class:`~certgate.identity.ClientIdentity`, or raises
 :class:`~certgate.errors.Rejected`. It is where verification results are
 remembered (see :mod:`certgate.cache`) and where anything that can change a
-verification's outcome (revocation, say) plugs in: the cache key is
+verification's outcome plugs in: the cache key is
 ``tenant.trust_id + source + sha256(presented bytes)``, so a change of the
-tenant's trust is a different key.
+tenant's trust is a different key. Revocation is such a change: a tenant's
+CRLs are part of its ``trust_id``, and a cached identity expires at the
+nextUpdate of the CRLs it was checked against (``expires_at``), so a
+verification is never reused under another CRL, nor after its CRL went
+stale.
 
 What is checked: the path (``cryptography``'s verifier, see
 :mod:`certgate.verifier`) at the time of the request, and a fingerprint
@@ -45,12 +49,15 @@ REMEMBERED_REFUSALS = frozenset(
         Reason.WRONG_USAGE,
         Reason.WEAK_KEY,
         Reason.MALFORMED_CERTIFICATE,
+        Reason.REVOKED,
     }
 )
 """Refusals that depend only on the presented bytes, the tenant's trust and a
 time that only moves forward - and so may be remembered briefly.
-``not_yet_valid`` may turn valid any second, and ``fingerprint_mismatch``
-depends on a header outside the cache key."""
+``revoked`` qualifies because the tenant's CRLs are part of its
+``trust_id`` (a new CRL is a new key). ``not_yet_valid`` may turn valid any
+second, ``revocation_unavailable`` any time a CRL is refreshed, and
+``fingerprint_mismatch`` depends on a header outside the cache key."""
 
 
 class CachedVerification:

@@ -39,8 +39,13 @@ What certgate adds on top:
   P-384 or P-521, Ed25519 or Ed448; ``cryptography`` checks issuer keys only;
 * failures are classified into a :class:`~certgate.reasons.Reason`.
 
-What is **not** verified here: revocation (CRL/OCSP) and any authorization
-rule about *which* certificate of the tenant may call which route.
+* revocation, when the tenant has CRLs: every certificate of the verified
+  path but the anchor against its issuer's CRL (:mod:`certgate.crl`), after
+  the path verified; the identity then expires no later than the CRLs'
+  nextUpdate.
+
+What is **not** verified here: OCSP, and any authorization rule about
+*which* certificate of the tenant may call which route.
 """
 
 from __future__ import annotations
@@ -152,6 +157,10 @@ class ChainVerifier:
             # mangled subject, say) surfaces here rather than at load time, as
             # ValueError, DuplicateExtension or, in some releases, KeyError.
             raise Rejected(Reason.MALFORMED_CERTIFICATE, f"unparseable field: {exc!r}") from None
+        valid_until = None
+        revocation = tenant.revocation
+        if revocation is not None:  # revoked / revocation_unavailable raise here
+            valid_until = revocation.check(verified.chain, now.timestamp(), tenant.id)
         return ClientIdentity.build(
             tenant.id,
             source,
@@ -159,6 +168,7 @@ class ChainVerifier:
             ders[0],
             self._shared_chain(tenant, verified.chain),
             fingerprint=leaf_sha256,
+            valid_until=valid_until,
         )
 
     def _shared_chain(
