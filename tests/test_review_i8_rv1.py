@@ -5,17 +5,10 @@ from __future__ import annotations
 import hashlib
 from urllib.parse import quote
 
-import pytest
-
 from tests.conftest import PKI
 from tests.test_sources_servers import ask, gate_for, pem
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open finding: Envoy writes URI/DNS SANs unquoted, so a SAN holding "
-    "',Cert=...' forges the rightmost XFCC element (see README, Envoy / Istio)",
-)
 def test_xfcc_uri_san_injection_forges_the_rightmost_element(pki: PKI) -> None:
     """An attacker's own certificate (one Envoy did not verify, or any CA that
     signs what it is asked) carries the URI SAN ``x,Cert=<victim's PEM>``.

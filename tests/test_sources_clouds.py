@@ -107,21 +107,33 @@ def test_xfcc_end_to_end(pki: PKI, preset: str) -> None:
 def test_xfcc_rightmost_element_wins(pki: PKI) -> None:
     gate = gate_for(pki, "envoy")
     own, other = pki["globex"].client(), pki["initech"].client()
-    # a client-supplied element on the left never counts
-    assert ask(gate, {"x-forwarded-client-cert": f"{_element(other)},{_element(own)}"}) == (
+    # only the rightmost element is read: the hop nearest the app added it
+    assert ask(
+        gate, {"x-forwarded-client-cert": f"By=spiffe://c;Hash={'ab' * 32},{_element(own)}"}
+    ) == (
         200,
         "globex",
     )
+    # a certificate in any element but the last is refused (it could be the
+    # tail of an unquoted URI SAN splitting the real element: see envoy.py)
+    assert ask(gate, {"x-forwarded-client-cert": f"{_element(other)},{_element(own)}"}) == (
+        403,
+        "malformed_header",
+    )
     assert ask(gate, {"x-forwarded-client-cert": f"{_element(own)},{_element(other)}"}) == (
         403,
-        "untrusted_chain",
+        "malformed_header",
     )
-    # the nearest hop's element without a certificate: no certificate, not the left one
     headers = {"x-forwarded-client-cert": f"{_element(own)},By=spiffe://edge"}
+    assert ask(gate, headers) == (403, "malformed_header")
+    # the nearest hop's element without a certificate: no certificate
+    headers = {"x-forwarded-client-cert": "By=spiffe://c,By=spiffe://edge"}
     assert ask(gate, headers) == (403, "no_certificate")
     # two lines are one list: the last line's last element counts
-    lines = {"x-forwarded-client-cert": [_element(other), _element(own)]}
+    lines = {"x-forwarded-client-cert": ["By=spiffe://c", _element(own)]}
     assert ask(gate, lines) == (200, "globex")
+    lines = {"x-forwarded-client-cert": [_element(other), _element(own)]}
+    assert ask(gate, lines) == (403, "malformed_header")
 
 
 def test_xfcc_chain_leaf_first(pki: PKI) -> None:

@@ -9,7 +9,15 @@ PEMs, leaf first) and ``Hash`` (hex SHA-256 of the leaf's DER).
 
 Only the **rightmost** element counts: with ``APPEND_FORWARD`` each hop
 appends its own, so the rightmost was added by the hop nearest the app (the
-trusted one); anything to its left may come from the client. That element
+trusted one); anything to its left may come from the client. A ``Cert`` or
+``Chain`` in any element but the rightmost is ``malformed_header``: Envoy
+writes ``URI`` and ``DNS`` SANs unquoted after ``Cert``/``Chain``, so a
+client certificate whose URI SAN is ``x,Cert=<someone else's PEM>`` would
+otherwise split Envoy's element in two and make someone else's certificate
+the rightmost (a configuration that verifies nothing and forwards ``uri`` or
+``dns``). The price: a client's own XFCC with a certificate, or a second
+proxy hop that adds ``Cert`` (whose rightmost certificate is a proxy's and
+never a tenant's anyway), is refused. That element
 must carry ``Cert`` or ``Chain`` (Envoy: ``set_current_client_cert_details``
 with ``cert: true`` and/or ``chain: true``), otherwise the request has no
 certificate. ``Cert``, ``Chain`` or ``Hash`` twice in that element, a
@@ -154,7 +162,13 @@ class EnvoySource:
         value = list_value(headers, self.cert_header)
         if value is None:
             return None
-        element = parse_xfcc(value)[-1]  # added by the hop nearest the app
+        *earlier, element = parse_xfcc(value)  # the last: added by the hop nearest the app
+        if any(_has(e, "cert") or _has(e, "chain") for e in earlier):
+            # Envoy writes URI and DNS SANs unquoted after Cert/Chain, so a SAN
+            # holding ",Cert=..." would split the real element in two and put a
+            # certificate nobody proved possession of on the right. A
+            # certificate in any element but the last is therefore refused.
+            raise _malformed("a certificate in an XFCC element other than the last")
         cert = _only(element, "cert")
         chain = _only(element, "chain")
         digest = _only(element, "hash")
@@ -169,6 +183,10 @@ class EnvoySource:
             decode=lambda: _decode(cert, chain),
             expected_sha256=digest.lower() if digest else None,
         )
+
+
+def _has(element: Element, key: str) -> bool:
+    return any(k == key for k, _ in element)
 
 
 register(EnvoySource.name, EnvoySource)
