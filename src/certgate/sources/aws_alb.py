@@ -12,31 +12,18 @@ intermediates. Option: ``cert_header``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
-from ..facts import Presented
-from .base import header_option, register, single_value
-from .decode import ders_from_urlencoded_pem, material
+from .base import OneHeaderSource, register
+from .decode import ders_from_urlencoded_pem
 
 
-class AwsAlbSource:
+class AwsAlbSource(OneHeaderSource):
     """Header source for AWS ALB's forwarded client certificate chain."""
 
     name = "aws-alb"
+    default_header = "x-amzn-mtls-clientcert"
 
-    def __init__(self, *, cert_header: str = "x-amzn-mtls-clientcert") -> None:
-        self.cert_header = header_option(cert_header, "cert_header")
-        self.header_names: tuple[str, ...] = (self.cert_header,)
-
-    def extract(self, headers: Mapping[str, Sequence[str]]) -> Presented | None:
-        value = single_value(headers, self.cert_header)
-        if value is None:
-            return None
-        return Presented(
-            source=self.name,
-            material=material(value),
-            decode=lambda: ders_from_urlencoded_pem(value),
-        )
+    def decode_value(self, value: str) -> list[bytes]:
+        return ders_from_urlencoded_pem(value)
 
 
 register(AwsAlbSource.name, AwsAlbSource)

@@ -26,6 +26,7 @@ from ..facts import Presented
 from ..pem import MAX_PEM_TEXT
 from ..reasons import Reason
 from ..text import safe_text
+from .decode import material
 
 
 @runtime_checkable
@@ -145,6 +146,34 @@ BUILTIN_MODULES = (
     "apache",
 )
 _loaded = False
+
+
+class OneHeaderSource:
+    """A preset whose certificate is in one single-valued header, with no
+    status: subclasses set ``name`` and ``default_header`` and decode the
+    value in :meth:`decode_value` (raising ``Rejected``). Option:
+    ``cert_header``."""
+
+    name: str = ""
+    default_header: str = ""
+
+    def __init__(self, *, cert_header: str | None = None) -> None:
+        self.cert_header = header_option(
+            self.default_header if cert_header is None else cert_header, "cert_header"
+        )
+        self.header_names: tuple[str, ...] = (self.cert_header,)
+
+    def decode_value(self, value: str) -> list[bytes]:
+        """The DER certificates in ``value``, leaf first."""
+        raise NotImplementedError
+
+    def extract(self, headers: Mapping[str, Sequence[str]]) -> Presented | None:
+        value = single_value(headers, self.cert_header)
+        if value is None:
+            return None
+        return Presented(
+            source=self.name, material=material(value), decode=lambda: self.decode_value(value)
+        )
 
 
 def _load_builtins() -> None:

@@ -9,29 +9,18 @@ verifies the chain against the tenant's roots either way. Option:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
-from ..facts import Presented
-from .base import header_option, register, single_value
-from .decode import der_from_base64, material
+from .base import OneHeaderSource, register
+from .decode import der_from_base64
 
 
-class CaddySource:
+class CaddySource(OneHeaderSource):
     """Header source for Caddy's forwarded client certificate."""
 
     name = "caddy"
+    default_header = "x-client-cert"
 
-    def __init__(self, *, cert_header: str = "x-client-cert") -> None:
-        self.cert_header = header_option(cert_header, "cert_header")
-        self.header_names: tuple[str, ...] = (self.cert_header,)
-
-    def extract(self, headers: Mapping[str, Sequence[str]]) -> Presented | None:
-        value = single_value(headers, self.cert_header)
-        if value is None:
-            return None
-        return Presented(
-            source=self.name, material=material(value), decode=lambda: [der_from_base64(value)]
-        )
+    def decode_value(self, value: str) -> list[bytes]:
+        return [der_from_base64(value)]
 
 
 register(CaddySource.name, CaddySource)
