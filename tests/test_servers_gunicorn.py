@@ -184,3 +184,37 @@ def test_wsgi_sockets_carry_the_sni(env: DevEnv, tmp_path: Path) -> None:
     finally:
         werkzeug.shutdown()
         thread.join(10)
+
+
+def test_per_tenant_hook_loads_the_toml_once_per_worker(
+    env: DevEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gunicorn's sync and gthread workers call the ssl_context hook for every
+    connection: the TOML file must be read on the first call only (it was
+    read on every connection)."""
+    import ssl
+    from types import SimpleNamespace
+
+    import certgate.config
+    from certgate.servers.gunicorn import PerTenantSSLContext
+
+    loads: list[object] = []
+    real = certgate.config.load_config
+
+    def counting(path: object) -> object:
+        loads.append(path)
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(certgate.config, "load_config", counting)
+    hook = PerTenantSSLContext(str(env.config))
+    settings = SimpleNamespace(certfile=str(env.server_cert), keyfile=str(env.server_key))
+
+    def listener() -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(env.server_cert, env.server_key)
+        context.verify_mode = ssl.CERT_OPTIONAL
+        return context
+
+    for _ in range(3):
+        hook(settings, listener)
+    assert len(loads) == 1

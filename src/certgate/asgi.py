@@ -287,14 +287,7 @@ class CertGateMiddleware:
         peer = socket_peer(scope, trust_reported=trust.trust_reported_peer)
         if peer is None and SOCKET_PEER_KEY not in scope:
             trust.note_unknown_peer("no scope['certgate.socket_peer']")
-        transport: Presented | None = None
-        if trust.reads_proxy_certificate:
-            transport = asgi_tls.from_scope(scope)
-            trusted = trust.trusts(peer, transport)
-        else:
-            trusted = trust.peer_is_trusted(peer)
-            if not trusted and trust.transport:
-                transport = asgi_tls.from_scope(scope)
+        trusted, transport = trust.judge(peer, lambda: asgi_tls.from_scope(scope))
         host: str | None = None
         found: dict[str, list[str]] = {}
         removed: list[str] = []

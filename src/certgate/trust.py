@@ -41,7 +41,7 @@ certificate fails - has its certificate headers stripped (and logged).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .errors import ConfigError
 from .facts import Presented, RequestFacts
@@ -150,6 +150,20 @@ class HeaderTrust:
         if self.proxies and not self.peer_is_trusted(peer):
             return False
         return auth.check(transport).ok
+
+    def judge(
+        self, peer: str | None, read_transport: Callable[[], Presented | None]
+    ) -> tuple[bool, Presented | None]:
+        """Whether ``peer`` is a trusted proxy, and the TLS transport
+        certificate where it is needed (``read_transport`` reads it): always
+        with ``proxy_ca`` (it decides the trust), otherwise only for an
+        untrusted peer and with the transport source on."""
+        if self.proxy_auth is not None:
+            transport = read_transport()
+            return self.trusts(peer, transport), transport
+        if self.peer_is_trusted(peer):
+            return True, None
+        return False, read_transport() if self.transport else None
 
     def untrusted_why(self, peer: str | None, transport: Presented | None) -> str:
         """Why ``peer`` is not a trusted proxy (for the log)."""

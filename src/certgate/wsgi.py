@@ -229,14 +229,7 @@ class CertGateWSGIMiddleware:
         peer = socket_peer(environ, trust_reported=trust.trust_reported_peer)
         if peer is None and not any(k in environ for k in wsgi_environ.SOCKET_KEYS):
             trust.note_unknown_peer("no server socket in the WSGI environ")
-        transport = None
-        if trust.reads_proxy_certificate:
-            transport = wsgi_environ.from_environ(environ)
-            trusted = trust.trusts(peer, transport)
-        else:
-            trusted = trust.peer_is_trusted(peer)
-            if not trusted and trust.transport:
-                transport = wsgi_environ.from_environ(environ)
+        trusted, transport = trust.judge(peer, lambda: wsgi_environ.from_environ(environ))
         headers: dict[str, list[str]] = {}
         ambiguous: str | None = None
         if trusted:

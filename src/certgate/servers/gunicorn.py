@@ -38,7 +38,6 @@ A configuration that defines its own ``post_worker_init`` calls
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -91,19 +90,14 @@ class PerTenantSSLContext:
     ) -> ssl.SSLContext:
         context = default_ssl_context_factory()
         warn_no_client_certificates(context, _NO_CERT_FIX)
-        source = self.source
-        if isinstance(source, str | os.PathLike):
-            from ..config import load_config  # noqa: PLC0415
-
-            source = load_config(source).registry
-        if self.contexts is None:
-            self.contexts = TenantContexts(
-                source,
+        if self.contexts is None:  # once per worker: gunicorn calls this per connection
+            self.contexts = TenantContexts.for_listener(
+                self.source,
+                context,
                 config.certfile,
                 config.keyfile,
                 max_contexts=self.max_contexts,
                 unknown_sni=self.unknown_sni,
-                require_certificate=context.verify_mode == ssl.CERT_REQUIRED,
             )
         return self.contexts.install(context)
 

@@ -110,19 +110,14 @@ class CertgateConfig(_Config):  # type: ignore[misc, valid-type, unused-ignore]
         if self.tenant_contexts is None:
             if self.certfile is None:
                 raise ServerSetupError("per_tenant needs certfile and keyfile")
-            source = self.per_tenant
-            if isinstance(source, str):
-                from ..config import load_config  # noqa: PLC0415
-
-                source = load_config(source).registry
-            self.tenant_contexts = TenantContexts(
-                source,
+            self.tenant_contexts = TenantContexts.for_listener(
+                self.per_tenant,
+                context,
                 self.certfile,
                 self.keyfile,
                 password=self.keyfile_password,
                 max_contexts=self.per_tenant_max_contexts,
                 unknown_sni=self.per_tenant_unknown_sni,
-                require_certificate=context.verify_mode == ssl.CERT_REQUIRED,
             )
         return self.tenant_contexts.install(context)
 

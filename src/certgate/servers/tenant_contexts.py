@@ -193,6 +193,35 @@ class TenantContexts:
         per-tenant ``sni_callback`` installed."""
         return self.install(self._base())
 
+    @classmethod
+    def for_listener(
+        cls,
+        source: Any,
+        listener: ssl.SSLContext,
+        certfile: str | os.PathLike[str],
+        keyfile: str | os.PathLike[str] | None = None,
+        *,
+        password: str | None = None,
+        max_contexts: int = 1024,
+        unknown_sni: UnknownSNIRule = "no_anchors",
+    ) -> TenantContexts:
+        """The contexts for a server whose listening context is ``listener``
+        (its ``CERT_REQUIRED`` carries over). ``source``: a registry, a
+        ``CertGate``, or the path of a certgate TOML file (loaded here)."""
+        if isinstance(source, str | os.PathLike):
+            from ..config import load_config  # noqa: PLC0415 - only for this form
+
+            source = load_config(source).registry
+        return cls(
+            source,
+            certfile,
+            keyfile,
+            password=password,
+            max_contexts=max_contexts,
+            unknown_sni=unknown_sni,
+            require_certificate=listener.verify_mode == ssl.CERT_REQUIRED,
+        )
+
     def install(self, context: ssl.SSLContext) -> ssl.SSLContext:
         """Prepare ``context`` (a listener context that asks for client
         certificates) and install the per-tenant ``sni_callback``, chaining

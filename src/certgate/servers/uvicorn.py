@@ -294,23 +294,18 @@ class PerTenantContextFactory:
     def __call__(
         self, config: Any, default_factory: Callable[[], ssl.SSLContext]
     ) -> ssl.SSLContext:
-        source = self.source
-        if isinstance(source, str):
-            from ..config import load_config  # noqa: PLC0415 - only for this form
-
-            source = load_config(source).registry
         context = (
             self.factory(config, default_factory) if self.factory is not None else default_factory()
         )
         warn_no_client_certificates(context, _NO_CERT_FIX)
-        self.contexts = TenantContexts(
-            source,
+        self.contexts = TenantContexts.for_listener(
+            self.source,
+            context,
             config.ssl_certfile,
             config.ssl_keyfile,
             password=config.ssl_keyfile_password,
             max_contexts=self.max_contexts,
             unknown_sni=self.unknown_sni,
-            require_certificate=context.verify_mode == ssl.CERT_REQUIRED,
         )
         return self.contexts.install(context)
 
