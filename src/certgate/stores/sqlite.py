@@ -111,24 +111,27 @@ class SqliteSession:
 
 
 def sqlite_url(path: str | os.PathLike[str]) -> str:
-    """The registry URL of a file (``sqlite:///`` and the absolute path)."""
-    return "sqlite:///" + urllib.parse.quote(str(Path(path).resolve()).lstrip("/"))
+    """The registry URL of a file: ``sqlite:///`` and the path
+    (``sqlite:////var/lib/certgate/tenants.db`` for an absolute one)."""
+    return "sqlite:///" + urllib.parse.quote(str(path))
 
 
 def path_of_url(url: str) -> Path:
-    """The file of ``sqlite:///path`` (absolute: ``sqlite:////var/x.db`` and
-    ``sqlite:///var/x.db`` both name ``/var/x.db``; ``sqlite:///./x.db``
-    and ``sqlite://./x.db`` a relative path)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "sqlite":
-        raise ConfigError(f"not a sqlite:// URL: {url[:200]!r}")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{url[:200]!r}: a sqlite:// URL takes no query or fragment")
-    text = urllib.parse.unquote(parts.netloc + parts.path)
-    if not text or text == "/":
-        raise ConfigError(f"{url[:200]!r}: no file named (sqlite:///var/lib/certgate/tenants.db)")
-    if text.startswith("/./") or text.startswith("/../"):
-        text = text[1:]
+    """The file of a ``sqlite:///PATH`` URL. As in SQLAlchemy, ``PATH`` is
+    everything after the three slashes: ``sqlite:///tenants.db`` is relative
+    to the working directory, ``sqlite:////var/lib/certgate/tenants.db``
+    absolute. ``%`` escapes are decoded; no query or fragment."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ConfigError(
+            f"not a sqlite:/// URL: {url[:200]!r} (sqlite:////var/lib/certgate/tenants.db)"
+        )
+    rest = url[len(prefix) :]
+    if "?" in rest or "#" in rest:
+        raise ConfigError(f"{url[:200]!r}: a sqlite:/// URL takes no query or fragment")
+    text = urllib.parse.unquote(rest)
+    if not text or text.endswith("/") or "\x00" in text:
+        raise ConfigError(f"{url[:200]!r}: no file named (sqlite:////var/lib/certgate/tenants.db)")
     return Path(text)
 
 
@@ -154,7 +157,7 @@ class SqliteRegistry(SqlTenantStore):
     ) -> None:
         super().__init__()
         self.path = Path(path)
-        self.where = f"sqlite:///{self.path}"
+        self.where = sqlite_url(self.path)
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -180,7 +183,7 @@ class SqliteRegistry(SqlTenantStore):
 
     def _connect(self, *, create: bool = False) -> sqlite3.Connection:
         mode = "rwc" if create else "rw"
-        uri = f"file:{urllib.parse.quote(str(self.path))}?mode={mode}"
+        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={mode}"
         conn = sqlite3.connect(
             uri,
             uri=True,
