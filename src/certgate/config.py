@@ -10,7 +10,10 @@ access          = "require"      # default access: "require", or "optional" (rou
 mode            = "enforce"      # "enforce", or "report" (report-only: log, count, let through)
 policy          = { }            # default policy of tenants without their own (certgate.policy)
 refusal_format  = "problem+json" # or "text", "html"
-expiry_warning_days = 30         # warn when a client certificate expires sooner
+expiry_warning_days = 30         # warn when a client certificate, tenant CA or CRL expires sooner
+expiry_critical_days = 14        # tenant CAs and CRLs inside this many days are "critical"
+expiry_check_interval = 86400    # seconds between checks of tenant CA/CRL expiry (0 = load only)
+watch_interval  = 0              # seconds between checks of this file and its files (0 = off)
 strip_known_headers = true       # remove every well-known proxy cert header from untrusted peers
 trust_reported_peer = false      # believe scope["client"] / REMOTE_ADDR as the socket peer
 trust_unix_socket = false        # trust a unix-socket peer as a proxy (explicit opt-in)
@@ -145,6 +148,9 @@ _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "mode": str,
     "refusal_format": str,
     "expiry_warning_days": (int, float),
+    "expiry_critical_days": (int, float),
+    "expiry_check_interval": (int, float),
+    "watch_interval": (int, float),
     "routes": list,
     "policy": dict,
 }
@@ -169,10 +175,16 @@ MAX_ROUTES = 1000
 
 @dataclass
 class Config:
-    """A parsed configuration file: the registry and the gate's settings."""
+    """A parsed configuration file: the registry and the gate's settings.
+
+    ``section``: the ``[certgate]`` table as parsed (a reload compares it to
+    tell whether the settings changed). ``files``: the TOML file and every
+    file it names (CA, CRL and proxy CA files), resolved, for a file watch."""
 
     registry: TomlRegistry
     gate_kwargs: dict[str, Any] = field(default_factory=dict)
+    section: Mapping[str, Any] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
 
 
 class TomlRegistry(InMemoryRegistry):
@@ -180,24 +192,51 @@ class TomlRegistry(InMemoryRegistry):
 
     :meth:`reload` re-reads the file and swaps the tenants in atomically; on a
     bad file it raises and keeps serving the previous tenants. It reloads
-    ``[[tenants]]`` only (their CRL files included): a change to
-    ``[certgate]`` settings needs a restart.
+    ``[[tenants]]`` only (their CRL files included); a gate made by
+    :meth:`CertGate.from_toml <certgate.gate.CertGate.from_toml>` reloads
+    everything, ``[certgate]`` included, with its own ``reload()`` (which
+    makes a new registry, see :meth:`adopt`).
 
     When a tenant has ``crl_urls``, the registry starts a
     :class:`~certgate.crlfetch.CrlRefresher` (``crl_refresher``) in a daemon
     thread; a reload keeps the CRLs it already fetched. :meth:`close` stops it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], data: Mapping[str, Any] | None = None) -> None:
-        """Load ``path`` (``data``: its already-parsed contents, if at hand)."""
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        data: Mapping[str, Any] | None = None,
+        *,
+        successor_of: TomlRegistry | None = None,
+    ) -> None:
+        """Load ``path`` (``data``: its already-parsed contents, if at hand).
+
+        ``successor_of``: the registry this one is to replace (a reload): its
+        tenants' fetched CRLs are attached to the new tenants, and no CRL
+        refresher starts until :meth:`adopt` takes over the old one."""
         self.path = Path(path)
         self.crl_refresher: CrlRefresher | None = None
         tenants = _read_tenants(self.path, data if data is not None else _read_toml(self.path))
+        if successor_of is not None and successor_of.crl_refresher is not None:
+            tenants = successor_of.crl_refresher.apply(tenants)
         try:
             super().__init__(tenants)
         except ConfigError as exc:  # shared anchors, a host claimed twice, ...
             raise ConfigError(f"{self.path}: {exc}") from None
-        self._watch_crl_urls(tenants)
+        if successor_of is None:
+            self._watch_crl_urls(tenants)
+
+    def adopt(self, previous: TomlRegistry) -> None:
+        """Take over ``previous``'s CRL refresher (it now fetches for this
+        registry's tenants and keeps the CRLs it fetched), or start one if
+        this registry's tenants have ``crl_urls`` and there was none."""
+        refresher = previous.crl_refresher
+        if refresher is not None and self.crl_refresher is None:
+            previous.crl_refresher = None
+            self.crl_refresher = refresher
+            refresher.follow(self)
+        else:
+            self._watch_crl_urls(self.tenants())
 
     def reload(self) -> None:
         tenants = _read_tenants(self.path, _read_toml(self.path))
@@ -224,8 +263,11 @@ class TomlRegistry(InMemoryRegistry):
             self.crl_refresher.stop(timeout=5)
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Parse ``path``; raises :class:`ConfigError` saying what to fix."""
+def load_config(
+    path: str | os.PathLike[str], *, successor_of: TomlRegistry | None = None
+) -> Config:
+    """Parse ``path``; raises :class:`ConfigError` saying what to fix.
+    ``successor_of``: see :class:`TomlRegistry`."""
     path = Path(path)
     data = _read_toml(path)
     unknown = set(data) - {"certgate", "tenants"}
@@ -262,7 +304,40 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     for key, check in (("access", parse_access), ("mode", parse_mode)):
         if key in kwargs:
             check(kwargs[key], f"{path}: [certgate].{key}")
-    return Config(registry=TomlRegistry(path, data), gate_kwargs=kwargs)
+    registry = TomlRegistry(path, data, successor_of=successor_of)
+    return Config(
+        registry=registry,
+        gate_kwargs=kwargs,
+        section=section,
+        files=referenced_files(path, data),
+    )
+
+
+def referenced_files(path: Path, data: Mapping[str, Any]) -> tuple[Path, ...]:
+    """``path`` and every file its parsed ``data`` names (tenants' ``roots``,
+    ``intermediates`` and ``crls``, ``[certgate].proxy_ca``), resolved as
+    the loader resolves them - what a file watch looks at. Entries that are
+    not strings are skipped (the loader refuses them anyway)."""
+    base = path.parent
+    names: list[object] = []
+    section = data.get("certgate")
+    if isinstance(section, Mapping):
+        names.append(section.get("proxy_ca"))
+    tenants = data.get("tenants")
+    for entry in tenants if isinstance(tenants, list) else ():
+        if isinstance(entry, Mapping):
+            for key in ("roots", "intermediates", "crls"):
+                value = entry.get(key)
+                if isinstance(value, list):
+                    names.extend(value)
+    files = [path]
+    for name in names:
+        if isinstance(name, str):
+            file = base / name
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                file = file.resolve()
+            files.append(file)
+    return tuple(dict.fromkeys(files))
 
 
 def _header_sources(path: Path, entries: list[Any]) -> tuple[str | HeaderSource, ...]:

@@ -236,6 +236,13 @@ class CrlRefresher:
         """Have the thread look for due URLs now (after a reload, say)."""
         self._wake.set()
 
+    def follow(self, registry: InMemoryRegistry) -> None:
+        """Fetch for ``registry``'s tenants from now on (a reload made a new
+        registry), keeping the CRLs fetched so far; the thread is woken so a
+        CRL fetched while the reload ran reaches the new tenants at once."""
+        self.registry = registry
+        self.wake()
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop the thread (waits up to ``timeout`` seconds for it)."""
         self._started = False
