@@ -1146,12 +1146,25 @@ class CertGate:
 
         return await asyncio.to_thread(self.reload)
 
+    def start_monitor(self) -> None:
+        """For a gate made by :meth:`from_toml`: check tenant CA and CRL
+        expiry now, and start the file watch (``watch_interval``) and the
+        periodic expiry checks (``expiry_check_interval``) in certgate's
+        monitor thread. Once per gate; certgate's ASGI and WSGI middlewares
+        call it when built around the gate. Any other gate: nothing."""
+        reloader = self._handle._reloader
+        if reloader is not None:
+            reloader.start()
+
     def watch(self, interval: float) -> None:
         """Check the TOML file and every file it names (their size, mtime and
         inode) every ``interval`` seconds in certgate's monitor thread, and
         reload when one changed; ``0`` stops watching. The same as
-        ``watch_interval`` in ``[certgate]``."""
-        self._reloading().set_watch(interval)
+        ``watch_interval`` in ``[certgate]`` (and starts the monitor, see
+        :meth:`start_monitor`)."""
+        reloader = self._reloading()
+        reloader.set_watch(interval)
+        reloader.start()
 
     def reload_on_signal(self, signum: int | None = None) -> None:
         """Reload on ``signum`` (default ``SIGHUP``): the handler only queues

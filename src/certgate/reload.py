@@ -206,15 +206,14 @@ class Reloader:
         self._next_watch = now + self.watch_interval
         self._next_expiry = now + self.expiry_interval
         self._closed = False
-        if self.watch_interval or self.expiry_interval:
-            MONITOR.add(self)
+        self._started = False
 
     @classmethod
     def load(
         cls, gate_class: type[CertGate], path: str | os.PathLike[str], overrides: Mapping[str, Any]
     ) -> CertGate:
-        """Load ``path`` into a new gate of ``gate_class`` with its reloader;
-        observe the load and check expiry once."""
+        """Load ``path`` into a new gate of ``gate_class`` with its reloader,
+        and observe the load. Monitoring starts with :meth:`start`."""
         start = time.perf_counter()
         file = Path(path)
         before = file_stamps((file,))
@@ -230,8 +229,27 @@ class Reloader:
         reloader = cls(gate, file, overrides, config.files, config.section, stamps, intervals)
         gate._reloader = reloader
         reloader._observe(True, "load", None, True, start)
-        reloader._check_expiry("load")
         return gate
+
+    def start(self, *, expiry: bool = True) -> None:
+        """Start monitoring (once; later calls do nothing): check expiry now
+        (with ``expiry``; else never) and hand the file watch and periodic
+        expiry checks to the monitor thread. certgate's middlewares call it
+        (through :meth:`CertGate.start_monitor
+        <certgate.gate.CertGate.start_monitor>`) when they are built around
+        the gate, so tools that only load a file start no thread."""
+        if self._started:
+            return
+        self._started = True
+        if not expiry:
+            self._expiry_on = False
+            self.expiry_interval = 0.0
+        else:
+            self._check_expiry("load")
+        self._next_watch = time.monotonic() + self.watch_interval
+        self._next_expiry = time.monotonic() + self.expiry_interval
+        if self.watch_interval or self.expiry_interval:
+            MONITOR.add(self)
 
     # -- reloading --------------------------------------------------------
 
@@ -264,8 +282,16 @@ class Reloader:
             self._stamps = {**file_stamps(files), **{p: s for p, s in before.items() if p in files}}
             self._failed = None
             event = self._observe(True, trigger, None, changed, start)
-        self._check_expiry("reload")
+        if self._expiry_wanted:
+            self._check_expiry("reload")
         return event
+
+    @property
+    def _expiry_wanted(self) -> bool:
+        """Whether this gate reports expiry (started, and not a handshake gate)."""
+        return self._started and self._expiry_on
+
+    _expiry_on = True
 
     def _build(self) -> tuple[GateSnapshot, tuple[Path, ...], Mapping[str, Any], bool]:
         """The new snapshot (not yet swapped in), the files it was read from,
@@ -298,7 +324,8 @@ class Reloader:
             config.registry.close()
             raise
         self.set_watch(intervals[0])
-        self._set_expiry_interval(intervals[1])
+        if self._expiry_on:
+            self._set_expiry_interval(intervals[1])
         return snapshot, config.files, config.section, changed
 
     def override(self, **changes: Any) -> None:
@@ -338,16 +365,18 @@ class Reloader:
         if seconds != self.watch_interval:
             self.watch_interval = seconds
             self._next_watch = time.monotonic() + seconds
-            if seconds:
-                MONITOR.add(self)
-            MONITOR.wake()
+            self._schedule()
 
     def _set_expiry_interval(self, interval: float) -> None:
         if interval != self.expiry_interval:
             self.expiry_interval = interval
             self._next_expiry = time.monotonic() + interval
-            if interval:
-                MONITOR.add(self)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._started and not self._closed and (self.watch_interval or self.expiry_interval):
+            MONITOR.add(self)
+        else:
             MONITOR.wake()
 
     def changed(self) -> bool:
@@ -412,6 +441,19 @@ class Reloader:
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+
+
+def handshake_gate(path: str | os.PathLike[str]) -> CertGate:
+    """A gate loaded from ``path`` only for its registry - what per-tenant
+    handshakes given a TOML path use (:mod:`certgate.servers.tenant_contexts`):
+    it follows the file like the app's gate (``watch_interval``) but does
+    not check expiry (the app's gate reports that)."""
+    from .gate import CertGate  # noqa: PLC0415 - gate imports this module
+
+    gate = Reloader.load(CertGate, path, {})
+    assert gate._reloader is not None
+    gate._reloader.start(expiry=False)
+    return gate
 
 
 class _Monitor:
@@ -510,4 +552,5 @@ __all__ = [
     "check_expiry",
     "check_interval",
     "file_stamps",
+    "handshake_gate",
 ]

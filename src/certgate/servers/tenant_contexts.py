@@ -20,6 +20,10 @@ switched, so :meth:`TenantContexts.install` prepares the listener with
 :func:`~certgate.servers.tls.prepare_server_context` (and the per-tenant
 contexts get the same settings, for consistency).
 
+The registry is read through its source: with a ``CertGate`` (or a TOML
+path, loaded into one), the gate's current registry, so tenants a reload
+added or changed are found on their next handshake.
+
 Contexts are built on first use and kept in a bounded LRU
 (``max_contexts``), keyed by tenant id; an entry is rebuilt when the
 tenant's :attr:`~certgate.tenant.Tenant.trust_id` (its id, roots and
@@ -158,7 +162,10 @@ class TenantContexts:
             )
         if max_contexts < 1 or max_hosts < 1:
             raise ServerSetupError("max_contexts and max_hosts must be at least 1")
-        self.registry = registry_of(registry)
+        registry_of(registry)  # refuse an async registry now
+        self.source = registry
+        """What the registry is taken from: a registry, or a gate (whose
+        current registry is used, so tenants a reload added are found)."""
         self.certfile = certfile
         self.keyfile = keyfile
         self.password = password
@@ -175,6 +182,12 @@ class TenantContexts:
         self._hosts: OrderedDict[str, tuple[object, float, Tenant | None]] = OrderedDict()
         self._no_anchors: ssl.SSLContext | None = None
         self._failing = False
+
+    @property
+    def registry(self) -> TrustRegistry:
+        """The registry looked up now (a gate's current one: it changes
+        with each reload of the gate)."""
+        return getattr(self.source, "registry", self.source)  # type: ignore[no-any-return]
 
     # -- contexts ---------------------------------------------------------
 
@@ -207,11 +220,13 @@ class TenantContexts:
     ) -> TenantContexts:
         """The contexts for a server whose listening context is ``listener``
         (its ``CERT_REQUIRED`` carries over). ``source``: a registry, a
-        ``CertGate``, or the path of a certgate TOML file (loaded here)."""
+        ``CertGate``, or the path of a certgate TOML file (loaded here, and
+        reloaded when it changes if its ``[certgate]`` sets ``watch_interval``:
+        see :func:`certgate.reload.handshake_gate`)."""
         if isinstance(source, str | os.PathLike):
-            from ..config import load_config  # noqa: PLC0415 - only for this form
+            from ..reload import handshake_gate  # noqa: PLC0415 - only for this form
 
-            source = load_config(source).registry
+            source = handshake_gate(source)
         return cls(
             source,
             certfile,
