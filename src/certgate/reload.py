@@ -113,7 +113,7 @@ def check_interval(name: str, value: object) -> float:
     seconds = float(value)
     if seconds != 0 and not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
         raise ConfigError(
-            f"{name} must be 0 (off) or from {MIN_INTERVAL:g} to {MAX_INTERVAL:g} seconds, "
+            f"{name} must be 0 (off) or from {MIN_INTERVAL:g} to {MAX_INTERVAL:.0f} seconds, "
             f"not {value!r:.40}"
         )
     return seconds
