@@ -63,7 +63,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .config import TomlRegistry, load_config
+from . import config as _config
+from .config import TomlRegistry
 from .errors import ConfigError
 from .events import ReloadEvent, TrustExpiry, TrustExpiryEvent
 from .expiry import ExpiryItem, ca_expiry
@@ -217,7 +218,7 @@ class Reloader:
         start = time.perf_counter()
         file = Path(path)
         before = file_stamps((file,))
-        config = load_config(file)
+        config = _config.load_config(file)
         kwargs: dict[str, Any] = {**config.gate_kwargs, **overrides}
         try:
             intervals = _pop_intervals(kwargs, f"{file}: [certgate].")
@@ -300,7 +301,7 @@ class Reloader:
 
         old = self.gate._state
         previous = old.registry if isinstance(old.registry, TomlRegistry) else None
-        config = load_config(self.path, successor_of=previous)
+        config = _config.load_config(self.path, successor_of=previous)
         try:
             kwargs: dict[str, Any] = {**config.gate_kwargs, **self.overrides}
             intervals = _pop_intervals(kwargs, f"{self.path}: [certgate].")
