@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .decision import Decision
 from .errors import ClientCertificateRefused
@@ -166,6 +166,16 @@ class _HeaderKinds:
         return kind
 
 
+class _Current(NamedTuple):
+    """The middleware's view of one snapshot."""
+
+    snapshot: GateSnapshot
+    headers: _HeaderKinds
+    remembers: bool
+    gate: CertGate
+    """The gate pinned to ``snapshot`` (for ``scope["certgate.gate"]``)."""
+
+
 class CertGateMiddleware:
     """Pure ASGI middleware around :class:`~certgate.gate.CertGate`.
 
@@ -179,15 +189,18 @@ class CertGateMiddleware:
         self.app = app
         self.gate = gate
         gate.start_monitor()  # a gate loaded from TOML: expiry checks, file watch
-        self._headers = _HeaderKinds(gate.trust)
+        self._current = self._follow(gate.snapshot, None)
 
-    def _header_kinds(self, snapshot: GateSnapshot) -> _HeaderKinds:
-        """The header classification of ``snapshot``'s trust (rebuilt once
-        after a reload that changed it)."""
-        headers = self._headers
-        if headers.trust is not snapshot.trust:
-            headers = self._headers = _HeaderKinds(snapshot.trust)
-        return headers
+    @staticmethod
+    def _follow(snapshot: GateSnapshot, previous: _Current | None) -> _Current:
+        """What the middleware derives from ``snapshot``, once per snapshot
+        (the header classification is kept when the header trust is)."""
+        headers = (
+            previous.headers
+            if previous is not None and previous.headers.trust is snapshot.trust
+            else _HeaderKinds(snapshot.trust)
+        )
+        return _Current(snapshot, headers, snapshot.remembers(), snapshot.view())
 
     def _memo_key(self, scope: Scope, headers: _HeaderKinds) -> tuple[object, ...] | None:
         """The gate's decision-memo key of an HTTP request that needs nothing
@@ -273,10 +286,13 @@ class CertGateMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        current = self._current
         snapshot = self.gate.snapshot  # read once: this request's configuration
-        headers = self._header_kinds(snapshot)
+        if current.snapshot is not snapshot:
+            current = self._current = self._follow(snapshot, current)
+        headers = current.headers
         decision = None
-        key = self._memo_key(scope, headers) if snapshot.remembers() else None
+        key = self._memo_key(scope, headers) if current.remembers else None
         if key is not None:
             path = scope.get("path")
             decision = snapshot.recall(key, path if isinstance(path, str) else "")
@@ -292,7 +308,7 @@ class CertGateMiddleware:
             await send_refusal(snapshot.refusal(reason), reason, scope, receive, send)
             return
         scope[DECISION_KEY] = decision
-        scope[GATE_KEY] = snapshot.view()
+        scope[GATE_KEY] = current.gate
         if decision.identity is not None:
             scope[IDENTITY_KEY] = decision.identity
         elif IDENTITY_KEY in scope:  # no identity: never let one set upstream through

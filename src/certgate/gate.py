@@ -1008,7 +1008,10 @@ class CertGate:
     expiry checks (:meth:`check_expiry`).
     """
 
-    _state: GateSnapshot
+    snapshot: GateSnapshot
+    """The snapshot requests are decided with now (a plain attribute: one
+    read). Read it once per request: a reload swaps in another, and the old
+    one stays valid for the requests that read it."""
     _handle: CertGate
     _reloader: Reloader | None
 
@@ -1075,7 +1078,7 @@ class CertGate:
         )
         self._handle = self
         self._reloader = None
-        self._state = GateSnapshot(
+        self.snapshot = GateSnapshot(
             registry, settings, observers=self.observers, observed_allows=bool(extra), handle=self
         )
 
@@ -1084,7 +1087,7 @@ class CertGate:
         """A gate that always decides with ``snapshot`` (see :meth:`GateSnapshot.view`)."""
         view = cls.__new__(cls)
         view.observers = snapshot.observers
-        view._state = snapshot
+        view.snapshot = snapshot
         view._handle = handle if handle is not None else view
         view._reloader = None
         return view
@@ -1104,20 +1107,14 @@ class CertGate:
 
     # -- the current snapshot -------------------------------------------
 
-    @property
-    def snapshot(self) -> GateSnapshot:
-        """The snapshot requests are decided with now. Read it once per
-        request: a reload swaps in another (the old one stays valid)."""
-        return self._state
-
     def current(self) -> CertGate:
         """This gate pinned to its current snapshot (see :meth:`GateSnapshot.view`)."""
-        return self._state.view()
+        return self.snapshot.view()
 
     @property
     def version(self) -> int:
         """How many reloads the current snapshot is from the first (0)."""
-        return self._state.version
+        return self.snapshot.version
 
     # -- reloading (a gate made by from_toml) ---------------------------
 
@@ -1181,7 +1178,7 @@ class CertGate:
         and return it. Needs a registry that lists its tenants (``tenants()``)."""
         from .reload import check_expiry  # noqa: PLC0415
 
-        return check_expiry(self._state, "call", self._handle._config_name())
+        return check_expiry(self.snapshot, "call", self._handle._config_name())
 
     def _config_name(self) -> str:
         reloader = self._reloader
@@ -1192,7 +1189,7 @@ class CertGate:
         reloader = self._handle._reloader
         if reloader is not None:
             reloader.close()
-        close = getattr(self._state.registry, "close", None)
+        close = getattr(self.snapshot.registry, "close", None)
         if callable(close):
             close()
 
@@ -1200,26 +1197,26 @@ class CertGate:
 
     @property
     def registry(self) -> TrustRegistry | AsyncTrustRegistry:
-        return self._state.registry
+        return self.snapshot.registry
 
     @property
     def registry_timeout(self) -> float:
-        return self._state.registry_timeout
+        return self.snapshot.registry_timeout
 
     @property
     def trust(self) -> HeaderTrust:
         """Header trust (:class:`~certgate.trust.HeaderTrust`)."""
-        return self._state.trust
+        return self.snapshot.trust
 
     @property
     def rollout(self) -> Rollout:
         """Paths and modes (:class:`~certgate.rollout.Rollout`)."""
-        return self._state.rollout
+        return self.snapshot.rollout
 
     @property
     def policy(self) -> Policy | None:
         """The default policy of tenants without their own."""
-        return self._state.policy
+        return self.snapshot.policy
 
     @policy.setter
     def policy(self, value: Policy | None) -> None:
@@ -1227,7 +1224,7 @@ class CertGate:
 
     @property
     def tenant_resolver(self) -> TenantResolver | None:
-        return self._state.tenant_resolver
+        return self.snapshot.tenant_resolver
 
     @tenant_resolver.setter
     def tenant_resolver(self, value: TenantResolver | None) -> None:
@@ -1236,7 +1233,7 @@ class CertGate:
     @property
     def verification(self) -> CachedVerification:
         """Cached verification (:class:`~certgate.verification.CachedVerification`)."""
-        return self._state.verification
+        return self.snapshot.verification
 
     @verification.setter
     def verification(self, value: CachedVerification) -> None:
@@ -1248,64 +1245,64 @@ class CertGate:
             raise AttributeError("a gate pinned to a snapshot is read-only: change the gate")
         if self._reloader is not None:
             self._reloader.override(**changes)
-        self._state = self._state.derive(**changes)
+        self.snapshot = self.snapshot.derive(**changes)
 
     @property
     def clock(self) -> Clock:
-        return self._state.clock
+        return self.snapshot.clock
 
     @property
     def expiry_warning_days(self) -> float:
-        return self._state.expiry_warning_days
+        return self.snapshot.expiry_warning_days
 
     @property
     def expiry_critical_days(self) -> float:
-        return self._state.expiry_critical_days
+        return self.snapshot.expiry_critical_days
 
     @property
     def refusal(self) -> Callable[[Reason], RefusalResponse]:
         """Renders a refusal (status, headers, body) in the gate's format."""
-        return self._state.refusal
+        return self.snapshot.refusal
 
     @property
     def cache(self) -> ValidationCache[ClientIdentity]:
         """The verification cache (successes)."""
-        return self._state.verification.cache
+        return self.snapshot.verification.cache
 
     @property
     def refusals(self) -> ValidationCache[Refusal]:
         """The verification cache of remembered refusals."""
-        return self._state.verification.refusals
+        return self.snapshot.verification.refusals
 
     @property
     def verifier(self) -> ChainVerifier:
-        return self._state.verification.verifier
+        return self.snapshot.verification.verifier
 
     @property
     def _memo(self) -> dict[_RecallKey, _Recall | None] | None:
-        return self._state._memo
+        return self.snapshot._memo
 
     # -- deciding (with the current snapshot) ---------------------------
 
     def decide(self, facts: RequestFacts, *, memo_key: Hashable | None = None) -> Decision:
         """See :meth:`GateSnapshot.decide`."""
-        return self._state.decide(facts, memo_key=memo_key)
+        return self.snapshot.decide(facts, memo_key=memo_key)
 
     async def adecide(self, facts: RequestFacts, *, memo_key: Hashable | None = None) -> Decision:
         """See :meth:`GateSnapshot.adecide`."""
-        return await self._state.adecide(facts, memo_key=memo_key)
+        return await self.snapshot.adecide(facts, memo_key=memo_key)
 
     def remembers(self) -> bool:
         """Whether this gate keeps a decision memo (see :meth:`recall`)."""
-        return self._state.remembers()
+        return self.snapshot.remembers()
 
     def recall(self, memo_key: Hashable, path: str) -> Decision | None:
         """See :meth:`GateSnapshot.recall`."""
-        return self._state.recall(memo_key, path)
+        return self.snapshot.recall(memo_key, path)
 
     def observes_allows(self) -> bool:
         """See :meth:`GateSnapshot.observes_allows`."""
-        return self._state.observes_allows()
+        return self.snapshot.observes_allows()
 
     def authorize_route(
         self,
@@ -1317,7 +1314,7 @@ class CertGate:
         peer: str | None = None,
     ) -> Decision:
         """See :meth:`GateSnapshot.authorize_route`."""
-        return self._state.authorize_route(decision, policy, path=path, host=host, peer=peer)
+        return self.snapshot.authorize_route(decision, policy, path=path, host=host, peer=peer)
 
     def check(
         self,
@@ -1328,14 +1325,14 @@ class CertGate:
         source: str = "cli",
     ) -> Decision:
         """See :meth:`GateSnapshot.check`."""
-        return self._state.check(host, ders, at=at, source=source)
+        return self.snapshot.check(host, ders, at=at, source=source)
 
     def conclude(self, decision: Decision, facts: RequestFacts) -> Decision:
         """See :meth:`GateSnapshot.conclude`."""
-        return self._state.conclude(decision, facts)
+        return self.snapshot.conclude(decision, facts)
 
     def log_decision(
         self, decision: Decision, facts: RequestFacts, level: int | None = None
     ) -> Decision:
         """See :meth:`GateSnapshot.log_decision`."""
-        return self._state.log_decision(decision, facts, level)
+        return self.snapshot.log_decision(decision, facts, level)

@@ -271,8 +271,8 @@ class Reloader:
                 if isinstance(exc, ConfigError):
                     raise
                 raise ConfigError(f"{self.path}: reload failed: {why}") from exc
-            old = self.gate._state
-            self.gate._state = snapshot  # the swap: the next request reads the new snapshot
+            old = self.gate.snapshot
+            self.gate.snapshot = snapshot  # the swap: the next request reads the new snapshot
             if isinstance(snapshot.registry, TomlRegistry) and isinstance(
                 old.registry, TomlRegistry
             ):
@@ -299,7 +299,7 @@ class Reloader:
         its ``[certgate]`` table, and whether the settings changed."""
         from .gate import GateSettings, GateSnapshot  # noqa: PLC0415 - gate imports this module
 
-        old = self.gate._state
+        old = self.gate.snapshot
         previous = old.registry if isinstance(old.registry, TomlRegistry) else None
         config = _config.load_config(self.path, successor_of=previous)
         try:
@@ -336,7 +336,7 @@ class Reloader:
     def _observe(
         self, ok: bool, trigger: str, error: str | None, changed: bool, start: float
     ) -> ReloadEvent:
-        state = self.gate._state
+        state = self.gate.snapshot
         tenants = getattr(state.registry, "tenants", None)
         event = ReloadEvent(
             ok=ok,
@@ -354,7 +354,7 @@ class Reloader:
 
     def _check_expiry(self, trigger: str) -> None:
         try:
-            check_expiry(self.gate._state, trigger, str(self.path))
+            check_expiry(self.gate.snapshot, trigger, str(self.path))
         except Exception as exc:  # monitoring never breaks a load
             logger.error("certgate: CA expiry check failed: %r", exc, exc_info=exc)
 

@@ -214,6 +214,7 @@ class CertGateWSGIMiddleware:
         self.gate = gate
         gate.start_monitor()  # a gate loaded from TOML: expiry checks, file watch
         self._environ_keys = _EnvironKeys(gate.trust)
+        self._view = (gate.snapshot, gate.snapshot.view())
         self._gunicorn_verdict: tuple[gunicorn.HeaderHandling, HeaderTrust, str | None] | None = (
             None
         )
@@ -236,7 +237,10 @@ class CertGateWSGIMiddleware:
             start_response(refusal.status_line, list(refusal.headers))
             return [refusal.body]
         environ[DECISION_KEY] = decision
-        environ[GATE_KEY] = snapshot.view()
+        view = self._view
+        if view[0] is not snapshot:
+            view = self._view = (snapshot, snapshot.view())
+        environ[GATE_KEY] = view[1]
         if decision.identity is not None:
             environ[IDENTITY_KEY] = decision.identity
         else:  # no identity: never let one set upstream through
