@@ -397,3 +397,42 @@ def test_per_tenant_handshakes_follow_the_gates_registry(files: Files) -> None:
     assert found is not None
     assert found.id == "b"
     gate.close()
+
+
+def test_fetched_crls_survive_a_reload_and_the_refresher_follows(tmp_path: Path) -> None:
+    from tests.test_crl import HOST, Chain, CrlServer, build_crl, reason
+
+    chain, server = Chain(), CrlServer()
+    try:
+        server.serve(build_crl(chain.issuing, [chain.leaf.cert.serial_number], number=1))
+        (tmp_path / "root.pem").write_bytes(chain.root.cert_pem)
+        (tmp_path / "issuing.pem").write_bytes(chain.issuing.cert_pem)
+        files = Files(tmp_path)
+        crl_tenant = (
+            f'[[tenants]]\nid = "crl"\nhosts = ["{HOST}"]\nroots = ["root.pem"]\n'
+            f'intermediates = ["issuing.pem"]\ncrl_urls = ["{server.url}"]\ncrl_refresh = 600\n'
+        )
+        files.toml("", crl_tenant)
+        gate = CertGate.from_toml(files.config)
+        first = gate.registry
+        refresher = getattr(first, "crl_refresher", None)
+        assert refresher is not None
+        eventually(lambda: reason(gate, chain.leaf) == "revoked", "the CRL fetched")
+        fetched_before = server.requests
+        files.toml("cache_size = 99", crl_tenant)  # settings and registry both new
+        gate.reload()
+        assert gate.registry is not first
+        assert getattr(gate.registry, "crl_refresher", None) is refresher
+        assert refresher.registry is gate.registry
+        assert reason(gate, chain.leaf) == "revoked"  # at once: no fetch was needed
+        assert reason(gate, chain.other) is None
+        assert server.requests == fetched_before  # crl_refresh is 600 s: nothing refetched
+        # a newer CRL fetched later reaches the reloaded tenants
+        server.serve(build_crl(chain.issuing, [chain.other.cert.serial_number], number=2))
+        refresher.refresh()
+        assert reason(gate, chain.other) == "revoked"
+        assert reason(gate, chain.leaf) is None
+    finally:
+        gate.close()
+        server.server.shutdown()
+        server.server.server_close()

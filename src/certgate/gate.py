@@ -1243,9 +1243,11 @@ class CertGate:
         """Swap in the current snapshot with ``changes`` (kept across reloads)."""
         if self._handle is not self:
             raise AttributeError("a gate pinned to a snapshot is read-only: change the gate")
-        if self._reloader is not None:
-            self._reloader.override(**changes)
-        self.snapshot = self.snapshot.derive(**changes)
+        reloader = self._reloader
+        if reloader is None:
+            self.snapshot = self.snapshot.derive(**changes)
+        else:
+            reloader.override(**changes)  # under the reload lock: never lost to a reload
 
     @property
     def clock(self) -> Clock:

@@ -201,7 +201,7 @@ class Reloader:
         self._proxy_ca = "proxy_ca" in section
         self._stamps = dict(stamps)
         self._failed: dict[Path, Stamp] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # an observer of a reload may call reload()
         self.watch_interval, self.expiry_interval = intervals
         now = time.monotonic()
         self._next_watch = now + self.watch_interval
@@ -330,8 +330,11 @@ class Reloader:
         return snapshot, config.files, config.section, changed
 
     def override(self, **changes: Any) -> None:
-        """Keep ``changes`` (assigned on the gate) over every reloaded file."""
-        self.overrides.update(changes)
+        """Apply ``changes`` (assigned on the gate) to its current snapshot,
+        and keep them over every reloaded file."""
+        with self._lock:
+            self.overrides.update(changes)
+            self.gate.snapshot = self.gate.snapshot.derive(**changes)
 
     def _observe(
         self, ok: bool, trigger: str, error: str | None, changed: bool, start: float
@@ -441,7 +444,7 @@ class Reloader:
         MONITOR.discard(self)
 
     def _after_fork(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
 
 def handshake_gate(path: str | os.PathLike[str]) -> CertGate:
