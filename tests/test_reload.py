@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from certgate import CertGate, ConfigError, InMemoryRegistry, Reason
+from certgate import CertGate, ConfigError, InMemoryRegistry, Reason, TomlRegistry
 from certgate.asgi import GATE_KEY, CertGateMiddleware
 from certgate.devpki import CA, IssuedCert
 from certgate.events import ReloadEvent
@@ -415,7 +415,8 @@ def test_fetched_crls_survive_a_reload_and_the_refresher_follows(tmp_path: Path)
         files.toml("", crl_tenant)
         gate = CertGate.from_toml(files.config)
         first = gate.registry
-        refresher = getattr(first, "crl_refresher", None)
+        assert isinstance(first, TomlRegistry)
+        refresher = first.crl_refresher
         assert refresher is not None
         eventually(lambda: reason(gate, chain.leaf) == "revoked", "the CRL fetched")
         fetched_before = server.requests
