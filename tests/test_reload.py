@@ -422,9 +422,11 @@ def test_fetched_crls_survive_a_reload_and_the_refresher_follows(tmp_path: Path)
         fetched_before = server.requests
         files.toml("cache_size = 99", crl_tenant)  # settings and registry both new
         gate.reload()
-        assert gate.registry is not first
-        assert getattr(gate.registry, "crl_refresher", None) is refresher
-        assert refresher.registry is gate.registry
+        second = gate.registry
+        assert isinstance(second, TomlRegistry)
+        assert second is not first
+        assert second.crl_refresher is refresher
+        assert refresher.registry is second
         assert reason(gate, chain.leaf) == "revoked"  # at once: no fetch was needed
         assert reason(gate, chain.other) is None
         assert server.requests == fetched_before  # crl_refresh is 600 s: nothing refetched
