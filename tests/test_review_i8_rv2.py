@@ -1,0 +1,127 @@
+"""Review i8-rv2 (issue 8 items 3-5): Host vs SNI, server adapters,
+per-tenant handshakes, misconfiguration warnings, unix-socket trust and
+authenticated proxies - each finding as a test, with real certificates and,
+where the finding is about a server, a real server over loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+
+from certgate import CertGate, ConfigError, InMemoryRegistry, Tenant
+from certgate.asgi import DECISION_KEY, CertGateMiddleware
+from certgate.devpki import CA, IssuedCert
+from tests.conftest import PKI
+from tests.test_asgi import RecordingApp, http_scope, pem_chain, run_http
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+GLOBEX = "api.globex.test"
+ACME = "pay.acme.test"
+CF = b"cf-client-cert-der-base64"
+
+
+# -- F1: a proxy CA that is (or issued) a tenant's CA ---------------------
+#
+# With ``proxy_ca`` every peer whose TLS client certificate verifies against
+# the proxy CA may forward any client certificate in a header. The header
+# carries only a certificate - public data, no proof of its key - so if the
+# proxy CA is also a tenant's CA, every device of that tenant (for a SaaS: a
+# customer's own PKI, which may also put "front-proxy" in a CN, so
+# proxy_names does not help) can present the *public* certificate of any
+# device of any other tenant and be taken for it.
+
+
+def _forged_scope(device: IssuedCert, victim: IssuedCert, host: str) -> Any:
+    """``device`` connects directly over TLS (its own certificate) and
+    forges the Cloudflare header with ``victim``'s public certificate."""
+    scope = http_scope(host=host, headers=[(CF, base64.b64encode(victim.der))])
+    scope["certgate.socket_peer"] = ("203.0.113.50", 40000)
+    scope["extensions"] = {"tls": {"client_cert_chain": pem_chain(device)}}
+    return scope
+
+
+def _impersonation_succeeds(gate: CertGate, device: IssuedCert, victim: IssuedCert) -> bool:
+    app = RecordingApp()
+    result = run_http(CertGateMiddleware(app, gate), _forged_scope(device, victim, GLOBEX))
+    if result.status != 200:
+        return False
+    identity = app.scope[DECISION_KEY].identity
+    return (
+        identity is not None
+        and identity.fingerprint_sha256 == victim.cert.fingerprint(hashes.SHA256()).hex()
+    )
+
+
+class _Unlisted:
+    """A registry that does not list its tenants (a database, say): the
+    check cannot run, which is why the README says so."""
+
+    def __init__(self, inner: InMemoryRegistry) -> None:
+        self.inner = inner
+
+    def tenant_for_host(self, host: str) -> Tenant | None:
+        return self.inner.tenant_for_host(host)
+
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        return self.inner.tenant_by_id(tenant_id)
+
+
+@pytest.mark.parametrize("names", [(), ("front-proxy",)])
+def test_proxy_ca_equal_to_a_tenant_root_is_refused(pki: PKI, names: tuple[str, ...]) -> None:
+    acme_root = pki["acme"].roots[0]
+    kwargs: dict[str, Any] = {
+        "header_sources": ["cloudflare"],
+        "proxy_ca": [acme_root.cert],
+        "proxy_names": names,
+    }
+    with pytest.raises(ConfigError, match="acme") as caught:
+        CertGate(pki.registry(), **kwargs)
+    assert "proxy_ca" in str(caught.value)
+    # What the check prevents (still possible where it cannot run): an acme
+    # device - its CA puts any CN it likes in it - is a proxy, and is taken
+    # for a globex device whose public certificate it forwards.
+    gate = CertGate(_Unlisted(pki.registry()), **kwargs)
+    device = pki["acme"].client(names[0] if names else "acme-device")
+    assert _impersonation_succeeds(gate, device, pki["globex"].client("victim"))
+
+
+def test_proxy_ca_equal_to_a_tenant_intermediate_is_refused(pki: PKI) -> None:
+    """initech's issuing CA is configured on the tenant (its devices send
+    only their leaf): as proxy CA it makes every initech device a proxy."""
+    issuing = pki["initech"].configured_intermediates[0]
+    with pytest.raises(ConfigError, match="initech"):
+        CertGate(pki.registry(), header_sources=["cloudflare"], proxy_ca=[issuing.cert])
+
+
+def test_proxy_ca_that_issued_a_tenant_anchor_is_refused() -> None:
+    """The vendor PKI: each tenant anchored at its own issuing CA under a
+    shared vendor root. The vendor root as proxy CA: every device of every
+    tenant chains to it (it sends its issuing CA) and would be a proxy."""
+    vendor = CA.root("Vendor Root CA")
+    acme_issuing = vendor.intermediate("Acme Issuing CA")
+    globex_issuing = vendor.intermediate("Globex Issuing CA")
+    registry = InMemoryRegistry(
+        [
+            Tenant("acme", (ACME,), (acme_issuing.cert,)),
+            Tenant("globex", (GLOBEX,), (globex_issuing.cert,)),
+        ]
+    )
+    with pytest.raises(ConfigError, match=r"acme|globex"):
+        CertGate(registry, header_sources=["cloudflare"], proxy_ca=[vendor.cert])
+    gate = CertGate(_Unlisted(registry), header_sources=["cloudflare"], proxy_ca=[vendor.cert])
+    device = acme_issuing.issue("acme-device")
+    assert _impersonation_succeeds(gate, device, globex_issuing.issue("victim"))
+
+
+def test_separate_proxy_ca_is_accepted(pki: PKI) -> None:
+    proxy_ca = CA.root("Proxy CA only")
+    gate = CertGate(pki.registry(), header_sources=["cloudflare"], proxy_ca=[proxy_ca.cert])
+    device = pki["acme"].client("acme-device")
+    assert not _impersonation_succeeds(gate, device, pki["globex"].client("victim"))
+    proxy = proxy_ca.issue("front-proxy")
+    assert _impersonation_succeeds(gate, proxy, pki["globex"].client("forwarded"))
