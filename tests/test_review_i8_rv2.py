@@ -7,16 +7,25 @@ where the finding is about a server, a real server over loopback.
 from __future__ import annotations
 
 import base64
+import contextlib
+import socket
+import ssl
+import threading
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes
+from examples.devenv import make_dev_environment
 
 from certgate import CertGate, ConfigError, InMemoryRegistry, Tenant
 from certgate.asgi import DECISION_KEY, CertGateMiddleware
+from certgate.config import load_config
 from certgate.devpki import CA, IssuedCert
 from tests.conftest import PKI
 from tests.test_asgi import RecordingApp, http_scope, pem_chain, run_http
+from tests.test_servers_sni import client_context, echo_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -125,3 +134,100 @@ def test_separate_proxy_ca_is_accepted(pki: PKI) -> None:
     assert not _impersonation_succeeds(gate, device, pki["globex"].client("victim"))
     proxy = proxy_ca.issue("front-proxy")
     assert _impersonation_succeeds(gate, proxy, pki["globex"].client("forwarded"))
+
+
+# -- F2: per-tenant handshakes dropped ALPN (HTTP/2 silently off) ----------
+#
+# OpenSSL takes the ALPN choice from the context a connection is switched to
+# in the sni_callback; the per-tenant contexts had no ALPN protocols, so
+# hypercorn (h2 by default) and gunicorn (http_protocols = ["h2", ...])
+# answered every client in HTTP/1.1 as soon as per-tenant handshakes were on.
+
+
+def _h2_get(env: Any, port: int, identity: str, sni: str) -> httpx.Response:
+    context = client_context(env, identity)
+    with httpx.Client(verify=context, timeout=10, http2=True) as client:
+        return client.get(
+            f"https://127.0.0.1:{port}/",
+            headers={"Host": sni},
+            extensions={"sni_hostname": sni},
+        )
+
+
+def test_hypercorn_per_tenant_keeps_http2(tmp_path: Path) -> None:
+    pytest.importorskip("h2")
+    from tests.test_servers_hypercorn import _port, _tls, hypercorn_in_thread
+
+    env = make_dev_environment(tmp_path)
+    gate = CertGate(load_config(env.config).registry)
+    app = CertGateMiddleware(echo_app, gate)
+    with hypercorn_in_thread(app, **_tls(env, ca_certs=str(env.bundle))) as cfg:
+        union = _h2_get(env, _port(cfg), "globex-device", "api.globex.test")
+    assert (union.status_code, union.http_version) == (200, "HTTP/2")
+    with hypercorn_in_thread(app, **_tls(env, per_tenant=gate)) as cfg:
+        per_tenant = _h2_get(env, _port(cfg), "globex-device", "api.globex.test")
+    assert per_tenant.status_code == 200
+    assert per_tenant.http_version == "HTTP/2"
+
+
+def test_gunicorn_per_tenant_hook_keeps_alpn(tmp_path: Path) -> None:
+    """gunicorn's http_protocols = ["h2", "http/1.1"]: the listener its
+    default factory makes offers h2; the per-tenant contexts must too."""
+    pytest.importorskip("h2")
+    from gunicorn.config import Config
+
+    from certgate.servers.gunicorn import PerTenantSSLContext
+
+    env = make_dev_environment(tmp_path)
+    cfg = Config()
+    cfg.set("certfile", str(env.server_cert))
+    cfg.set("keyfile", str(env.server_key))
+    cfg.set("cert_reqs", ssl.CERT_OPTIONAL)
+    cfg.set("http_protocols", "h2,h1")
+    hook = PerTenantSSLContext(str(env.config))
+    listener = hook(cfg, lambda: _default(cfg))
+    assert _negotiated(listener, env, "api.globex.test") == "h2"
+
+
+def _default(cfg: Any) -> ssl.SSLContext:
+    """gunicorn's own default_ssl_context_factory for ``cfg``."""
+    from gunicorn import sock as gsock
+
+    made: list[ssl.SSLContext] = []
+    original = cfg.ssl_context
+
+    def capture(conf: Any, factory: Any) -> ssl.SSLContext:
+        made.append(factory())
+        return made[0]
+
+    cfg.settings["ssl_context"].value = capture
+    try:
+        gsock.ssl_context(cfg)
+    finally:
+        cfg.settings["ssl_context"].value = original
+    return made[0]
+
+
+def _negotiated(listener: ssl.SSLContext, env: Any, sni: str) -> str | None:
+    """ALPN chosen on a real TLS connection over loopback to ``listener``."""
+    server = socket.create_server(("127.0.0.1", 0))
+    chosen: list[str | None] = []
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        with contextlib.suppress(OSError), listener.wrap_socket(conn, server_side=True) as tls:
+            chosen.append(tls.selected_alpn_protocol())
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    context = client_context(env, "globex-device")
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(server.getsockname(), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=sni) as tls,
+    ):
+        client_side = tls.selected_alpn_protocol()
+    thread.join(10)
+    server.close()
+    assert chosen == [client_side]
+    return client_side

@@ -98,8 +98,21 @@ class PerTenantSSLContext:
                 config.keyfile,
                 max_contexts=self.max_contexts,
                 unknown_sni=self.unknown_sni,
+                alpn_protocols=_alpn_protocols(config),
             )
         return self.contexts.install(context)
+
+
+def _alpn_protocols(config: Any) -> list[str]:
+    """The ALPN protocols gunicorn sets on its listener for ``config``
+    (``http_protocols`` with ``h2``); none for a gunicorn without HTTP/2."""
+    if not getattr(config, "http_protocols", None):
+        return []
+    try:
+        from gunicorn.sock import _get_alpn_protocols  # noqa: PLC0415 - gunicorn's own
+    except ImportError:
+        return []
+    return list(_get_alpn_protocols(config))
 
 
 # -- underscore aliases of certificate headers (header_map) -----------------

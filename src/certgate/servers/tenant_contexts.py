@@ -12,13 +12,18 @@ certgate still verifies every request against the tenant of its Host (the
 handshake decides nothing on its own).
 
 What each per-tenant context holds: the server certificate and key (loaded
-from ``certfile``/``keyfile``) and the tenant's roots and intermediates. The
-verify mode, verify flags (``VERIFY_X509_PARTIAL_CHAIN``, deferred time
-checks), the session-ticket setting and the cipher list are those of the
-*listener* context: OpenSSL keeps them on the connection when the context is
-switched, so :meth:`TenantContexts.install` prepares the listener with
+from ``certfile``/``keyfile``), the tenant's roots and intermediates, and the
+ALPN protocols (``alpn_protocols``). The verify mode, verify flags
+(``VERIFY_X509_PARTIAL_CHAIN``, deferred time checks), the session-ticket
+setting and the cipher list are those of the *listener* context: OpenSSL
+keeps them on the connection when the context is switched, so
+:meth:`TenantContexts.install` prepares the listener with
 :func:`~certgate.servers.tls.prepare_server_context` (and the per-tenant
-contexts get the same settings, for consistency).
+contexts get the same settings, for consistency). ALPN is not kept: OpenSSL
+asks the context switched to, so a server that offers HTTP/2 (hypercorn,
+gunicorn's ``http_protocols``) must name its protocols here, or every
+connection falls back to HTTP/1.1 (the ``ssl`` module cannot read them back
+from the listener; the hypercorn and gunicorn adapters pass them).
 
 Contexts are built on first use and kept in a bounded LRU
 (``max_contexts``), keyed by tenant id; an entry is rebuilt when the
@@ -65,6 +70,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from .. import sni
@@ -136,6 +142,9 @@ class TenantContexts:
     ``require_certificate`` makes the handshake refuse clients without a
     certificate (``CERT_REQUIRED``; default ``CERT_OPTIONAL``, certgate
     answers 403). ``defer_time`` leaves validity times to certgate.
+    ``alpn_protocols``: the listener's ALPN protocols (``["h2",
+    "http/1.1"]``), set on every per-tenant context (see the module
+    docstring).
     """
 
     def __init__(
@@ -151,6 +160,7 @@ class TenantContexts:
         defer_time: bool = True,
         max_hosts: int = 16384,
         host_ttl: float = 60.0,
+        alpn_protocols: Iterable[str] = (),
     ) -> None:
         if unknown_sni not in UNKNOWN_SNI_RULES:
             raise ServerSetupError(
@@ -168,6 +178,7 @@ class TenantContexts:
         self.unknown_sni: UnknownSNIRule = unknown_sni
         self.verify_mode = ssl.CERT_REQUIRED if require_certificate else ssl.CERT_OPTIONAL
         self.defer_time = defer_time
+        self.alpn_protocols: tuple[str, ...] = tuple(alpn_protocols)
         self.built = 0
         """How many per-tenant contexts were built (a rebuild counts again)."""
         self._lock = threading.Lock()
@@ -186,6 +197,8 @@ class TenantContexts:
         if self.defer_time:
             defer_time_checks(context)
         accept_intermediate_anchors(context)
+        if self.alpn_protocols:
+            context.set_alpn_protocols(list(self.alpn_protocols))
         return disable_stateless_resumption(context)
 
     def server_context(self) -> ssl.SSLContext:
@@ -204,10 +217,12 @@ class TenantContexts:
         password: str | None = None,
         max_contexts: int = 1024,
         unknown_sni: UnknownSNIRule = "no_anchors",
+        alpn_protocols: Iterable[str] = (),
     ) -> TenantContexts:
         """The contexts for a server whose listening context is ``listener``
         (its ``CERT_REQUIRED`` carries over). ``source``: a registry, a
-        ``CertGate``, or the path of a certgate TOML file (loaded here)."""
+        ``CertGate``, or the path of a certgate TOML file (loaded here).
+        ``alpn_protocols``: those the server set on ``listener``."""
         if isinstance(source, str | os.PathLike):
             from ..config import load_config  # noqa: PLC0415 - only for this form
 
@@ -220,6 +235,7 @@ class TenantContexts:
             max_contexts=max_contexts,
             unknown_sni=unknown_sni,
             require_certificate=listener.verify_mode == ssl.CERT_REQUIRED,
+            alpn_protocols=alpn_protocols,
         )
 
     def install(self, context: ssl.SSLContext) -> ssl.SSLContext:
