@@ -16,7 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 from examples.devenv import make_dev_environment
 
 from certgate import CertGate, ConfigError, InMemoryRegistry, Tenant
@@ -231,3 +233,91 @@ def _negotiated(listener: ssl.SSLContext, env: Any, sni: str) -> str | None:
     server.close()
     assert chosen == [client_side]
     return client_side
+
+
+# -- F3: authenticated proxies could not connect under per-tenant handshakes
+#
+# The proxy's own client certificate (from the proxy CA) must pass the
+# handshake before certgate can check it. A per-tenant context trusts only
+# the tenant's CAs, and the default rule for a missing SNI (nginx sends none
+# by default: proxy_ssl_server_name off) trusts no CA at all, so the proxy's
+# handshake failed whatever it sent: proxy_ca and per-tenant handshakes could
+# not be used together.
+
+
+def _proxied_get(
+    env: Any, port: int, proxy: dict[str, Path], sni: str | None, device_der: bytes
+) -> httpx.Response:
+    context = ssl.create_default_context(cafile=str(env.server_ca))
+    context.load_cert_chain(proxy["chain"], proxy["key"])
+    context.check_hostname = sni is not None
+    extensions = {"sni_hostname": sni} if sni is not None else {}
+    with httpx.Client(verify=context, timeout=10) as client:
+        return client.get(
+            f"https://127.0.0.1:{port}/",
+            headers={
+                "Host": GLOBEX,
+                "Cf-Client-Cert-Der-Base64": base64.b64encode(device_der).decode(),
+            },
+            extensions=extensions,
+        )
+
+
+@pytest.mark.parametrize("sni", [None, GLOBEX])
+def test_authenticated_proxy_connects_under_per_tenant_handshakes(
+    tmp_path: Path, sni: str | None
+) -> None:
+    from tests.test_servers_sni import uvicorn_in_thread
+
+    env = make_dev_environment(tmp_path)
+    proxy_ca = CA.root("Edge Proxy CA")
+    proxy = proxy_ca.issue("front-proxy").write_files(tmp_path, "front-proxy")
+    device_der = x509.load_pem_x509_certificate(
+        env.path("globex-device.pem").read_bytes()
+    ).public_bytes(Encoding.DER)
+    gate = CertGate(
+        load_config(env.config).registry,
+        header_sources=["cloudflare"],
+        proxy_ca=[proxy_ca.cert],
+        proxy_names=["front-proxy"],
+    )
+    seen: list[str | None] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        identity = scope[DECISION_KEY].identity
+        seen.append(None if identity is None else identity.source)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with uvicorn_in_thread(
+        CertGateMiddleware(app, gate),
+        ssl_certfile=str(env.server_cert),
+        ssl_keyfile=str(env.server_key),
+        per_tenant=gate,
+    ) as server:
+        response = _proxied_get(env, server.config.port, proxy, sni, device_der)
+        assert response.status_code == 200, response.text
+        assert seen == ["cloudflare"]
+        # A device still fails another tenant's handshake.
+        context = client_context(env, "acme-device")
+        with (
+            httpx.Client(verify=context, timeout=10) as client,
+            pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)),
+        ):
+            client.get(
+                f"https://127.0.0.1:{server.config.port}/",
+                headers={"Host": GLOBEX},
+                extensions={"sni_hostname": GLOBEX},
+            )
+        # The proxy's certificate is no client identity of the tenant.
+        assert _get_as(env, server.config.port, proxy, GLOBEX).status_code == 403
+
+
+def _get_as(env: Any, port: int, files: dict[str, Path], sni: str) -> httpx.Response:
+    """A request presenting ``files`` as the client's own certificate, no header."""
+    context = ssl.create_default_context(cafile=str(env.server_ca))
+    context.load_cert_chain(files["chain"], files["key"])
+    with httpx.Client(verify=context, timeout=10) as client:
+        return client.get(
+            f"https://127.0.0.1:{port}/", headers={"Host": sni}, extensions={"sni_hostname": sni}
+        )

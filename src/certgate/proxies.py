@@ -184,7 +184,7 @@ class ProxyAuthenticator:
     """
 
     def __init__(self, ca: ProxyCA, names: Iterable[str] = ()) -> None:
-        certs = _load_proxy_ca(ca)
+        certs = load_proxy_ca(ca)
         self.roots: tuple[x509.Certificate, ...] = tuple(certs)
         self._tenant = Tenant(_PROXY_TENANT, (), self.roots)
         self._verifier = ChainVerifier()
@@ -275,7 +275,9 @@ def _directly_issued(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _load_proxy_ca(ca: ProxyCA) -> list[x509.Certificate]:
+def load_proxy_ca(ca: ProxyCA) -> list[x509.Certificate]:
+    """The certificates of a ``proxy_ca`` setting (a PEM file's path, PEM
+    bytes or certificates); :class:`ConfigError` when there are none."""
     if isinstance(ca, bytes):
         return load_pem_certificates(ca, "proxy_ca")
     if isinstance(ca, str | os.PathLike):
