@@ -74,7 +74,10 @@ class PerTenantSSLContext:
     the first time the hook runs), a synchronous registry or a ``CertGate``.
     gunicorn's ``certfile``/``keyfile`` are loaded into every per-tenant
     context; gunicorn's ``ca_certs`` (optional) is what the ``"listener"``
-    rule for an unknown SNI trusts.
+    rule for an unknown SNI trusts (unset, gunicorn's default context loads
+    the system's CA store instead, which only that rule would use). The
+    listener context is still gunicorn's, built for every connection: leave
+    ``ca_certs`` unset unless the ``"listener"`` rule needs it.
     """
 
     def __init__(
