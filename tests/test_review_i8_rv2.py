@@ -321,3 +321,38 @@ def _get_as(env: Any, port: int, files: dict[str, Path], sni: str) -> httpx.Resp
         return client.get(
             f"https://127.0.0.1:{port}/", headers={"Host": sni}, extensions={"sni_hostname": sni}
         )
+
+
+# -- F5: no unix-socket warning with proxy_ca alone -----------------------
+#
+# README: "certgate logs one WARNING (with this fix) when header sources are
+# configured and requests arrive over a unix socket". With proxy_ca and no
+# trusted_proxies the address check was skipped, and the warning with it:
+# the proxy's headers were dropped with no word about trust_unix_socket.
+
+
+def test_unix_socket_warning_also_with_proxy_ca_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from tests.test_servers_sni import uvicorn_in_thread
+
+    gate = CertGate(
+        InMemoryRegistry([Tenant("globex", (GLOBEX,), (CA.root("G").cert,))]),
+        header_sources=["cloudflare"],
+        proxy_ca=[CA.root("Proxy CA").cert],
+    )
+    path = str(tmp_path / "app.sock")
+    with (
+        caplog.at_level(logging.WARNING, logger="certgate"),
+        uvicorn_in_thread(CertGateMiddleware(echo_app, gate), uds=path),
+        httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=10) as client,
+    ):
+        for _ in range(2):
+            response = client.get(
+                f"http://{GLOBEX}/", headers={"Cf-Client-Cert-Der-Base64": "AA=="}
+            )
+            assert response.status_code == 403
+    warned = [r.getMessage() for r in caplog.records if "trust_unix_socket" in r.getMessage()]
+    assert len(warned) == 1, warned
