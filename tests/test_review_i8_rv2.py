@@ -356,3 +356,49 @@ def test_unix_socket_warning_also_with_proxy_ca_alone(
             assert response.status_code == 403
     warned = [r.getMessage() for r in caplog.records if "trust_unix_socket" in r.getMessage()]
     assert len(warned) == 1, warned
+
+
+# -- checked and sound (kept as regression tests) --------------------------
+
+
+@pytest.mark.parametrize("per_tenant", [False, True])
+def test_tls12_resumption_with_another_sni_keeps_the_sessions_name(
+    tmp_path: Path, per_tenant: bool
+) -> None:
+    """A TLS 1.2 session made for acme, resumed with SNI and Host globex:
+    OpenSSL reports the session's name, so the request is 421 sni_mismatch
+    (never globex verified under acme's handshake, never a bypass)."""
+    from tests.test_servers_sni import uvicorn_in_thread
+
+    env = make_dev_environment(tmp_path)
+    gate = CertGate(load_config(env.config).registry)
+    kwargs: dict[str, Any] = {
+        "ssl_certfile": str(env.server_cert),
+        "ssl_keyfile": str(env.server_key),
+    }
+    if per_tenant:
+        kwargs["per_tenant"] = gate
+    else:
+        kwargs["ssl_ca_certs"] = str(env.bundle)
+    context = client_context(env, "acme-device")
+    context.check_hostname = False
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    def one(port: int, sni: str, session: Any = None) -> tuple[bytes, bool, Any]:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=sni, session=session) as tls,
+        ):
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+            return data, tls.session_reused, tls.session
+
+    with uvicorn_in_thread(CertGateMiddleware(echo_app, gate), **kwargs) as server:
+        first, _, session = one(server.config.port, ACME)
+        assert first.startswith(b"HTTP/1.1 200")
+        second, reused, _ = one(server.config.port, GLOBEX, session)
+    assert reused
+    assert second.startswith(b"HTTP/1.1 421")
+    assert b"sni_mismatch" in second
