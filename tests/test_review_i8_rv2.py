@@ -384,7 +384,7 @@ def test_tls12_resumption_with_another_sni_keeps_the_sessions_name(
     context.check_hostname = False
     context.maximum_version = ssl.TLSVersion.TLSv1_2
 
-    def one(port: int, sni: str, session: Any = None) -> tuple[bytes, bool, Any]:
+    def one(port: int, sni: str, session: Any = None) -> tuple[bytes, bool | None, Any]:
         with (
             socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
             context.wrap_socket(raw, server_hostname=sni, session=session) as tls,
