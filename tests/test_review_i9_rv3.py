@@ -1,0 +1,92 @@
+"""Review i9-rv3 (issue 9, operator CLI, diagnostics and CRL revocation):
+each finding of the adversarial review as a test, with real sockets, real
+files and real certificates made at test time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from certgate import CertGate, InMemoryRegistry, Tenant
+from certgate.cli import main
+from certgate.crlfetch import fetch_url
+from certgate.devpki import CA
+
+# -- CRL download: the timeout bounds the whole download ---------------------
+
+
+class TrickleServer:
+    """An HTTP server that sends its response one byte at a time, each well
+    within any socket timeout: ``headers_too`` trickles the status line and
+    headers as well as the body."""
+
+    def __init__(self, *, headers_too: bool) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.headers_too = headers_too
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.recv(65536)
+            head = b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n"
+            data = head if self.headers_too else b""
+            if not self.headers_too:
+                conn.sendall(head)
+            data += b"x" * 100000
+            try:
+                for byte in data:
+                    if self.stop.wait(0.05):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture(params=[False, True], ids=["body", "headers"])
+def trickle(request: pytest.FixtureRequest) -> Iterator[TrickleServer]:
+    server = TrickleServer(headers_too=request.param)
+    yield server
+    server.close()
+
+
+def test_crl_download_deadline_holds_against_a_trickling_server(trickle: TrickleServer) -> None:
+    """README: "a download still running after 10 s is abandoned". Before
+    the fix a server sending a byte every 50 ms held ``fetch_url`` (and with
+    it the refresh thread of every tenant) for as long as it liked: the
+    socket timeout bounds each read, and ``read(65536)`` loops until full."""
+    outcome: list[BaseException | bytes] = []
+
+    def fetch() -> None:
+        try:
+            outcome.append(fetch_url(f"http://127.0.0.1:{trickle.port}/ca.crl", timeout=1.0))
+        except Exception as exc:  # noqa: BLE001 - the outcome is asserted below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=fetch, daemon=True)
+    worker.start()
+    worker.join(15)  # generous under load; the deadline is 1 s
+    assert not worker.is_alive(), "the download was not cut off at its deadline"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], TimeoutError), outcome[0]
