@@ -90,3 +90,69 @@ def test_crl_download_deadline_holds_against_a_trickling_server(trickle: Trickle
     assert not worker.is_alive(), "the download was not cut off at its deadline"
     assert len(outcome) == 1
     assert isinstance(outcome[0], TimeoutError), outcome[0]
+
+
+# -- pki: --force replaces an existing path, never writes through it --------
+
+
+def make_ca_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    ca_dir = tmp_path / "ca"
+    assert main(["pki", "init-ca", "--cn", "Review Root", "--out", str(ca_dir)]) == 0
+    capsys.readouterr()
+    return ca_dir
+
+
+def issue_args(ca_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "pki",
+        "issue-client",
+        "--ca-cert",
+        str(ca_dir / "ca.pem"),
+        "--ca-key",
+        str(ca_dir / "ca.key"),
+        "--cn",
+        "dev",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_force_replaces_a_planted_link_instead_of_writing_the_key_through_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], link: str
+) -> None:
+    """Someone who can write the output directory plants ``dev.key`` as a
+    link to a file of their choosing (or a file they own): ``--force`` wrote
+    the new private key *into that file* (O_TRUNC through the link) and
+    chmod-ed it, so the key ended where the planter could read it."""
+    ca_dir = make_ca_dir(tmp_path, capsys)
+    out = tmp_path / "shared"
+    out.mkdir()
+    planted = tmp_path / "planted.txt"
+    planted.write_bytes(b"the planter's file\n")
+    planted.chmod(0o666)
+    if link == "symlink":
+        (out / "dev.key").symlink_to(planted)
+    else:
+        os.link(planted, out / "dev.key")
+    assert main(issue_args(ca_dir, out, "--force")) == 0, capsys.readouterr().err
+    assert planted.read_bytes() == b"the planter's file\n"
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o666
+    key = out / "dev.key"
+    assert not key.is_symlink()
+    assert key.stat().st_nlink == 1
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert b"PRIVATE KEY" in key.read_bytes()
+
+
+def test_without_force_a_planted_symlink_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca_dir = make_ca_dir(tmp_path, capsys)
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / "dev.key").symlink_to(tmp_path / "does-not-exist-yet")
+    assert main(issue_args(ca_dir, out)) == 2
+    assert "exists" in capsys.readouterr().err
+    assert not (tmp_path / "does-not-exist-yet").exists()

@@ -184,13 +184,16 @@ def issue_client(
 
 
 def _create(path: Path, data: bytes, mode: int, *, force: bool) -> None:
-    """Write ``data`` to a new file created with ``mode`` (refusing to
-    replace an existing one unless ``force``)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    if not force:
-        flags |= os.O_EXCL
+    """Write ``data`` to a new file created with ``mode``, refusing to
+    replace an existing one (a symlink included) unless ``force``. With
+    ``force`` the file is written under a temporary name and renamed over
+    ``path``: an existing ``path`` - a symlink, or a hard link to a file
+    someone else can read - is replaced, never written through."""
+    if force:
+        _write_atomically(path, data, mode)
+        return
     try:
-        fd = os.open(path, flags, mode)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         raise ConfigError(f"{path} exists: not overwriting it (use --force)") from None
     with os.fdopen(fd, "wb") as handle:
@@ -289,13 +292,13 @@ def read_revocations(path: Path, ca: CA) -> dict[str, Any]:
     return db
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (mode 0644) so that a reader sees the
-    old or the new content, never a part."""
+def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` (in a new file with ``mode``) so that
+    a reader sees the old or the new content, never a part."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
