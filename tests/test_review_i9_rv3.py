@@ -4,7 +4,9 @@ files and real certificates made at test time."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import os
 import socket
 import stat
@@ -14,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -23,6 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from certgate import CertGate, InMemoryRegistry, Tenant
 from certgate.cli import main
+from certgate import pki
 from certgate.crlfetch import fetch_url
 from certgate.devpki import CA
 
@@ -156,3 +160,38 @@ def test_without_force_a_planted_symlink_is_refused(
     assert main(issue_args(ca_dir, out)) == 2
     assert "exists" in capsys.readouterr().err
     assert not (tmp_path / "does-not-exist-yet").exists()
+
+
+# -- pki revoke / crl: concurrent runs do not lose a revocation --------------
+
+
+def test_a_revocation_made_meanwhile_is_not_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two operators (or a script with ``xargs -P``) revoke at once: each
+    run read the JSON database, added its entry and wrote the file back, so
+    the later write silently dropped the earlier revocation - a device
+    believed revoked stayed valid. Here a second ``certgate pki revoke``
+    process runs while this one holds the database it read."""
+    ca_dir = make_ca_dir(tmp_path, capsys)
+    db = tmp_path / "revoked.json"
+    ca_args = ["--ca-cert", str(ca_dir / "ca.pem"), "--ca-key", str(ca_dir / "ca.key")]
+    original = pki.read_revocations
+    other: list[subprocess.Popen[bytes]] = []
+
+    def read_then_let_another_revoke(path: Path, ca: CA) -> dict[str, Any]:
+        data = original(path, ca)
+        if not other:
+            command = [sys.executable, "-m", "certgate", "pki", "revoke", *ca_args]
+            other.append(
+                subprocess.Popen([*command, "--serial", "b0b", "--db", str(db)])  # noqa: S603
+            )
+            with contextlib.suppress(subprocess.TimeoutExpired):  # blocked on the lock: fine
+                other[0].wait(4)
+        return data
+
+    monkeypatch.setattr(pki, "read_revocations", read_then_let_another_revoke)
+    assert main(["pki", "revoke", *ca_args, "--serial", "a11ce", "--db", str(db)]) == 0
+    assert other[0].wait(30) == 0
+    serials = {entry["serial"] for entry in json.loads(db.read_text())["revoked"]}
+    assert serials == {"a11ce", "b0b"}

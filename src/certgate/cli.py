@@ -81,6 +81,7 @@ from . import __version__, pki
 from . import pki as pki_module
 from .config import MAX_PEM_FILE_BYTES, load_config, read_regular_file
 from .decision import Decision
+from .devpki import CA
 from .errors import ConfigError, Rejected
 from .expiry import ca_expiry
 from .gate import CertGate
@@ -479,6 +480,11 @@ def _revocation_command(args: argparse.Namespace) -> int:
     """``pki revoke`` and ``pki crl``."""
     ca = pki.load_ca(args.ca_cert, args.ca_key, _passphrase(args.ca_key_passphrase_file))
     db_path = Path(args.db)
+    with pki.locked(db_path):  # read, change and write the database as one step
+        return _revocation_locked(args, ca, db_path)
+
+
+def _revocation_locked(args: argparse.Namespace, ca: CA, db_path: Path) -> int:
     db = pki.read_revocations(db_path, ca)
     if args.pki_command == "crl":
         crl = pki.make_crl(ca, db, days=args.days)
