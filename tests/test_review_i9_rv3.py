@@ -195,3 +195,26 @@ def test_a_revocation_made_meanwhile_is_not_lost(
     assert other[0].wait(30) == 0
     serials = {entry["serial"] for entry in json.loads(db.read_text())["revoked"]}
     assert serials == {"a11ce", "b0b"}
+
+
+# -- inspect: an odd certificate is described, not a traceback ---------------
+
+
+def test_inspect_of_a_certificate_with_an_unknown_curve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A certificate whose EC curve OID ``cryptography`` does not know made
+    ``certgate inspect`` die with an UnsupportedAlgorithm traceback (exit 1,
+    which for inspect means nothing) - yet an odd certificate from a device
+    is exactly what an operator inspects."""
+    der = CA.root("Odd Root").issue("odd-device").der
+    p256 = bytes.fromhex("06082a8648ce3d030107")  # OID 1.2.840.10045.3.1.7
+    assert der.count(p256) == 1
+    path = tmp_path / "odd.der"
+    path.write_bytes(der.replace(p256, bytes.fromhex("06082a8648ce3d030163")))
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "common_name:         odd-device" in out
+    assert "key:                 unsupported (" in out
+    assert main(["inspect", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["key"].startswith("unsupported")

@@ -75,6 +75,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import __version__, pki
@@ -440,15 +441,24 @@ def _inspect(path: str, *, as_json: bool) -> int:
     return EXIT_ALLOWED
 
 
+def _key_text(cert: x509.Certificate) -> str:
+    """``RSA 2048``, ``EC secp256r1``...; a key ``cryptography`` cannot load
+    (an unknown curve or algorithm) is described, not a crash: inspecting
+    an odd certificate is what ``inspect`` is for."""
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        return f"unsupported ({exc})"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA {key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    return type(key).__name__
+
+
 def _certificate_facts(cert: x509.Certificate) -> dict[str, Any]:
     """What ``inspect`` adds to the identity fields: key, CA flag, EKU."""
-    key = cert.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        key_text = f"RSA {key.key_size}"
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        key_text = f"EC {key.curve.name}"
-    else:
-        key_text = type(key).__name__
+    key_text = _key_text(cert)
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except (x509.ExtensionNotFound, ValueError):
