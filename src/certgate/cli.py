@@ -84,7 +84,7 @@ from .config import MAX_PEM_FILE_BYTES, load_config, read_regular_file
 from .decision import Decision
 from .devpki import CA
 from .errors import ConfigError, Rejected
-from .expiry import ca_expiry
+from .expiry import ca_expiry, crl_staleness
 from .gate import CertGate
 from .identity import ClientIdentity
 from .pem import load_certificate, pem_to_ders
@@ -388,6 +388,13 @@ def _config_check(path: str, *, strict: bool) -> int:
                 f"tenant {item.tenant_id!r}: {item.kind} {item.subject} {when} "
                 f"(notAfter {item.not_after:%Y-%m-%d})"
             )
+    for item in crl_staleness(tenants):
+        if item.level != "ok":
+            warnings.append(
+                f"tenant {item.tenant_id!r}: the CRL of {item.subject} is stale (thisUpdate "
+                f"{item.not_before:%Y-%m-%d %H:%M}, nextUpdate {item.not_after:%Y-%m-%d %H:%M} "
+                "UTC): the chains it covers are refused as revocation_unavailable"
+            )
     _print(f"{safe_text(path)}: valid")
     _print(f"tenants: {len(tenants)}, host patterns: {hosts}, CA certificates: {cas}")
     for warning in warnings:
@@ -396,11 +403,17 @@ def _config_check(path: str, *, strict: bool) -> int:
 
 
 def _expiry(args: argparse.Namespace) -> int:
+    registry = load_config(args.config).registry
+    refresher = getattr(registry, "crl_refresher", None)
+    if refresher is not None:  # crl_urls: fetch them now, not in the background
+        refresher.refresh()
+    tenants = registry.tenants()
+    now = _parse_time(args.at) if args.at else None
     items = ca_expiry(
-        load_config(args.config).registry.tenants(),
-        now=_parse_time(args.at) if args.at else None,
-        warning_days=args.warning_days,
-        critical_days=args.critical_days,
+        tenants, now=now, warning_days=args.warning_days, critical_days=args.critical_days
+    )
+    items = sorted(
+        items + crl_staleness(tenants, now=now), key=lambda item: (item.not_after, item.tenant_id)
     )
     late = [item for item in items if item.level != "ok"]
     shown = items if args.all else late
@@ -414,7 +427,10 @@ def _expiry(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=True))
     else:
         if not shown:
-            _print(f"all {len(items)} tenant CAs have {args.warning_days:g} days or more left")
+            cas = sum(item.kind != "crl" for item in items)
+            crls = len(items) - cas
+            fresh = f", and {crls} CRLs are fresh" if crls else ""
+            _print(f"all {cas} tenant CAs have {args.warning_days:g} days or more left{fresh}")
         width = max((len(safe_text(item.tenant_id)) for item in shown), default=0)
         for item in shown:
             _print(
