@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
-from certgate import pki
+from certgate import CertGate, InMemoryRegistry, Tenant, pki
 from certgate.cli import main
 from certgate.crlfetch import fetch_url
 from certgate.devpki import CA
@@ -279,3 +280,26 @@ def test_expiry_applies_the_day_thresholds_to_crls(
         'crls = ["root.crl"]\n'
     )
     assert main(["expiry", "--config", str(config)]) == 1
+
+
+# -- diagnostics: an issuer of the right name but another key ----------------
+
+
+def test_an_issuer_with_the_tenants_name_but_another_key_is_explained() -> None:
+    """A device certificate signed by a CA *re-created* under the tenant
+    root's name (a new key, the same CN: a common operator mistake) got only
+    "candidates exhausted: signature does not match": the walk by names
+    found the tenant's root and stopped, though the key ids differ."""
+    real = CA.root("Acme Devices Root")
+    recreated = CA.root("Acme Devices Root")
+    device = recreated.issue("sensor-17")
+    gate = CertGate(InMemoryRegistry([Tenant("acme", ("pay.acme.test",), (real.cert,))]))
+    decision = gate.check("pay.acme.test", [device.der])
+    assert decision.reason is not None
+    assert decision.reason.value == "untrusted_chain"
+    detail = decision.detail or ""
+    wanted = recreated.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    have = real.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    assert f"key id {wanted.value.digest.hex()}" in detail, detail
+    assert have.value.digest.hex() in detail
+    assert "another key" in detail
