@@ -19,6 +19,10 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.x509.oid import NameOID
 
 from certgate import CertGate, InMemoryRegistry, Tenant, pki
 from certgate.cli import main
@@ -303,3 +307,40 @@ def test_an_issuer_with_the_tenants_name_but_another_key_is_explained() -> None:
     assert f"key id {wanted.value.digest.hex()}" in detail, detail
     assert have.value.digest.hex() in detail
     assert "another key" in detail
+
+
+# -- pki crl: a CRL no tenant would accept is not written --------------------
+
+
+def test_pki_crl_refuses_a_ca_without_crl_sign(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``pki crl`` with a CA whose Key Usage lacks cRLSign (one made
+    elsewhere) wrote a CRL and said "wrote": every tenant then refused to
+    load it. It now says why, and writes nothing."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "No cRLSign Root")])
+    now = dt.datetime.now(dt.UTC)
+    usage = x509.KeyUsage(True, False, False, False, False, True, False, False, False)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=100))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "ca.pem").write_bytes(cert.public_bytes(Encoding.PEM))
+    (tmp_path / "ca.key").write_bytes(
+        key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    crl = tmp_path / "ca.crl"
+    args = ["--ca-cert", str(tmp_path / "ca.pem"), "--ca-key", str(tmp_path / "ca.key")]
+    code = main(["pki", "crl", *args, "--db", str(tmp_path / "db.json"), "--out", str(crl)])
+    assert code == 2
+    assert "cRLSign" in capsys.readouterr().err
+    assert not crl.exists()

@@ -382,6 +382,15 @@ def make_crl(
     CRL Number (``db["crl_number"]`` is incremented: write ``db`` back)."""
     if not 1 <= days <= MAX_CRL_DAYS:
         raise ConfigError(f"crl: --days must be between 1 and {MAX_CRL_DAYS}, not {days}")
+    try:
+        usage = ca.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and not usage.crl_sign:
+        raise ConfigError(
+            f"{ca.cert.subject.rfc4514_string()!r} may not sign CRLs (Key Usage without "
+            "cRLSign): a tenant would refuse its CRL - sign CRLs with a CA that has cRLSign"
+        )
     now = now or _now()
     number = int(db["crl_number"]) + 1
     revoked = []
