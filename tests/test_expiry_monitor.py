@@ -188,3 +188,33 @@ def test_check_expiry_on_a_gate_made_in_python(files: Files) -> None:
     assert event.config == ""
     assert [i.level for i in event.items] == ["critical", "warning", "ok"]
     assert recorder.trust_expiry == [event]
+
+
+def test_crls_are_checked_against_their_next_update(tmp_path: Path) -> None:
+    from certgate.pki import make_crl, read_revocations, write_crl
+
+    files = Files(tmp_path)
+    ca = files.ca("crl")
+    db = read_revocations(tmp_path / "db.json", ca)
+    write_crl(tmp_path / "fresh.crl", make_crl(ca, db, days=3))
+    files.toml("", tenant("crl", "crl.test", "crl.pem", 'crls = ["fresh.crl"]'))
+    registry = CollectorRegistry()
+    recorder = RecordingObserver()
+    gate = CertGate.from_toml(files.config, observers=[recorder, PrometheusObserver(registry)])
+    gate.start_monitor()
+    (crl,) = [item for item in recorder.trust_expiry[-1].items if item.kind == "crl"]
+    assert crl.level == "ok"  # 3 days left: CRLs are re-issued, the day thresholds do not apply
+    assert 2.9 < crl.days_left <= 3
+    seconds = registry.get_sample_value(
+        "certgate_trust_expiry_seconds",
+        {"tenant": "crl", "kind": "crl", "fingerprint": crl.fingerprint},
+    )
+    assert seconds is not None
+    assert 2.9 * 86400 < seconds <= 3 * 86400
+    stale = make_crl(ca, db, days=1, now=NOW - dt.timedelta(days=2))
+    write_crl(tmp_path / "fresh.crl", stale)
+    files.toml("", tenant("crl", "crl.test", "crl.pem", 'crls = ["fresh.crl"]\ncrl_stale = "warn"'))
+    gate.reload()
+    (crl,) = [item for item in recorder.trust_expiry[-1].items if item.kind == "crl"]
+    assert crl.level == "expired"
+    gate.close()

@@ -75,14 +75,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import __version__, pki
 from . import pki as pki_module
 from .config import MAX_PEM_FILE_BYTES, load_config, read_regular_file
 from .decision import Decision
+from .devpki import CA
 from .errors import ConfigError, Rejected
-from .expiry import ca_expiry
+from .expiry import ca_expiry, crl_staleness
 from .gate import CertGate
 from .identity import ClientIdentity
 from .pem import load_certificate, pem_to_ders
@@ -386,6 +388,13 @@ def _config_check(path: str, *, strict: bool) -> int:
                 f"tenant {item.tenant_id!r}: {item.kind} {item.subject} {when} "
                 f"(notAfter {item.not_after:%Y-%m-%d})"
             )
+    for item in crl_staleness(tenants):
+        if item.level != "ok":
+            warnings.append(
+                f"tenant {item.tenant_id!r}: the CRL of {item.subject} is stale (thisUpdate "
+                f"{item.not_before:%Y-%m-%d %H:%M}, nextUpdate {item.not_after:%Y-%m-%d %H:%M} "
+                "UTC): the chains it covers are refused as revocation_unavailable"
+            )
     _print(f"{safe_text(path)}: valid")
     _print(f"tenants: {len(tenants)}, host patterns: {hosts}, CA certificates: {cas}")
     for warning in warnings:
@@ -394,11 +403,17 @@ def _config_check(path: str, *, strict: bool) -> int:
 
 
 def _expiry(args: argparse.Namespace) -> int:
+    registry = load_config(args.config).registry
+    refresher = getattr(registry, "crl_refresher", None)
+    if refresher is not None:  # crl_urls: fetch them now, not in the background
+        refresher.refresh()
+    tenants = registry.tenants()
+    now = _parse_time(args.at) if args.at else None
     items = ca_expiry(
-        load_config(args.config).registry.tenants(),
-        now=_parse_time(args.at) if args.at else None,
-        warning_days=args.warning_days,
-        critical_days=args.critical_days,
+        tenants, now=now, warning_days=args.warning_days, critical_days=args.critical_days
+    )
+    items = sorted(
+        items + crl_staleness(tenants, now=now), key=lambda item: (item.not_after, item.tenant_id)
     )
     late = [item for item in items if item.level != "ok"]
     shown = items if args.all else late
@@ -412,7 +427,10 @@ def _expiry(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=True))
     else:
         if not shown:
-            _print(f"all {len(items)} tenant CAs have {args.warning_days:g} days or more left")
+            cas = sum(item.kind != "crl" for item in items)
+            crls = len(items) - cas
+            fresh = f", and {crls} CRLs are fresh" if crls else ""
+            _print(f"all {cas} tenant CAs have {args.warning_days:g} days or more left{fresh}")
         width = max((len(safe_text(item.tenant_id)) for item in shown), default=0)
         for item in shown:
             _print(
@@ -439,15 +457,24 @@ def _inspect(path: str, *, as_json: bool) -> int:
     return EXIT_ALLOWED
 
 
+def _key_text(cert: x509.Certificate) -> str:
+    """``RSA 2048``, ``EC secp256r1``...; a key ``cryptography`` cannot load
+    (an unknown curve or algorithm) is described, not a crash: inspecting
+    an odd certificate is what ``inspect`` is for."""
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        return f"unsupported ({exc})"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA {key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    return type(key).__name__
+
+
 def _certificate_facts(cert: x509.Certificate) -> dict[str, Any]:
     """What ``inspect`` adds to the identity fields: key, CA flag, EKU."""
-    key = cert.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        key_text = f"RSA {key.key_size}"
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        key_text = f"EC {key.curve.name}"
-    else:
-        key_text = type(key).__name__
+    key_text = _key_text(cert)
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except (x509.ExtensionNotFound, ValueError):
@@ -479,6 +506,11 @@ def _revocation_command(args: argparse.Namespace) -> int:
     """``pki revoke`` and ``pki crl``."""
     ca = pki.load_ca(args.ca_cert, args.ca_key, _passphrase(args.ca_key_passphrase_file))
     db_path = Path(args.db)
+    with pki.locked(db_path):  # read, change and write the database as one step
+        return _revocation_locked(args, ca, db_path)
+
+
+def _revocation_locked(args: argparse.Namespace, ca: CA, db_path: Path) -> int:
     db = pki.read_revocations(db_path, ca)
     if args.pki_command == "crl":
         crl = pki.make_crl(ca, db, days=args.days)

@@ -17,8 +17,7 @@ A gate loaded from a TOML file also reports its configuration's life
 * ``on_reload(event)`` - a :class:`ReloadEvent` per load or reload of the
   file, successful or not (see :mod:`certgate.reload`);
 * ``on_trust_expiry(event)`` - a :class:`TrustExpiryEvent` listing every
-  tenant CA (and CRL, where :func:`certgate.expiry.ca_expiry` lists them)
-  with the time it has left, at load, at each reload and periodically.
+  tenant CA and CRL with the time it has left, at load, at each reload and periodically.
 
 Events hold strings and numbers only - never the request, the certificate,
 a key or an exception - so an observer may keep them.
@@ -158,10 +157,10 @@ class ReloadEvent(NamedTuple):
 class TrustExpiry(NamedTuple):
     """How long one CA (or CRL) of one tenant has left.
 
-    ``kind``: ``"root"``, ``"intermediate"`` (or what
-    :func:`certgate.expiry.ca_expiry` calls a CRL item). ``not_after``: ISO
-    8601 UTC (a CRL's nextUpdate). ``level``: ``"expired"``, ``"critical"``,
-    ``"warning"`` or ``"ok"`` (see :mod:`certgate.expiry`).
+    ``kind``: ``"root"``, ``"intermediate"`` or ``"crl"``. ``not_after``:
+    ISO 8601 UTC (a CRL's nextUpdate). ``level``: ``"expired"``,
+    ``"critical"``, ``"warning"`` or ``"ok"`` (a CRL: ``"expired"`` when
+    stale, else ``"ok"``; see :mod:`certgate.expiry`).
     ``fingerprint``: SHA-256 of the DER, hex - certificates and CRLs are
     public; nothing private is ever in an event.
     """

@@ -134,3 +134,41 @@ def _item(
         days_left=days_left,
         level=level,
     )
+
+
+def crl_staleness(tenants: Iterable[Tenant], *, now: dt.datetime | None = None) -> list[ExpiryItem]:
+    """Every CRL of ``tenants`` (files and CRLs fetched from ``crl_urls``;
+    ``kind`` ``"crl"``, ``subject`` the CRL's issuer and where it came
+    from, ``not_before`` / ``not_after`` its thisUpdate / nextUpdate),
+    soonest nextUpdate first. The level is ``"expired"`` for a stale CRL -
+    past its nextUpdate, or with a thisUpdate ahead: every chain it covers
+    is refused (``revocation_unavailable``) unless ``crl_stale = "warn"`` -
+    and ``"ok"`` otherwise: CRLs are re-issued every few days, so the CA
+    thresholds (30 and 14 days) do not apply to them."""
+    moment = now or dt.datetime.now(dt.UTC)
+    items: list[ExpiryItem] = []
+    for tenant in tenants:
+        labelled = [
+            (tenant.crl_labels[i] if i < len(tenant.crl_labels) else f"CRL #{i + 1}", crl)
+            for i, crl in enumerate(tenant.crls)
+        ]
+        labelled += [(f"CRL from {url}", crl) for url, crl in tenant.fetched_crls]
+        for label, crl in labelled:
+            this_update, next_update = crl.last_update_utc, crl.next_update_utc
+            if next_update is None:  # refused when the tenant was built
+                continue
+            stale = not this_update <= moment < next_update
+            items.append(
+                ExpiryItem(
+                    tenant_id=tenant.id,
+                    kind="crl",
+                    subject=f"{crl.issuer.rfc4514_string()} ({label})",
+                    fingerprint_sha256=hashlib.sha256(crl.public_bytes(Encoding.DER)).hexdigest(),
+                    not_before=this_update,
+                    not_after=next_update,
+                    days_left=(next_update - moment).total_seconds() / 86400.0,
+                    level="expired" if stale else "ok",
+                )
+            )
+    items.sort(key=lambda item: (item.not_after, item.tenant_id))
+    return items

@@ -274,6 +274,10 @@ class GateSnapshot:
             self.verification: CachedVerification = reuse.verification
         else:
             self._build(settings)
+        listed = getattr(registry, "tenants", None)
+        if self.trust.proxy_auth is not None and callable(listed):
+            # again for every snapshot: a reload may add a tenant under the proxy CA
+            self.trust.proxy_auth.check_separate(listed())
         self._lookup_host, self._lookup_id, self._alookup_host, self._alookup_id = bind_registry(
             registry, self.registry_timeout
         )
@@ -963,7 +967,10 @@ class CertGate:
     peer whose TLS client certificate verifies against it and, when
     ``proxy_names`` is set, has one of those names (CN, DNS or URI SAN);
     with ``trusted_proxies`` also set, both must hold (see
-    :mod:`certgate.trust`).
+    :mod:`certgate.trust`). A proxy CA that is, or issued, a CA of a tenant
+    the registry lists (``registry.tenants()``) is refused (``ConfigError``;
+    see :meth:`~certgate.proxies.ProxyAuthenticator.check_separate`), at
+    load and at every reload.
 
     Host vs SNI: when the server adapter recorded the TLS server name
     (:mod:`certgate.sni`) and the certificate came with the TLS connection,
@@ -1171,11 +1178,11 @@ class CertGate:
         self._reloading().on_signal(signum)
 
     def check_expiry(self) -> TrustExpiryEvent:
-        """Check every tenant CA (and CRL nextUpdate, where
-        :func:`certgate.expiry.ca_expiry` lists them) against
-        ``expiry_warning_days`` and ``expiry_critical_days`` now, hand the
-        result to the observers (certgate logs each one inside the window)
-        and return it. Needs a registry that lists its tenants (``tenants()``)."""
+        """Check every tenant CA against ``expiry_warning_days`` and
+        ``expiry_critical_days`` and every CRL against its nextUpdate now
+        (see :func:`certgate.reload.check_expiry`), hand the result to the
+        observers (certgate logs each one not ``ok``) and return it. Needs a
+        registry that lists its tenants (``tenants()``)."""
         from .reload import check_expiry  # noqa: PLC0415
 
         return check_expiry(self.snapshot, "call", self._handle._config_name())

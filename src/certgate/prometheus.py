@@ -25,12 +25,12 @@ Metrics (with the default ``namespace="certgate"``):
     certificate expiring within the gate's warning window (counted once per
     verification, not per request served from the verification cache).
 ``certgate_trust_expiry_seconds`` (gauge), labels ``tenant``, ``kind``, ``fingerprint``
-    Seconds until each tenant CA's notAfter (or a CRL's nextUpdate, where
-    :func:`certgate.expiry.ca_expiry` lists CRLs), computed when scraped;
+    Seconds until each tenant CA's notAfter (or CRL's nextUpdate), computed
+    when scraped;
     negative once expired. Set from each
     :class:`~certgate.events.TrustExpiryEvent` (load, reload, periodic
     check); a CA no longer configured loses its series at the next one.
-    ``kind``: ``root``, ``intermediate`` (or the CRL kind), ``other`` for
+    ``kind``: ``root``, ``intermediate``, ``crl``, ``other`` for
     anything else; ``fingerprint``: the SHA-256 of the certificate (or CRL),
     64 hex digits - configured objects, so the series are as many as the
     configuration's CAs.

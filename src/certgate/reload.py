@@ -41,7 +41,7 @@ the reload for the monitor thread. The monitor thread - one per process, a
 daemon, started by the first gate that needs it and again in a child after
 ``fork()`` - also checks tenant CA and CRL expiry every
 ``expiry_check_interval`` seconds (and at every load and reload) with
-:func:`certgate.expiry.ca_expiry`, handing a
+:func:`certgate.expiry.ca_expiry` and :func:`certgate.expiry.crl_staleness`, handing a
 :class:`~certgate.events.TrustExpiryEvent` to the gate's observers. No
 reload, file check or expiry check ever runs on a request or the event
 loop; each process (gunicorn or uvicorn worker) watches for itself.
@@ -67,7 +67,7 @@ from . import config as _config
 from .config import TomlRegistry
 from .errors import ConfigError
 from .events import ReloadEvent, TrustExpiry, TrustExpiryEvent
-from .expiry import ExpiryItem, ca_expiry
+from .expiry import ExpiryItem, ca_expiry, crl_staleness
 
 if TYPE_CHECKING:
     from .gate import CertGate, GateSnapshot
@@ -147,11 +147,13 @@ def _trust_expiry(item: ExpiryItem) -> TrustExpiry:
 
 
 def check_expiry(snapshot: GateSnapshot, trigger: str, config: str = "") -> TrustExpiryEvent:
-    """Check the expiry of every CA (and CRL, where
-    :func:`~certgate.expiry.ca_expiry` lists them) of ``snapshot``'s
-    tenants at the levels of its ``expiry_warning_days`` and
-    ``expiry_critical_days``; observe and return the result. Needs a
-    registry with ``tenants()`` (:class:`ConfigError` otherwise)."""
+    """Check every CA of ``snapshot``'s tenants with
+    :func:`~certgate.expiry.ca_expiry` at the levels of its
+    ``expiry_warning_days`` and ``expiry_critical_days``, and every CRL
+    with :func:`~certgate.expiry.crl_staleness` (``expired`` once past its
+    nextUpdate, else ``ok``: the day thresholds are not applied to CRLs);
+    observe and return the result. Needs a registry with ``tenants()``
+    (:class:`ConfigError` otherwise)."""
     tenants = getattr(snapshot.registry, "tenants", None)
     if not callable(tenants):
         raise ConfigError(
@@ -160,7 +162,10 @@ def check_expiry(snapshot: GateSnapshot, trigger: str, config: str = "") -> Trus
         )
     warning = min(snapshot.expiry_warning_days, _MAX_EXPIRY_DAYS)
     critical = min(snapshot.expiry_critical_days, warning)
-    items = ca_expiry(tenants(), warning_days=warning, critical_days=critical)
+    listed = list(tenants())
+    items = ca_expiry(listed, warning_days=warning, critical_days=critical)
+    items += crl_staleness(listed)
+    items.sort(key=lambda item: (item.not_after, item.tenant_id, item.kind))
     event = TrustExpiryEvent(
         items=tuple(_trust_expiry(item) for item in items),
         warning_days=warning,
