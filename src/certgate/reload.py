@@ -41,10 +41,14 @@ the reload for the monitor thread. The monitor thread - one per process, a
 daemon, started by the first gate that needs it and again in a child after
 ``fork()`` - also checks tenant CA and CRL expiry every
 ``expiry_check_interval`` seconds (and at every load and reload) with
-:func:`certgate.expiry.ca_expiry` and :func:`certgate.expiry.crl_staleness`, handing a
-:class:`~certgate.events.TrustExpiryEvent` to the gate's observers. No
-reload, file check or expiry check ever runs on a request or the event
-loop; each process (gunicorn or uvicorn worker) watches for itself.
+:func:`certgate.expiry.ca_expiry` and
+:func:`certgate.expiry.crl_staleness`, handing a
+:class:`~certgate.events.TrustExpiryEvent` to the gate's observers. No file
+check, watched or signalled reload or periodic expiry check runs on a
+request or the event loop (``gate.reload()`` runs where it is called:
+``await gate.areload()`` from a coroutine; the first expiry check runs when
+a middleware is built, at start-up); each process (gunicorn or uvicorn
+worker) watches for itself.
 """
 
 from __future__ import annotations
