@@ -91,6 +91,7 @@ SIGNATURE_ALGORITHMS: dict[x509.ObjectIdentifier, str] = {
 SHA1_ROOT_ALGORITHMS = frozenset({Sig.RSA_WITH_SHA1, Sig.ECDSA_WITH_SHA1})
 """SHA-1 algorithms, accepted (with a warning) on self-signed roots only."""
 
+_CHECKABLE = frozenset(SIGNATURE_ALGORITHMS) | SHA1_ROOT_ALGORITHMS
 _PSS_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _CA_EKUS = frozenset({ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE})
 
@@ -228,7 +229,7 @@ def vet_cas(
         problems = [("error", *p) for p in _extension_problems(cert)]
         problems += _signature_problems(cert, role)
         problems += [("error", *p) for p in _key_problems(cert)]
-        date_fix = _DATE_FIX if date_level == "error" else _DATE_FIX.split(";")[0]
+        date_fix = _DATE_FIX if date_level == "error" else _DATE_REPLACE
         problems += [(date_level, "validity", p, date_fix) for p in _date_problems(cert, moment)]
         if not problems:
             continue
@@ -426,17 +427,42 @@ def _pss_problem(cert: x509.Certificate) -> str | None:
 
 def _self_signed(cert: x509.Certificate) -> bool:
     """Self-issued, and its signature verifies with its own key."""
-    if cert.issuer != cert.subject:
-        return False
     return _issued_by(cert, cert)
 
 
 def _issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     """``child``'s issuer name is ``issuer``'s subject and ``issuer``'s key
-    verifies its signature (``cryptography``)."""
+    verifies its signature. ``cryptography``'s ``verify_directly_issued_by``
+    checks both but refuses legacy algorithms (SHA-1, MD5); for those the
+    signature is checked with the issuer's public key and the algorithm's
+    own parameters (``signature_algorithm_parameters``), still by
+    ``cryptography``, so that such a certificate is refused for its
+    algorithm, not reported as unsigned."""
+    if child.issuer != issuer.subject:
+        return False
     try:
         child.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+    except InvalidSignature:
+        return False
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return _legacy_signature_valid(child, issuer)
+    return True
+
+
+def _legacy_signature_valid(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        key = issuer.public_key()
+        digest = child.signature_hash_algorithm
+        params = child.signature_algorithm_parameters
+        if digest is None:
+            return False
+        if isinstance(key, rsa.RSAPublicKey) and isinstance(params, padding.AsymmetricPadding):
+            key.verify(child.signature, child.tbs_certificate_bytes, params, digest)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
+            key.verify(child.signature, child.tbs_certificate_bytes, params)
+        else:
+            return False
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return True
 
@@ -474,10 +500,8 @@ def _key_problems(cert: x509.Certificate) -> list[tuple[str, str, str]]:
     return [("key", f"has {what}; CA keys must be RSA or EC", fix)]
 
 
-_DATE_FIX = (
-    "replace it with a valid CA certificate (or remove it); to load the tenant meanwhile, "
-    'set ca_expired = "warn" on it'
-)
+_DATE_REPLACE = "replace it with a valid CA certificate (or remove it)"
+_DATE_FIX = f'{_DATE_REPLACE}; to load the tenant meanwhile, set ca_expired = "warn" on it'
 
 
 def _date_problems(cert: x509.Certificate, now: dt.datetime) -> list[str]:
@@ -511,6 +535,8 @@ def _chain_findings(
                 progress = True
     findings = []
     for position, cert in pending:
+        if cert.signature_algorithm_oid not in _CHECKABLE:
+            continue  # refused for its algorithm already; its signature cannot be checked
         issuer = cert.issuer.rfc4514_string()
         named = any(c.subject == cert.issuer for c in (*roots, *intermediates))
         why = (
