@@ -81,7 +81,7 @@ def add_tenant(path: str | os.PathLike[str], entry: Mapping[str, Any]) -> Tenant
     if prefix.strip():
         prefix += newline
     new_text = prefix + block
-    appended = _parse_edit(block, file, "add").get("tenants")
+    appended = parse_toml(block, file).get("tenants")
     if (
         not isinstance(appended, list)
         or len(appended) != 1
@@ -90,12 +90,16 @@ def add_tenant(path: str | os.PathLike[str], entry: Mapping[str, Any]) -> Tenant
         raise ConfigError(f"{file}: the new [[tenants]] table does not read back as written")
     expected = dict(data)
     expected["tenants"] = [*_tenant_entries(file, data), appended[0]]
-    new_data = _parse_edit(new_text, file, "add")
+    unsafe = (
+        f"{file}: cannot append a [[tenants]] table safely (is 'tenants' written as an "
+        "inline array?); add the tenant by hand"
+    )
+    try:
+        new_data = parse_toml(new_text, file)
+    except ConfigError as exc:
+        raise ConfigError(f"{unsafe} ({exc})") from None
     if new_data != expected:
-        raise ConfigError(
-            f"{file}: cannot append a [[tenants]] table safely (is 'tenants' written as an "
-            "inline array?); add the tenant by hand"
-        )
+        raise ConfigError(unsafe)
     tenants = _load(file, new_data)
     _replace(file, new_text, original)
     return tenants[-1]
@@ -200,13 +204,6 @@ def _read_text(file: Path) -> tuple[str, bytes]:
         return data.decode("utf-8"), data
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{file}: invalid TOML: not UTF-8 ({exc.reason})") from None
-
-
-def _parse_edit(text: str, file: Path, what: str) -> dict[str, Any]:
-    try:
-        return parse_toml(text, file)
-    except ConfigError as exc:
-        raise ConfigError(f"{file}: the file would not parse after the {what}: {exc}") from None
 
 
 def _load(file: Path, data: Mapping[str, Any]) -> list[Tenant]:
