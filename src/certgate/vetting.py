@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -61,7 +62,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 from cryptography.x509.oid import SignatureAlgorithmOID as Sig
 
 from .errors import ConfigError
@@ -280,11 +282,9 @@ def _extension_problems(cert: x509.Certificate) -> list[tuple[str, str, str]]:
     except Exception as exc:  # noqa: BLE001 - duplicate or malformed extensions
         return [("parse", f"has extensions that do not parse ({exc})", "re-encode the CA")]
     out: list[tuple[str, str, str]] = []
-    try:
-        bc = extensions.get_extension_for_class(x509.BasicConstraints)
-    except x509.ExtensionNotFound:
-        bc = None
-    if bc is None or not bc.value.ca:
+    by_oid = {extension.oid: extension for extension in extensions}  # one pass, not three
+    bc = by_oid.get(ExtensionOID.BASIC_CONSTRAINTS)
+    if bc is None or not isinstance(bc.value, x509.BasicConstraints) or not bc.value.ca:
         what = "no Basic Constraints" if bc is None else "Basic Constraints cA=FALSE"
         out.append(
             (
@@ -303,11 +303,9 @@ def _extension_problems(cert: x509.Certificate) -> list[tuple[str, str, str]]:
                 f"{_REISSUE} with Basic Constraints marked critical",
             )
         )
-    try:
-        ku: x509.KeyUsage | None = extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        ku = None
-    if ku is None or not ku.key_cert_sign:
+    ku_extension = by_oid.get(ExtensionOID.KEY_USAGE)
+    ku = ku_extension.value if ku_extension is not None else None
+    if not isinstance(ku, x509.KeyUsage) or not ku.key_cert_sign:
         what = "has no Key Usage" if ku is None else "has Key Usage without keyCertSign"
         out.append(
             (
@@ -317,11 +315,8 @@ def _extension_problems(cert: x509.Certificate) -> list[tuple[str, str, str]]:
                 f"{_REISSUE} with Key Usage keyCertSign (and cRLSign)",
             )
         )
-    try:
-        eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-    except x509.ExtensionNotFound:
-        eku = None
-    if eku is not None:
+    eku = by_oid.get(ExtensionOID.EXTENDED_KEY_USAGE)
+    if eku is not None and isinstance(eku.value, x509.ExtendedKeyUsage):
         usages = set(eku.value)
         if not usages & _CA_EKUS:
             out.append(
@@ -440,13 +435,32 @@ def _issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     algorithm, not reported as unsigned."""
     if child.issuer != issuer.subject:
         return False
+    key = hashlib.sha256(child.public_bytes(Encoding.DER))
+    key.update(issuer.public_bytes(Encoding.DER))
+    pair = key.digest()
+    if pair in _SIGNED:
+        return True
     try:
         child.verify_directly_issued_by(issuer)
     except InvalidSignature:
         return False
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        return _legacy_signature_valid(child, issuer)
+        if not _legacy_signature_valid(child, issuer):
+            return False
+    if len(_SIGNED) >= MAX_SIGNED_MEMO:
+        _SIGNED.clear()
+    _SIGNED[pair] = None
     return True
+
+
+MAX_SIGNED_MEMO = 100_000
+"""Most (certificate, issuer) pairs whose signature check is remembered."""
+
+_SIGNED: dict[bytes, None] = {}
+"""SHA-256 of (child DER, issuer DER) of each pair whose signature verified:
+a pure function of the two certificates, so a reload, or a tenant rebuilt
+for a fetched CRL, does not check the same signature again. Only successes
+are kept (dict operations are atomic; a race at worst checks twice)."""
 
 
 def _legacy_signature_valid(child: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -528,8 +542,7 @@ def _chain_findings(
         progress = False
         for item in list(pending):
             cert = item[1]
-            issuer_name = cert.issuer
-            if any(c.subject == issuer_name and _issued_by(cert, c) for c in anchored):
+            if any(_issued_by(cert, c) for c in anchored):  # name first, then signature
                 anchored.append(cert)
                 pending.remove(item)
                 progress = True
