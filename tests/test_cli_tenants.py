@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import stat
 from pathlib import Path
 
@@ -210,8 +211,9 @@ def test_add_refuses_what_would_not_load(
 
 
 def test_add_warns_for_an_expired_ca_it_is_told_to_keep(
-    config: Path, capsys: pytest.CaptureFixture[str]
+    config: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="certgate")
     code, out, _ = run(
         capsys,
         "tenants", "add", "old", "--config", str(config), "--host", "old.test",
@@ -222,6 +224,7 @@ def test_add_warns_for_an_expired_ca_it_is_told_to_keep(
     warnings = [line for line in out.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1
     assert "[rule validity]" in warnings[0]
+    assert not caplog.records  # printed once, not logged as well
     # an inventory lists it; `expiry` reports it
     assert "old" in run(capsys, "tenants", "list", "--config", str(config))[1]
     code, out, _ = run(capsys, "expiry", "--config", str(config))

@@ -538,13 +538,7 @@ def _tenants(args: argparse.Namespace) -> int:
             "reload or restart to apply"
         )
         return EXIT_ALLOWED
-    collect = _Collect()
-    logger = logging.getLogger("certgate")
-    logger.addHandler(collect)
-    try:
-        tenant = add_tenant(args.config, _tenant_entry(args))
-    finally:
-        logger.removeHandler(collect)
+    tenant = add_tenant(args.config, _tenant_entry(args))
     _print(
         f"added tenant {safe_text(tenant.id)} to {safe_text(args.config)}: hosts "
         f"{_field_text(list(tenant.hosts))}, {len(tenant.roots)} root(s), "

@@ -45,6 +45,7 @@ from .config import (
 from .errors import ConfigError
 from .registry import HostIndex
 from .tenant import Tenant, check_tenant_id
+from .vetting import quiet
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"\n]*"|'[^'\n]*')"""
@@ -57,7 +58,8 @@ _COMMENT = re.compile(r"[ \t]*#.*")
 def read_tenants(path: str | os.PathLike[str]) -> list[Tenant]:
     """The tenants of ``path`` as the middleware would load them (every
     check of :func:`~certgate.config.load_config` on ``[[tenants]]``), but
-    without starting a CRL refresher or reading ``[certgate]``."""
+    without starting a CRL refresher or reading ``[certgate]``, and without
+    logging CA vetting warnings (they are in each tenant's ``ca_warnings``)."""
     file = Path(path)
     text, _ = _read_text(file)
     return _load(file, parse_toml(text, file))
@@ -209,7 +211,8 @@ def _read_text(file: Path) -> tuple[str, bytes]:
 def _load(file: Path, data: Mapping[str, Any]) -> list[Tenant]:
     """The tenants of ``data`` with every load-time check (relative file
     names resolve from ``file``'s directory, as when it is loaded)."""
-    tenants = _read_tenants(file, data)
+    with quiet():  # warnings are the caller's to show (the new tenant's ca_warnings)
+        tenants = _read_tenants(file, data)
     try:
         HostIndex.build(tenants)
     except ConfigError as exc:
