@@ -549,3 +549,16 @@ def test_tenants_add_refuses_a_bad_ca(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "[rule key]" in err
     assert str(path) in err
     assert path.read_bytes() == before
+
+
+def test_a_ca_whose_extensions_do_not_parse_is_refused_not_raised() -> None:
+    """SubjectKeyIdentifier's OID switched to KeyUsage's: a duplicate
+    extension (cryptography's DuplicateExtension, not a ValueError) becomes
+    a finding of rule ``parse``, not an exception escaping the load."""
+    der = CA.root("Dup Ext Root").cert.public_bytes(Encoding.DER)
+    ski, ku = bytes.fromhex("0603551d0e"), bytes.fromhex("0603551d0f")
+    assert der.count(ski) == 1
+    mutated = x509.load_der_x509_certificate(der.replace(ski, ku))
+    error = refused((mutated,))
+    assert rules(error)[0] == "parse"
+    assert "has extensions that do not parse" in str(error)

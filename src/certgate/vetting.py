@@ -227,23 +227,41 @@ def vet_cas(
     date_level = "warning" if ca_expired == "warn" or _LENIENT_DATES.get() else "error"
     findings: list[Finding] = []
     certs = [("root", cert) for cert in roots] + [("intermediate", c) for c in intermediates]
+    date_fix = _DATE_FIX if date_level == "error" else _DATE_REPLACE
     for position, (role, cert) in enumerate(certs):
-        problems = [("error", *p) for p in _extension_problems(cert)]
-        problems += _signature_problems(cert, role)
-        problems += [("error", *p) for p in _key_problems(cert)]
-        date_fix = _DATE_FIX if date_level == "error" else _DATE_REPLACE
-        problems += [(date_level, "validity", p, date_fix) for p in _date_problems(cert, moment)]
-        if not problems:
-            continue
-        source = sources[position] if position < len(sources) else None
-        subject = cert.subject.rfc4514_string()
-        fingerprint = cert.fingerprint(hashes.SHA256()).hex()
-        findings.extend(
-            Finding(level, rule, tenant_id, problem, fix, role, subject, fingerprint, source)
-            for level, rule, problem, fix in problems
+        try:
+            problems = [("error", *p) for p in _extension_problems(cert)]
+            problems += _signature_problems(cert, role)
+            problems += [("error", *p) for p in _key_problems(cert)]
+            problems += [
+                (date_level, "validity", p, date_fix) for p in _date_problems(cert, moment)
+            ]
+        except Exception as exc:  # noqa: BLE001 - lazily parsed fields: fail closed, say why
+            problems = [("error", "parse", f"does not parse ({exc!r:.200})", "re-encode the CA")]
+        if problems:
+            source = sources[position] if position < len(sources) else None
+            findings.extend(
+                Finding(level, rule, tenant_id, problem, fix, role, *_names(cert), source)
+                for level, rule, problem, fix in problems
+            )
+    try:
+        findings.extend(_chain_findings(tenant_id, roots, intermediates, sources))
+    except Exception as exc:  # noqa: BLE001
+        problem = f"could not be checked: a certificate does not parse ({exc!r:.200})"
+        findings.append(
+            Finding("error", "parse", tenant_id, f"the chain {problem}", "re-encode it")
         )
-    findings.extend(_chain_findings(tenant_id, roots, intermediates, sources))
     return findings
+
+
+def _names(cert: x509.Certificate) -> tuple[str, str]:
+    """The subject (RFC 4514) and hex SHA-256 fingerprint of ``cert``, for
+    messages (a subject that does not parse is shown as such)."""
+    try:
+        subject = cert.subject.rfc4514_string()
+    except Exception:  # noqa: BLE001
+        subject = "<subject does not parse>"
+    return subject, cert.fingerprint(hashes.SHA256()).hex()
 
 
 def check_cas(
@@ -566,8 +584,7 @@ def _chain_findings(
                 "add the CA that issued it (and the CAs above it, up to one of the tenant's "
                 "roots) to the tenant, or remove it from the tenant",
                 "intermediate",
-                cert.subject.rfc4514_string(),
-                cert.fingerprint(hashes.SHA256()).hex(),
+                *_names(cert),
                 sources[position] if position < len(sources) else None,
             )
         )
