@@ -107,7 +107,10 @@ def test_nothing_late_mentions_the_crls(tmp_path: Path, capsys: pytest.CaptureFi
     )
     code, out, _ = run(capsys, "expiry", "--config", str(path))
     assert code == 0
-    assert out == "all 1 tenant CAs have 30 days or more left, and all 1 CRLs 3 days\n"
+    assert out == (
+        "all 1 tenant CAs have 30 days or more left, and all 1 CRLs 3 days or more before "
+        "their nextUpdate\n"
+    )
 
 
 def test_config_check_warns_about_late_crls(

@@ -94,18 +94,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import __version__, pki
 from . import pki as pki_module
 from .config import MAX_PEM_FILE_BYTES, ca_findings, load_config, read_regular_file
 from .decision import Decision
+from .devpki import CA
 from .errors import ConfigError, Rejected
 from .expiry import CRL_CRITICAL_DAYS, CRL_WARNING_DAYS, ExpiryItem, ca_expiry
 from .gate import CertGate
 from .identity import ClientIdentity
 from .pem import load_certificate, pem_to_ders
 from .pki import CLIENT_KEY_TYPES, KEY_TYPES
+from .registry import InMemoryRegistry
 from .servers.tls import trust_bundle_pem
 from .tenant import Tenant
 from .tenantfile import add_tenant, read_tenants, remove_tenant
@@ -489,6 +492,12 @@ def _late_text(item: ExpiryItem) -> str:
 def _expiry(args: argparse.Namespace) -> int:
     with lenient_dates():  # list expired CAs, even of tenants that refuse them at load
         tenants = read_tenants(args.config)
+        if any(tenant.crl_urls for tenant in tenants):  # fetch them now, to list their CRLs
+            from .crlfetch import CrlRefresher  # noqa: PLC0415 - only configs with CRL URLs
+
+            registry = InMemoryRegistry(tenants)
+            CrlRefresher(registry).refresh()
+            tenants = registry.tenants()
     items = ca_expiry(
         tenants,
         now=_parse_time(args.at) if args.at else None,
@@ -514,7 +523,12 @@ def _expiry(args: argparse.Namespace) -> int:
             crls = sum(item.kind == "crl" for item in items)
             _print(
                 f"all {len(items) - crls} tenant CAs have {args.warning_days:g} days or more left"
-                + (f", and all {crls} CRLs {args.crl_warning_days:g} days" if crls else "")
+                + (
+                    f", and all {crls} CRLs {args.crl_warning_days:g} days or more before "
+                    "their nextUpdate"
+                    if crls
+                    else ""
+                )
             )
         width = max((len(safe_text(item.tenant_id)) for item in shown), default=0)
         for item in shown:
@@ -650,15 +664,24 @@ def _inspect(path: str, *, as_json: bool) -> int:
     return EXIT_ALLOWED
 
 
+def _key_text(cert: x509.Certificate) -> str:
+    """``RSA 2048``, ``EC secp256r1``...; a key ``cryptography`` cannot load
+    (an unknown curve or algorithm) is described, not a crash: inspecting
+    an odd certificate is what ``inspect`` is for."""
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        return f"unsupported ({exc})"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA {key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    return type(key).__name__
+
+
 def _certificate_facts(cert: x509.Certificate) -> dict[str, Any]:
     """What ``inspect`` adds to the identity fields: key, CA flag, EKU."""
-    key = cert.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        key_text = f"RSA {key.key_size}"
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        key_text = f"EC {key.curve.name}"
-    else:
-        key_text = type(key).__name__
+    key_text = _key_text(cert)
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except (x509.ExtensionNotFound, ValueError):
@@ -690,6 +713,11 @@ def _revocation_command(args: argparse.Namespace) -> int:
     """``pki revoke`` and ``pki crl``."""
     ca = pki.load_ca(args.ca_cert, args.ca_key, _passphrase(args.ca_key_passphrase_file))
     db_path = Path(args.db)
+    with pki.locked(db_path):  # read, change and write the database as one step
+        return _revocation_locked(args, ca, db_path)
+
+
+def _revocation_locked(args: argparse.Namespace, ca: CA, db_path: Path) -> int:
     db = pki.read_revocations(db_path, ca)
     if args.pki_command == "crl":
         crl = pki.make_crl(ca, db, days=args.days)

@@ -155,7 +155,9 @@ class CertGate:
     peer whose TLS client certificate verifies against it and, when
     ``proxy_names`` is set, has one of those names (CN, DNS or URI SAN);
     with ``trusted_proxies`` also set, both must hold (see
-    :mod:`certgate.trust`).
+    :mod:`certgate.trust`). A proxy CA that is, or issued, a CA of a tenant
+    the registry lists (``registry.tenants()``) is refused (``ConfigError``;
+    see :meth:`~certgate.proxies.ProxyAuthenticator.check_separate`).
 
     Host vs SNI: when the server adapter recorded the TLS server name
     (:mod:`certgate.sni`) and the certificate came with the TLS connection,
@@ -229,6 +231,9 @@ class CertGate:
             proxy_ca=proxy_ca,
             proxy_names=proxy_names,
         )
+        listed = getattr(registry, "tenants", None)
+        if self.trust.proxy_auth is not None and callable(listed):
+            self.trust.proxy_auth.check_separate(listed())
         if (
             isinstance(expiry_warning_days, bool)
             or not isinstance(expiry_warning_days, int | float)
