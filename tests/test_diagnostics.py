@@ -60,7 +60,7 @@ def test_leaf_without_its_intermediate_names_the_missing_issuer(pki: dict[str, C
 
 def test_an_expired_tenant_root_is_named_with_its_date(pki: dict[str, CA]) -> None:
     device = pki["old"].issue("d", not_before=ago(300))
-    gate = gate_for(Tenant("old", ("o.test",), (pki["old"].cert,)))
+    gate = gate_for(Tenant("old", ("o.test",), (pki["old"].cert,), ca_expired="warn"))
     decision = gate.check("o.test", [device.der])
     assert decision.reason == "untrusted_chain"
     expired = pki["old"].cert.not_valid_after_utc
@@ -72,7 +72,7 @@ def test_an_expired_tenant_root_is_named_with_its_date(pki: dict[str, CA]) -> No
 def test_an_expired_tenant_intermediate_is_named(pki: dict[str, CA]) -> None:
     issuing = pki["root"].intermediate("Lapsed Issuing", not_before=ago(300), not_after=ago(1))
     device = issuing.issue("d", not_before=ago(200))
-    tenant = Tenant("acme", ("a.test",), (pki["root"].cert,), (issuing.cert,))
+    tenant = Tenant("acme", ("a.test",), (pki["root"].cert,), (issuing.cert,), ca_expired="warn")
     decision = gate_for(tenant).check("a.test", [device.der])
     assert decision.reason == "untrusted_chain"
     assert decision.detail.startswith("the tenant's intermediate CN=Lapsed Issuing")

@@ -38,6 +38,7 @@ intermediates = ["acme-issuing-ca.pem"]    # one file may hold several PEMs
 shared_anchors = false                     # true on EVERY tenant that knowingly shares a root
 mode          = "report"                   # optional: this tenant's mode
 policy        = { issued_by = { fingerprints = ["..."] } }   # optional: its default policy
+ca_expired    = "fail"                     # or "warn": load with an expired root/intermediate
 ```
 
 Unknown keys are errors, not ignored: a typo such as ``trusted_proxy`` must
@@ -73,6 +74,7 @@ from .rollout import Route, parse_access, parse_mode
 from .sources.base import HeaderSource, header_source
 from .tenant import Tenant, check_crl_url, check_tenant_id, load_pem_certificates
 from .text import safe_text
+from .vetting import CaVettingError, Finding, quiet
 
 if TYPE_CHECKING:
     from .crlfetch import CrlRefresher
@@ -167,6 +169,7 @@ _TENANT_KEYS = {
     "crl_refresh",
     "crl_stale",
     "require_crl",
+    "ca_expired",
 }
 _ROUTE_KEYS = {"path", "access", "mode", "policy"}
 MAX_ROUTES = 1000
@@ -403,6 +406,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({exc.reason})") from None
+    return parse_toml(text, path)
+
+
+def parse_toml(text: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """TOML ``text`` (of the file ``path``, for messages) parsed as the
+    configuration is, with the same limits; :class:`ConfigError` if invalid."""
     if _longest_dotted_name(text) > MAX_KEY_PARTS:
         raise ConfigError(
             f"{path}: invalid TOML: a dotted key or table name of more than "
@@ -417,55 +426,67 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
+    return [
+        _read_tenant(path, entry, position)
+        for position, entry in enumerate(_tenant_entries(path, data), 1)
+    ]
+
+
+def _tenant_entries(path: Path, data: Mapping[str, Any]) -> list[Any]:
     entries = data.get("tenants", [])
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: 'tenants' must be an array of tables ([[tenants]])")
-    tenants: list[Tenant] = []
-    for position, entry in enumerate(entries, 1):
-        where = f"{path}: tenant #{position}"
-        _check_table(entry, where, _TENANT_KEYS)
-        tenant_id = entry.get("id")
-        if not isinstance(tenant_id, str) or not tenant_id:
-            raise ConfigError(f"{where}: 'id' must be a non-empty string")
-        try:
-            check_tenant_id(tenant_id)  # before any PEM file is read
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        where = f"{path}: tenant {tenant_id!r}"
-        hosts = _strings(entry.get("hosts"), f"{where}: 'hosts'", required=True)
-        roots = _certs(
-            path, _strings(entry.get("roots"), f"{where}: 'roots'", required=True), where
+    return entries
+
+
+def _read_tenant(path: Path, entry: Any, position: int) -> Tenant:
+    """The tenant of one ``[[tenants]]`` table (the ``position``-th)."""
+    where = f"{path}: tenant #{position}"
+    _check_table(entry, where, _TENANT_KEYS)
+    tenant_id = entry.get("id")
+    if not isinstance(tenant_id, str) or not tenant_id:
+        raise ConfigError(f"{where}: 'id' must be a non-empty string")
+    try:
+        check_tenant_id(tenant_id)  # before any PEM file is read
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    where = f"{path}: tenant {tenant_id!r}"
+    hosts = _strings(entry.get("hosts"), f"{where}: 'hosts'", required=True)
+    roots = _certs(path, _strings(entry.get("roots"), f"{where}: 'roots'", required=True), where)
+    inters = _certs(
+        path, _strings(entry.get("intermediates", []), f"{where}: 'intermediates'"), where
+    )
+    ca_expired = entry.get("ca_expired", "fail")
+    if not isinstance(ca_expired, str):
+        raise ConfigError(f'{where}: \'ca_expired\' must be "fail" or "warn"')
+    shared = entry.get("shared_anchors", False)
+    if not isinstance(shared, bool):
+        raise ConfigError(f"{where}: 'shared_anchors' must be true or false")
+    mode = entry.get("mode")  # checked by Tenant
+    policy = entry.get("policy")
+    if policy is not None:
+        policy = _policy(policy, where)
+    crls, labels = _crls(path, _strings(entry.get("crls", []), f"{where}: 'crls'"), where)
+    revocation = _revocation_settings(entry, where)
+    try:
+        return Tenant(
+            tenant_id,
+            tuple(hosts),
+            tuple(cert for cert, _ in roots),
+            tuple(cert for cert, _ in inters),
+            shared_anchors=shared,
+            policy=policy,
+            mode=mode,
+            crls=tuple(crls),
+            crl_labels=tuple(labels),
+            ca_expired=ca_expired,
+            ca_sources=tuple(source for _, source in (*roots, *inters)),
+            **revocation,
         )
-        inters = _certs(
-            path, _strings(entry.get("intermediates", []), f"{where}: 'intermediates'"), where
-        )
-        shared = entry.get("shared_anchors", False)
-        if not isinstance(shared, bool):
-            raise ConfigError(f"{where}: 'shared_anchors' must be true or false")
-        mode = entry.get("mode")  # checked by Tenant
-        policy = entry.get("policy")
-        if policy is not None:
-            policy = _policy(policy, where)
-        crls, labels = _crls(path, _strings(entry.get("crls", []), f"{where}: 'crls'"), where)
-        revocation = _revocation_settings(entry, where)
-        try:
-            tenants.append(
-                Tenant(
-                    tenant_id,
-                    tuple(hosts),
-                    tuple(roots),
-                    tuple(inters),
-                    shared_anchors=shared,
-                    policy=policy,
-                    mode=mode,
-                    crls=tuple(crls),
-                    crl_labels=tuple(labels),
-                    **revocation,
-                )
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-    return tenants
+    except CaVettingError as exc:
+        raise CaVettingError(f"{path}: {exc}", exc.findings) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _revocation_settings(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -580,8 +601,9 @@ def _strings(value: Any, what: str, *, required: bool = False) -> list[str]:
     return value
 
 
-def _certs(config_path: Path, files: list[str], where: str) -> list[x509.Certificate]:
-    certs: list[x509.Certificate] = []
+def _certs(config_path: Path, files: list[str], where: str) -> list[tuple[x509.Certificate, str]]:
+    """Every certificate of ``files`` with the (escaped) name of its file."""
+    certs: list[tuple[x509.Certificate, str]] = []
     for name in files:
         file = config_path.parent / name
         with contextlib.suppress(OSError, RuntimeError, ValueError):  # the read says why
@@ -590,5 +612,33 @@ def _certs(config_path: Path, files: list[str], where: str) -> list[x509.Certifi
             data = read_regular_file(file, MAX_PEM_FILE_BYTES, "PEM file")
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        certs.extend(load_pem_certificates(data, f"{where}: {safe_text(file, 300)}"))
+        shown = safe_text(file, 300)
+        certs.extend((cert, shown) for cert in load_pem_certificates(data, f"{where}: {shown}"))
     return certs
+
+
+def ca_findings(path: str | os.PathLike[str]) -> list[Finding]:
+    """Every finding of every ``[[tenants]]`` table of ``path``, for
+    ``certgate config check``: each CA vetting error and warning
+    (:mod:`certgate.vetting`), and an error with rule ``tenant`` (its
+    ``problem`` the whole message) for a table that fails to load for
+    another reason. Unlike loading, it does not stop at the first tenant.
+    Checks between tenants (ids, hosts, shared anchors) are not done here.
+    :class:`ConfigError` when the file itself cannot be read or parsed."""
+    path = Path(path)
+    findings: list[Finding] = []
+    for position, entry in enumerate(_tenant_entries(path, _read_toml(path)), 1):
+        tenant_id = entry.get("id") if isinstance(entry, Mapping) else None
+        try:
+            with quiet():
+                tenant = _read_tenant(path, entry, position)
+        except CaVettingError as exc:
+            findings.extend(exc.findings)
+        except ConfigError as exc:
+            name = tenant_id if isinstance(tenant_id, str) else f"#{position}"
+            findings.append(
+                Finding("error", "tenant", safe_text(name, 128), str(exc), "correct the table")
+            )
+        else:
+            findings.extend(tenant.ca_warnings)
+    return findings
