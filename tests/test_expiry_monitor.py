@@ -87,7 +87,7 @@ def test_thresholds_come_from_the_certgate_table_and_reloads_check_again(files: 
     expiring(files, "gone", -1)
     files.toml(
         "expiry_critical_days = 30",
-        tenant("gone", "gone.test", "gone.pem"),
+        tenant("gone", "gone.test", "gone.pem", 'ca_expired = "warn"'),
         tenant("soon", "soon.test", "soon.pem"),
     )
     gate.reload()
@@ -196,21 +196,25 @@ def test_crls_are_checked_against_their_next_update(tmp_path: Path) -> None:
     files = Files(tmp_path)
     ca = files.ca("crl")
     db = read_revocations(tmp_path / "db.json", ca)
-    write_crl(tmp_path / "fresh.crl", make_crl(ca, db, days=3))
+    write_crl(tmp_path / "fresh.crl", make_crl(ca, db, days=7))
     files.toml("", tenant("crl", "crl.test", "crl.pem", 'crls = ["fresh.crl"]'))
     registry = CollectorRegistry()
     recorder = RecordingObserver()
     gate = CertGate.from_toml(files.config, observers=[recorder, PrometheusObserver(registry)])
     gate.start_monitor()
     (crl,) = [item for item in recorder.trust_expiry[-1].items if item.kind == "crl"]
-    assert crl.level == "ok"  # 3 days left: CRLs are re-issued, the day thresholds do not apply
-    assert 2.9 < crl.days_left <= 3
+    assert crl.level == "ok"  # a weekly CRL: outside crl_warning_days (3), not the CAs' 30
+    assert 6.9 < crl.days_left <= 7
     seconds = registry.get_sample_value(
         "certgate_trust_expiry_seconds",
         {"tenant": "crl", "kind": "crl", "fingerprint": crl.fingerprint},
     )
     assert seconds is not None
-    assert 2.9 * 86400 < seconds <= 3 * 86400
+    assert 6.9 * 86400 < seconds <= 7 * 86400
+    write_crl(tmp_path / "fresh.crl", make_crl(ca, db, days=2))
+    gate.reload()
+    (crl,) = [item for item in recorder.trust_expiry[-1].items if item.kind == "crl"]
+    assert crl.level == "warning"  # inside crl_warning_days
     stale = make_crl(ca, db, days=1, now=NOW - dt.timedelta(days=2))
     write_crl(tmp_path / "fresh.crl", stale)
     files.toml("", tenant("crl", "crl.test", "crl.pem", 'crls = ["fresh.crl"]\ncrl_stale = "warn"'))

@@ -265,25 +265,44 @@ def test_expiry_lists_a_stale_crl_and_exits_1(
     assert [item["kind"] for item in report["items"]] == ["crl"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead decides: issue 9 item 4 says CRL nextUpdate within 30/14 days warns; "
-    "every weekly CRL (pki crl's default) would then be 'critical' forever and expiry "
-    "would always exit 1 - only stale CRLs are reported for now",
-)
-def test_expiry_applies_the_day_thresholds_to_crls(
+def test_crls_have_their_own_day_thresholds(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Decided: a CRL's nextUpdate is judged by ``crl_warning_days`` (3) and
+    ``crl_critical_days`` (1), not by the CAs' 30/14 days - with those, every
+    weekly CRL (``pki crl``'s default) would be "critical" all its life and
+    ``expiry`` would always exit 1. A fresh weekly CRL passes; one with two
+    days left warns (exit 1); the thresholds are options."""
     root = CA.root("Weekly CRL Root")
     (tmp_path / "root.pem").write_bytes(root.cert_pem)
-    crl = pki.make_crl(root, pki.read_revocations(tmp_path / "db.json", root), days=7)
-    pki.write_crl(tmp_path / "root.crl", crl)
     config = tmp_path / "certgate.toml"
     config.write_text(
         '[[tenants]]\nid = "acme"\nhosts = ["pay.acme.test"]\nroots = ["root.pem"]\n'
         'crls = ["root.crl"]\n'
     )
+    db = pki.read_revocations(tmp_path / "db.json", root)
+    pki.write_crl(tmp_path / "root.crl", pki.make_crl(root, db, days=7))
+    assert main(["expiry", "--config", str(config)]) == 0
+    capsys.readouterr()
+    pki.write_crl(tmp_path / "root.crl", pki.make_crl(root, db, days=2))
     assert main(["expiry", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("warning"), out
+    assert " crl " in out
+    assert (
+        main(
+            [
+                "expiry",
+                "--config",
+                str(config),
+                "--crl-warning-days",
+                "1.5",
+                "--crl-critical-days",
+                "1",
+            ]
+        )
+        == 0
+    )
 
 
 # -- diagnostics: an issuer of the right name but another key ----------------

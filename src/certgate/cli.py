@@ -453,7 +453,13 @@ def _config_check(path: str, *, strict: bool) -> int:
     hosts = sum(len(t.hosts) for t in tenants)
     cas = sum(len(t.roots) + len(t.intermediates) for t in tenants)
     warnings = list(collect.messages)
-    for item in ca_expiry(tenants, warning_days=gate.expiry_warning_days or 30):
+    for item in ca_expiry(
+        tenants,
+        warning_days=gate.expiry_warning_days,
+        critical_days=gate.expiry_critical_days,
+        crl_warning_days=gate.crl_warning_days,
+        crl_critical_days=gate.crl_critical_days,
+    ):
         if item.level == "ok" or (item.level == "expired" and item.kind != "crl"):
             continue  # an expired CA that loaded (ca_expired = "warn") was logged above
         warnings.append(_late_text(item))

@@ -11,7 +11,9 @@ mode            = "enforce"      # "enforce", or "report" (report-only: log, cou
 policy          = { }            # default policy of tenants without their own (certgate.policy)
 refusal_format  = "problem+json" # or "text", "html"
 expiry_warning_days = 30         # warn when a client certificate, tenant CA or CRL expires sooner
-expiry_critical_days = 14        # tenant CAs and CRLs inside this many days are "critical"
+expiry_critical_days = 14        # tenant CAs inside this many days are "critical"
+crl_warning_days = 3             # warn when a CRL's nextUpdate is this close (CRLs are short-lived)
+crl_critical_days = 1            # CRLs whose nextUpdate is this close are "critical"
 expiry_check_interval = 86400    # seconds between checks of tenant CA/CRL expiry (0 = load only)
 watch_interval  = 0              # seconds between checks of this file and its files (0 = off)
 strip_known_headers = true       # remove every well-known proxy cert header from untrusted peers
@@ -151,6 +153,8 @@ _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "refusal_format": str,
     "expiry_warning_days": (int, float),
     "expiry_critical_days": (int, float),
+    "crl_warning_days": (int, float),
+    "crl_critical_days": (int, float),
     "expiry_check_interval": (int, float),
     "watch_interval": (int, float),
     "routes": list,

@@ -214,13 +214,3 @@ def _item(
         days_left=days_left,
         level=level,
     )
-
-
-def crl_staleness(tenants: Iterable[Tenant], *, now: dt.datetime | None = None) -> list[ExpiryItem]:
-    """The CRL items of :func:`ca_expiry` with no day thresholds: level
-    ``"expired"`` for a stale CRL - past its nextUpdate, or with a
-    thisUpdate ahead: every chain it covers is refused
-    (``revocation_unavailable``) unless ``crl_stale = "warn"`` - and
-    ``"ok"`` otherwise; soonest nextUpdate first."""
-    items = ca_expiry(tenants, now=now, crl_warning_days=0, crl_critical_days=0)
-    return [item for item in items if item.kind == "crl"]

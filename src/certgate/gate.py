@@ -72,6 +72,7 @@ from .events import (
     Observer,
     Observers,
 )
+from .expiry import CRL_CRITICAL_DAYS, CRL_WARNING_DAYS
 from .facts import Presented, RequestFacts
 from .hosts import normalize_host
 from .identity import ClientIdentity
@@ -172,6 +173,8 @@ class GateSettings:
     clock: Clock = utc_now
     expiry_warning_days: float = 30
     expiry_critical_days: float | None = None
+    crl_warning_days: float = CRL_WARNING_DAYS
+    crl_critical_days: float = CRL_CRITICAL_DAYS
     refusal_format: str | BodyMaker = "problem+json"
 
 
@@ -260,6 +263,13 @@ class GateSnapshot:
             raise ConfigError(
                 f"expiry_critical_days ({critical}) must not exceed expiry_warning_days "
                 f"({settings.expiry_warning_days})"
+            )
+        self.crl_warning_days = _check_days("crl_warning_days", settings.crl_warning_days)
+        self.crl_critical_days = _check_days("crl_critical_days", settings.crl_critical_days)
+        if self.crl_critical_days > self.crl_warning_days:
+            raise ConfigError(
+                f"crl_critical_days ({settings.crl_critical_days}) must not exceed "
+                f"crl_warning_days ({settings.crl_warning_days})"
             )
         self.tenant_resolver = settings.tenant_resolver
         self.clock = settings.clock
@@ -1011,8 +1021,11 @@ class CertGate:
     :class:`GateSnapshot` at once; a request in flight keeps the snapshot
     it started with. A file that does not load changes nothing.
     ``expiry_critical_days`` (default 14, at most ``expiry_warning_days``)
-    and ``expiry_warning_days`` are the levels of the tenant CA and CRL
-    expiry checks (:meth:`check_expiry`).
+    and ``expiry_warning_days`` are the levels of the tenant CA expiry
+    checks (:meth:`check_expiry`); ``crl_warning_days`` (3) and
+    ``crl_critical_days`` (1) those of each CRL's nextUpdate (a CRL is
+    re-issued often - weekly, say - so the CA levels would keep every CRL
+    "critical").
     """
 
     snapshot: GateSnapshot
@@ -1048,6 +1061,8 @@ class CertGate:
         observers: Iterable[Observer] = (),
         expiry_warning_days: float = 30,
         expiry_critical_days: float | None = None,
+        crl_warning_days: float = CRL_WARNING_DAYS,
+        crl_critical_days: float = CRL_CRITICAL_DAYS,
         refusal_format: str | BodyMaker = "problem+json",
     ) -> None:
         extra = tuple(observers)
@@ -1081,6 +1096,8 @@ class CertGate:
             clock=clock,
             expiry_warning_days=expiry_warning_days,
             expiry_critical_days=expiry_critical_days,
+            crl_warning_days=crl_warning_days,
+            crl_critical_days=crl_critical_days,
             refusal_format=refusal_format,
         )
         self._handle = self
@@ -1267,6 +1284,14 @@ class CertGate:
     @property
     def expiry_critical_days(self) -> float:
         return self.snapshot.expiry_critical_days
+
+    @property
+    def crl_warning_days(self) -> float:
+        return self.snapshot.crl_warning_days
+
+    @property
+    def crl_critical_days(self) -> float:
+        return self.snapshot.crl_critical_days
 
     @property
     def refusal(self) -> Callable[[Reason], RefusalResponse]:

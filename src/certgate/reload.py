@@ -41,8 +41,7 @@ the reload for the monitor thread. The monitor thread - one per process, a
 daemon, started by the first gate that needs it and again in a child after
 ``fork()`` - also checks tenant CA and CRL expiry every
 ``expiry_check_interval`` seconds (and at every load and reload) with
-:func:`certgate.expiry.ca_expiry` and
-:func:`certgate.expiry.crl_staleness`, handing a
+:func:`certgate.expiry.ca_expiry`, handing a
 :class:`~certgate.events.TrustExpiryEvent` to the gate's observers. No file
 check, watched or signalled reload or periodic expiry check runs on a
 request or the event loop (``gate.reload()`` runs where it is called:
@@ -71,7 +70,7 @@ from . import config as _config
 from .config import TomlRegistry
 from .errors import ConfigError
 from .events import ReloadEvent, TrustExpiry, TrustExpiryEvent
-from .expiry import ExpiryItem, ca_expiry, crl_staleness
+from .expiry import ExpiryItem, ca_expiry
 
 if TYPE_CHECKING:
     from .gate import CertGate, GateSnapshot
@@ -87,7 +86,9 @@ MAX_INTERVAL = 31 * 86400.0
 INTERVAL_KEYS = ("watch_interval", "expiry_check_interval")
 """``[certgate]`` keys the reloader reads (not settings of a snapshot)."""
 
-_NOT_COMPARED = frozenset({*INTERVAL_KEYS, "expiry_critical_days"})
+_NOT_COMPARED = frozenset(
+    {*INTERVAL_KEYS, "expiry_critical_days", "crl_warning_days", "crl_critical_days"}
+)
 """``[certgate]`` keys whose change keeps the settings' parts (see the module docs)."""
 
 _MAX_EXPIRY_DAYS = 36500.0
@@ -153,10 +154,9 @@ def _trust_expiry(item: ExpiryItem) -> TrustExpiry:
 def check_expiry(snapshot: GateSnapshot, trigger: str, config: str = "") -> TrustExpiryEvent:
     """Check every CA of ``snapshot``'s tenants with
     :func:`~certgate.expiry.ca_expiry` at the levels of its
-    ``expiry_warning_days`` and ``expiry_critical_days``, and every CRL
-    with :func:`~certgate.expiry.crl_staleness` (``expired`` once past its
-    nextUpdate, else ``ok``: the day thresholds are not applied to CRLs);
-    observe and return the result. Needs a registry with ``tenants()``
+    ``expiry_warning_days`` and ``expiry_critical_days``, and every CRL's
+    nextUpdate at ``crl_warning_days`` and ``crl_critical_days``; observe
+    and return the result. Needs a registry with ``tenants()``
     (:class:`ConfigError` otherwise)."""
     tenants = getattr(snapshot.registry, "tenants", None)
     if not callable(tenants):
@@ -167,8 +167,13 @@ def check_expiry(snapshot: GateSnapshot, trigger: str, config: str = "") -> Trus
     warning = min(snapshot.expiry_warning_days, _MAX_EXPIRY_DAYS)
     critical = min(snapshot.expiry_critical_days, warning)
     listed = list(tenants())
-    items = ca_expiry(listed, warning_days=warning, critical_days=critical)
-    items += crl_staleness(listed)
+    items = ca_expiry(
+        listed,
+        warning_days=warning,
+        critical_days=critical,
+        crl_warning_days=snapshot.crl_warning_days,
+        crl_critical_days=snapshot.crl_critical_days,
+    )
     items.sort(key=lambda item: (item.not_after, item.tenant_id, item.kind))
     event = TrustExpiryEvent(
         items=tuple(_trust_expiry(item) for item in items),
