@@ -1,4 +1,4 @@
-"""``tenants`` commands on registry URLs (``python -m certgate.stores``):
+"""``certgate tenants`` commands on registry URLs (``--registry URL``, import/export):
 TOML -> SQLite in one command, export/import round trips, add/remove/list/
 show, refusals naming the tenant and the rule, migrate and backup."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from certgate import CertGate, Reason
+from certgate.cli import main
 from certgate.devpki import CA
 from certgate.stores import open_registry, open_store
-from certgate.stores.cli import main
 from tests.store_helpers import leaf_facts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,6 +159,22 @@ def test_a_bad_line_stops_the_import_and_names_it(
     assert open_store(url).count() == 1
 
 
+def test_toml_and_registry_options_exclude_each_other(
+    tmp_path: Path, config: tuple[Path, dict[str, CA]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml, _ = config
+    url = f"sqlite:///{tmp_path / 'tenants.db'}"
+    code, _, err = run(capsys, "list", "--config", str(toml), "--registry", url)
+    assert code == 2
+    assert "not allowed with argument" in err
+    code, _, err = run(capsys, "list", "--config", str(toml), "--limit", "1")
+    assert code == 2
+    assert "--after and --limit page a registry URL" in err
+    code, out, _ = run(capsys, "list", "--config", str(toml))  # the TOML file's own listing
+    assert code == 0
+    assert "acme" in out
+
+
 def test_migrate_backup_and_missing_store(
     tmp_path: Path, config: tuple[Path, dict[str, CA]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -186,7 +202,7 @@ def test_the_module_runs_as_a_command(tmp_path: Path, config: tuple[Path, dict[s
         [
             sys.executable,
             "-m",
-            "certgate.stores",
+            "certgate",
             "tenants",
             "import",
             "--from",

@@ -44,6 +44,13 @@
     Cut that tenant's ``[[tenants]]`` table out of the file (checked: the
     rest parses to the same data and loads).
 
+``certgate tenants add|list|remove --registry URL ...``, ``certgate tenants show ID --registry URL``
+``certgate tenants import --from SOURCE --to URL``, ``certgate tenants export --from URL``
+``certgate tenants migrate URL``, ``certgate tenants backup URL FILE``
+    The same against a tenant store (``sqlite:///path``), and moving
+    tenants between a TOML file, a JSON-lines export and stores: see
+    :mod:`certgate.stores.cli`.
+
 ``certgate inspect CERT [--json]``
     Print the identity fields of a certificate (PEM or DER) as the app would
     see them - subject, issuer, serial, dates, SANs, SPIFFE ID, fingerprints,
@@ -110,6 +117,8 @@ from .pem import load_certificate, pem_to_ders
 from .pki import CLIENT_KEY_TYPES, KEY_TYPES
 from .registry import InMemoryRegistry
 from .servers.tls import trust_bundle_pem
+from .stores.cli import STORE_COMMANDS, store_parsers
+from .stores.cli import run as run_store_command
 from .tenant import Tenant
 from .tenantfile import add_tenant, read_tenants, remove_tenant
 from .text import safe_text
@@ -174,9 +183,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _tenants_parsers(tenants: argparse.ArgumentParser) -> None:
     sub = tenants.add_subparsers(dest="tenants_command", required=True)
-    add = sub.add_parser("add", help="append a tenant to the configuration file")
+    add = sub.add_parser("add", help="add a tenant to a TOML file or a registry URL")
     add.add_argument("id", help="the tenant id")
-    add.add_argument("--config", required=True, help="certgate TOML configuration")
+    _where(add)
     add.add_argument(
         "--host", action="append", required=True, help="a host or *.pattern (repeatable)"
     )
@@ -195,12 +204,21 @@ def _tenants_parsers(tenants: argparse.ArgumentParser) -> None:
     add.add_argument(
         "--ca-expired", choices=["fail", "warn"], help="an expired CA fails (default) or warns"
     )
-    listing = sub.add_parser("list", help="list the tenants of the configuration file")
-    listing.add_argument("--config", required=True, help="certgate TOML configuration")
+    listing = sub.add_parser("list", help="list the tenants of a TOML file or a registry URL")
+    _where(listing)
     listing.add_argument("--json", action="store_true", help="print JSON")
-    remove = sub.add_parser("remove", help="remove a tenant from the configuration file")
+    listing.add_argument("--after", help="registry URL: only ids after this one (paging)")
+    listing.add_argument("--limit", type=int, help="registry URL: at most this many tenants")
+    remove = sub.add_parser("remove", help="remove a tenant from a TOML file or a registry URL")
     remove.add_argument("id", help="the tenant id")
-    remove.add_argument("--config", required=True, help="certgate TOML configuration")
+    _where(remove)
+    store_parsers(sub)
+
+
+def _where(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="certgate TOML configuration")
+    where.add_argument("--registry", metavar="URL", help="registry URL (sqlite:///path)")
 
 
 def _pki_parsers(pki: argparse.ArgumentParser) -> None:
@@ -548,7 +566,12 @@ def _expiry(args: argparse.Namespace) -> int:
 
 
 def _tenants(args: argparse.Namespace) -> int:
-    """``tenants add``, ``list`` and ``remove``."""
+    """``tenants add``, ``list`` and ``remove`` of a TOML file; every
+    ``tenants`` command of a registry URL (:mod:`certgate.stores.cli`)."""
+    if getattr(args, "registry", None) is not None or args.tenants_command in STORE_COMMANDS:
+        return run_store_command(args)
+    if args.tenants_command == "list" and (args.after is not None or args.limit is not None):
+        raise ValueError("--after and --limit page a registry URL (--registry), not a TOML file")
     if args.tenants_command == "list":
         return _tenants_list(args.config, as_json=args.json)
     if args.tenants_command == "remove":
