@@ -272,7 +272,7 @@ class Reloader:
             try:
                 snapshot, files, section, changed = self._build()
             except Exception as exc:  # any failure keeps the last good state
-                self._failed = before
+                self._failed = self._failed_stamps(before)
                 why = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, ConfigError):
                     logger.error("certgate: reload of %s raised", self.path, exc_info=exc)
@@ -392,11 +392,25 @@ class Reloader:
         else:
             MONITOR.wake()
 
+    def _failed_stamps(self, before: Mapping[Path, Stamp]) -> dict[Path, Stamp]:
+        """The stamps of a set of files that failed to load: ``before`` (the
+        last good load's files, taken before the attempt) and every file the
+        TOML file names now - a file it names that was missing or broken is
+        watched too, so its appearing or changing triggers the next try."""
+        try:
+            named = _config.referenced_files(self.path, _config._read_toml(self.path))
+        except Exception:  # noqa: BLE001 - an unreadable TOML file names nothing
+            named = ()
+        return {**file_stamps(p for p in named if p not in before), **before}
+
     def changed(self) -> bool:
-        """Whether a watched file differs from the last good load (and from
-        the last set that failed to load)."""
-        now = file_stamps(self.files)
-        return now not in (self._stamps, self._failed)
+        """Whether a watched file differs from the last good load (after a
+        failed load: from the files that failed, the newly named ones
+        included)."""
+        failed = self._failed
+        if failed is not None:
+            return file_stamps(failed) != failed
+        return file_stamps(self.files) != self._stamps
 
     def due(self) -> float:
         """When :meth:`tick` has work next (``math.inf``: never)."""
