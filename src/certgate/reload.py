@@ -49,8 +49,9 @@ daemon, started by the first gate that needs it and again in a child after
 check, watched or signalled reload or periodic expiry check runs on a
 request or the event loop (``gate.reload()`` runs where it is called:
 ``await gate.areload()`` from a coroutine; the first expiry check runs when
-a middleware is built, at start-up); each process (gunicorn or uvicorn
-worker) watches for itself.
+a middleware is built: at start-up, or for Starlette's ``add_middleware``
+at the app's first ASGI call - a request when there is no lifespan); each
+process (gunicorn or uvicorn worker) watches for itself.
 """
 
 from __future__ import annotations
