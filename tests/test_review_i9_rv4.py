@@ -229,12 +229,6 @@ def test_watch_rechecks_a_file_rewritten_within_its_timestamp_granularity(
 # -- finding 5 (design, for the lead): expiry warnings repeated at every reload ---
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design decision for the lead: every reload (a watched CRL file rewritten hourly, "
-    "say) logs every expiring CA again; whether a reload that leaves a CA's level unchanged "
-    "should stay quiet (periodic checks still repeating) is not decided here",
-)
 def test_reloads_that_change_nothing_about_a_ca_do_not_repeat_its_warning(
     files: Files, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -248,6 +242,16 @@ def test_reloads_that_change_nothing_about_a_ca_do_not_repeat_its_warning(
             for _ in range(5):
                 gate.reload()  # e.g. the watch, after a CRL file was rewritten
         warned = [r for r in caplog.records if "expires soon" in r.getMessage()]
-        assert len(warned) == 1
+        assert len(warned) == 1  # decided: a reload logs only levels that changed
+        files.write(
+            "a.pem",
+            CA.root("Soon Root", not_after=dt.datetime.now(dt.UTC) + dt.timedelta(days=5)).cert_pem,
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="certgate"):
+            gate.reload()  # another CA, now critical: logged
+            gate.check_expiry()  # not a reload: logs every late item again
+        warned = [r for r in caplog.records if "expires soon" in r.getMessage()]
+        assert len(warned) == 2
     finally:
         gate.close()
