@@ -32,7 +32,8 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from certgate import CertGate, InMemoryRegistry, Tenant, vetting
+from certgate import CertGate, ConfigError, InMemoryRegistry, Tenant, load_config, vetting
+from certgate.cli import main
 from certgate.crlfetch import CrlRefresher
 from certgate.devpki import CA, PrivateKey
 from certgate.verifier import client_ee_policy
@@ -342,3 +343,23 @@ def test_a_rotation_with_same_named_cas_still_chains() -> None:
     assert (
         "named 'CN=Acme Root,O=certgate dev' but none of its keys signed it" in findings[0].problem
     )
+
+
+# -- finding 5: a UTF-8 BOM gave "Invalid statement (at line 1, column 1)" -------
+
+
+def test_a_config_with_a_bom_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An editor that saves a byte order mark: the file and the fix are
+    named, by `tenants add` and by the loader alike (the file unchanged)."""
+    root = CA.root("Bom Root")
+    (tmp_path / "root.pem").write_bytes(root.cert_pem)
+    config = tmp_path / "certgate.toml"
+    text = '[[tenants]]\nid = "a"\nhosts = ["a.test"]\nroots = ["root.pem"]\n'
+    config.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    code = main(["tenants", "add", "b", "--config", str(config), "--host", "b.test",
+                 "--root", str(tmp_path / "root.pem")])  # fmt: skip
+    assert code == 2
+    assert "byte order mark (BOM); save it as UTF-8 without BOM" in capsys.readouterr().err
+    assert config.read_bytes() == b"\xef\xbb\xbf" + text.encode()
+    with pytest.raises(ConfigError, match="byte order mark"):
+        load_config(config)
