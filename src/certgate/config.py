@@ -416,6 +416,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def parse_toml(text: str, path: str | os.PathLike[str]) -> dict[str, Any]:
     """TOML ``text`` (of the file ``path``, for messages) parsed as the
     configuration is, with the same limits; :class:`ConfigError` if invalid."""
+    if text.startswith("\ufeff"):  # Python's parser says only "Invalid statement"
+        raise ConfigError(
+            f"{path}: invalid TOML: the file starts with a byte order mark (BOM); "
+            "save it as UTF-8 without BOM"
+        )
     if _longest_dotted_name(text) > MAX_KEY_PARTS:
         raise ConfigError(
             f"{path}: invalid TOML: a dotted key or table name of more than "
