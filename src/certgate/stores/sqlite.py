@@ -110,6 +110,22 @@ class SqliteSession:
             self.conn.close()
 
 
+_INHERITED: list[SqliteSession] = []
+"""Sessions a forked process inherited: kept, never closed (closing a
+connection opened before ``fork`` drops this process's POSIX locks on the
+file and may checkpoint the WAL under other processes; SQLite forbids
+using it in the child)."""
+
+
+def _retire(session: SqliteSession) -> None:
+    """Close ``session`` if this process opened it; else keep it unclosed
+    (garbage collection would close it)."""
+    if session.pid == os.getpid():
+        session.close()
+    else:
+        _INHERITED.append(session)
+
+
 def sqlite_url(path: str | os.PathLike[str]) -> str:
     """The registry URL of a file: ``sqlite:///`` and the path
     (``sqlite:////var/lib/certgate/tenants.db`` for an absolute one)."""
@@ -180,8 +196,9 @@ class SqliteRegistry(SqlTenantStore):
             version = schema_version(session)
             self._identity = self._file_identity()
         except (sqlite3.Error, OSError) as exc:
-            self._drop_session()
             raise ConfigError(f"{self.where}: cannot open the tenant store: {exc}") from None
+        finally:
+            self._drop_session()  # nothing open at fork time (gunicorn --preload)
         check_readable(version, self.where)
 
     # -- connections ----------------------------------------------------------
@@ -224,8 +241,8 @@ class SqliteRegistry(SqlTenantStore):
             and session.generation == self._generation
         ):
             return session
-        if session is not None and session.pid == os.getpid():
-            session.close()
+        if session is not None:
+            _retire(session)
         session = SqliteSession(self._connect(), self._generation)
         self._local.session = session
         return session
@@ -233,8 +250,7 @@ class SqliteRegistry(SqlTenantStore):
     def _drop_session(self) -> None:
         session: SqliteSession | None = getattr(self._local, "session", None)
         if session is not None:
-            if session.pid == os.getpid():
-                session.close()
+            _retire(session)
             self._local.session = None
 
     def _file_identity(self) -> tuple[int, int]:
@@ -246,7 +262,7 @@ class SqliteRegistry(SqlTenantStore):
         self._drop_session()
         with self._poll_lock:
             if self._poll is not None:
-                self._poll.close()
+                _retire(self._poll)
                 self._poll = None
 
     # -- outages ----------------------------------------------------------------
@@ -328,10 +344,12 @@ class SqliteRegistry(SqlTenantStore):
                     with self._lock:
                         self._generation += 1
                     if self._poll is not None:
-                        self._poll.close()
+                        _retire(self._poll)
                         self._poll = None
                 poll = self._poll
                 if poll is None or poll.pid != os.getpid():
+                    if poll is not None:
+                        _retire(poll)
                     poll = self._poll = SqliteSession(self._connect(), self._generation)
                     self._data_version = None
                 version = int(poll.execute("PRAGMA data_version")[0][0])
@@ -343,7 +361,7 @@ class SqliteRegistry(SqlTenantStore):
                     self._feed_position = answer[0]
             except (sqlite3.Error, OSError) as exc:
                 if self._poll is not None:
-                    self._poll.close()
+                    _retire(self._poll)
                     self._poll = None
                 raise self._unavailable(exc) from None
         self._recovered()
