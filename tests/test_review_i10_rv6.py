@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -81,3 +82,28 @@ def test_a_forked_child_never_closes_the_parents_connection(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert reader.tenant_for_host("a.test") is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_poll_lock_held_at_fork_does_not_hang_the_child(tmp_path: Path, roots: list[CA]) -> None:
+    """A master whose poller was mid-poll when it forked (the store's poll
+    lock held by a thread that does not exist in the child) must not leave
+    the worker's change feed waiting on that lock forever (every lookup
+    after max_stale would hang, then 503, for the worker's lifetime)."""
+    store = new_store(tmp_path)
+    store.put(Tenant("a", ("a.test",), (roots[0].cert,)))
+    reader = SqliteRegistry(store.path)
+    position = reader.change_position()
+    with reader._poll_lock:  # as the parent's poller thread would, at fork time
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                signal.alarm(10)  # a hang ends the child with SIGALRM
+                store.put(Tenant("b", ("b.test",), (roots[1].cert,)))
+                _, changed = reader.changes_since(position)
+                status = 0 if changed == frozenset({"b"}) else 3
+            finally:
+                os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -177,6 +177,7 @@ class SqliteRegistry(SqlTenantStore):
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._locks_pid = os.getpid()
         self._generation = 0
         self._identity: tuple[int, int] | None = None
         self._poll: SqliteSession | None = None
@@ -260,6 +261,8 @@ class SqliteRegistry(SqlTenantStore):
     def close(self) -> None:
         """Close this thread's connection and the change feed's."""
         self._drop_session()
+        if self._locks_pid != os.getpid():
+            self._after_fork()
         with self._poll_lock:
             if self._poll is not None:
                 _retire(self._poll)
@@ -335,6 +338,8 @@ class SqliteRegistry(SqlTenantStore):
         anything was committed since the last call; also notices a file
         removed (:class:`TrustStoreUnavailable`) or replaced (everything
         changed)."""
+        if self._locks_pid != os.getpid():
+            self._after_fork()
         with self._poll_lock:
             try:
                 identity = self._file_identity()
@@ -366,6 +371,13 @@ class SqliteRegistry(SqlTenantStore):
                 raise self._unavailable(exc) from None
         self._recovered()
         return (answer[0], None) if replaced else answer
+
+    def _after_fork(self) -> None:
+        """New locks in a forked process: the parent's may have been held by
+        a thread (its poller) that does not exist here."""
+        self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._locks_pid = os.getpid()
 
     def change_position(self) -> int:
         try:
