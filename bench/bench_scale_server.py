@@ -26,8 +26,11 @@ the FastAPI app of ``bench/e2e_server.py`` (``CertGateMiddleware``; the
 route reads the identity and answers its tenant id and common name), the
 gate being ``CertGate(CachingRegistry(SqliteRegistry(path)),
 header_sources=["cloudflare"], trusted_proxies=["127.0.0.1/32"])`` with the
-registry cache's defaults. Servers are pinned to CPU 0, the load generator
-(this process, ``bench/e2e_load.py``) to CPU 1.
+registry cache's defaults. A third server, the e2e bare app on plain
+uvicorn (no certgate), is measured alongside as a reference for what the
+machine gives at the time (the certgate servers' CPU over it is reported).
+Servers are pinned to CPU 0, the load generator (this process,
+``bench/e2e_load.py``) to CPU 1.
 
 **The traffic.** A hot working set of 1,000 tenants per store (all of the
 1k store; a random 1,000 of the larger one), one client certificate each
@@ -36,7 +39,7 @@ in ``Cf-Client-Cert-Der-Base64`` to the tenant's host, rotating through the
 set: 32 requests in flight, keep-alive (100 requests per connection), each
 request on a connection for the next tenant. Every server is warmed first
 (3 passes over its set: tenants cached, verifications cached, decision memo
-filled), then the servers are measured in alternating rounds (A B / B A),
+filled), then the servers are measured in alternating rounds (A B C / C B A),
 each sample ``--duration`` seconds.
 
 **Reported** per size: throughput (median, min-max), p50/p99 latency
@@ -94,17 +97,24 @@ TARGET = 1.10
 KEEP_ALIVE = 100
 INFLIGHT = 32
 FALLBACK = 100_000
+BARE = "bare"
+"""The reference server's key: the same app without certgate (plain uvicorn)."""
 
 
 # -------------------------------------------------------------------- server
 
 
 def serve(url: str, port: int) -> None:
-    """The server process: the e2e FastAPI app over a SQLite store."""
+    """The server process: the e2e FastAPI app over a SQLite store (``url``
+    ``bare``: the e2e bare app, plain uvicorn, no certgate)."""
     import uvicorn  # noqa: PLC0415
     from e2e_server import uvicorn_config  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    if url == BARE:
+        os.environ["BENCH_APP"] = "bare"
+        uvicorn.Server(uvicorn_config("bare", None, port, False)).run()
+        return
     gate = CertGate(
         CachingRegistry(SqliteRegistry(path_of_url(url))),
         header_sources=["cloudflare"],
@@ -116,11 +126,12 @@ def serve(url: str, port: int) -> None:
 
 
 @contextlib.contextmanager
-def start_servers(urls: dict[int, str], directory: Path) -> Iterator[dict[int, Running]]:
-    """One server per store, pinned to the server CPU; stopped on exit."""
+def start_servers(urls: dict[str, str], directory: Path) -> Iterator[dict[str, Running]]:
+    """One server per store (and the bare one), pinned to the server CPU;
+    stopped on exit."""
     logs = CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    running: dict[int, Running] = {}
+    running: dict[str, Running] = {}
     try:
         for size, url in urls.items():
             port = _free_port()
@@ -134,7 +145,8 @@ def start_servers(urls: dict[int, str], directory: Path) -> Iterator[dict[int, R
                     stderr=subprocess.STDOUT,
                     preexec_fn=lambda: _pin(SERVER_CPU),  # noqa: PLW1509 - affinity only
                 )
-            spec = ServerSpec(f"{size}", "uvicorn", "certgate", "header")
+            app = "bare" if url == BARE else "certgate"
+            spec = ServerSpec(size, "uvicorn", app, "header")
             running[size] = Running(spec, port, proc, log)
         for server in running.values():
             _wait_ready(server)
@@ -191,7 +203,7 @@ class Measure:
     """Samples of one server: the e2e bench's per-variant figures plus the
     registry loads during the samples."""
 
-    def __init__(self, size: int, server: Running, material: HotSet) -> None:
+    def __init__(self, size: str, server: Running, material: HotSet) -> None:
         self.size = size
         self.server = server
         self.material = material
@@ -208,7 +220,7 @@ class Measure:
         self.result.warm_requests = sample.requests
         if sample.errors or set(sample.statuses) - {200}:
             raise SystemExit(
-                f"bench: warm-up of the {self.size:,} server: {dict(sample.statuses)}, "
+                f"bench: warm-up of the {self.size} server: {dict(sample.statuses)}, "
                 f"{sample.errors} errors (log: {self.server.log})"
             )
 
@@ -221,8 +233,8 @@ class Measure:
         cpu = self.server.cpu_seconds() - cpu0
         after = fetch_stats(self.server)
         self.result.add(sample, cpu, before, after)
-        self.registry_loads += after["registry_loads"] - before["registry_loads"]
-        self.registry_misses += after["registry_misses"] - before["registry_misses"]
+        for key in ("registry_loads", "registry_misses"):
+            setattr(self, key, getattr(self, key) + after.get(key, 0) - before.get(key, 0))
 
 
 def median(values: Sequence[float]) -> float:
@@ -254,9 +266,10 @@ def summary(m: Measure) -> dict[str, Any]:
     }
 
 
-def print_row(size: int, s: dict[str, Any]) -> None:
+def print_row(size: str, s: dict[str, Any]) -> None:
+    name = "bare (no certgate)" if size == BARE else f"{int(size):,} tenants"
     print(
-        f"  {size:>9,} tenants  {s['req_per_s_median']:6d} req/s "
+        f"  {name:>18}  {s['req_per_s_median']:6d} req/s "
         f"[{s['req_per_s_min']}-{s['req_per_s_max']}]  p50 {s['p50_ms_median']:.2f} ms  "
         f"p99 {s['p99_ms_median']:.2f} ms  server {s['server_cpu_us_per_request_median']:.1f} "
         f"µs/req [{s['server_cpu_us_per_request_min']:.1f}-"
@@ -335,28 +348,31 @@ def main() -> int:
         f"x{KEEP_ALIVE}, hot set {HOT:,} tenants, load average {load[0]:.2f}",
         flush=True,
     )
-    materials = {size: hot_set(size, factory) for size in sizes}
+    materials = {str(size): hot_set(size, factory) for size in sizes}
+    materials[BARE] = materials[str(sizes[0])]  # the bare app ignores host and certificate
     loop = uvloop.new_event_loop()
     started = time.monotonic()
     try:
-        with start_servers({s: backend.url(s) for s in sizes}, directory) as servers:
-            measures = [Measure(s, servers[s], materials[s]) for s in sizes]
-            for m in measures:
+        urls = {str(s): backend.url(s) for s in sizes} | {BARE: BARE}
+        with start_servers(urls, directory) as servers:
+            all_measures = [Measure(k, servers[k], materials[k]) for k in urls]
+            for m in all_measures:
                 m.warm(loop)
             for r in range(rounds):
-                for m in measures if r % 2 == 0 else measures[::-1]:
+                for m in all_measures if r % 2 == 0 else all_measures[::-1]:
                     m.sample(loop, duration)
-            rows = {m.size: summary(m) for m in measures}
+            rows = {m.size: summary(m) for m in all_measures}
     finally:
         loop.close()
-        for material in materials.values():
+        for material in set(materials.values()):
             material.close()
     problems = []
-    for size, s in rows.items():
+    for key, s in rows.items():
         wrong = {k: v for k, v in s["statuses"].items() if k != "200"}
         if wrong or s["errors"]:
-            problems.append(f"{size:,}: statuses {s['statuses']}, {s['errors']} errors")
-    first, last = measures[0], measures[-1]
+            problems.append(f"{key}: statuses {s['statuses']}, {s['errors']} errors")
+    first, last = all_measures[0], all_measures[len(sizes) - 1]
+    bare = all_measures[-1]
     per_round = [b / a for a, b in zip(first.result.server_us, last.result.server_us, strict=True)]
     ratio = median(per_round)
     figures: dict[str, Any] = {
@@ -379,18 +395,32 @@ def main() -> int:
             median(last.result.rates) / median(first.result.rates), 3
         ),
         "p50_ratio_of_medians": round(median(last.result.p50_ms) / median(first.result.p50_ms), 3),
+        "certgate_cpu_us_over_bare_median": {
+            m.size: round(
+                median(
+                    [c - b for c, b in zip(m.result.server_us, bare.result.server_us, strict=True)]
+                ),
+                1,
+            )
+            for m in all_measures[:-1]
+        },
         "target": f"server CPU/request at {sizes[-1]:,} <= {TARGET} x {sizes[0]:,}",
         "pass": ratio <= TARGET,
         "problems": problems,
     }
     print(f"\nwarm requests through uvicorn (load average now {os.getloadavg()[0]:.2f})")
-    for size, s in rows.items():
-        print_row(size, s)
+    for key, s in rows.items():
+        print_row(key, s)
     print(
         f"  ratio {sizes[-1]:,}/{sizes[0]:,}: server CPU per request {ratio:.3f} "
         f"(per round {min(per_round):.3f}-{max(per_round):.3f}; of medians "
         f"{figures['cpu_ratio_of_medians']:.3f}), throughput "
         f"{figures['throughput_ratio_of_medians']:.3f}, p50 {figures['p50_ratio_of_medians']:.3f}"
+    )
+    over = figures["certgate_cpu_us_over_bare_median"]
+    print(
+        "  certgate's server CPU over bare, per round, median: "
+        + ", ".join(f"{int(k):,} tenants {v:.1f} µs" for k, v in over.items())
     )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
