@@ -58,9 +58,12 @@ def _gate() -> CertGate:
 
 
 def stats_of(gate: CertGate | None) -> dict[str, int]:
+    """The gate's verification cache counters and, when the gate's registry
+    is a :class:`~certgate.stores.caching.CachingRegistry` (it has
+    ``stats()``), its counters as ``registry_*``."""
     if gate is None:
         return {}
-    return {
+    out = {
         "hits": gate.cache.hits,
         "misses": gate.cache.misses,
         "entries": len(gate.cache),
@@ -68,6 +71,10 @@ def stats_of(gate: CertGate | None) -> dict[str, int]:
         "refusal_misses": gate.refusals.misses,
         "refusal_entries": len(gate.refusals),
     }
+    stats = getattr(gate.registry, "stats", None)
+    if callable(stats):
+        out.update({f"registry_{k}": int(v) for k, v in vars(stats()).items()})
+    return out
 
 
 def body_of(identity: ClientIdentity | None) -> bytes:
@@ -78,10 +85,15 @@ def body_of(identity: ClientIdentity | None) -> bytes:
     ).encode()
 
 
-def fastapi_app() -> Any:
+def fastapi_app(gate: CertGate | None = None) -> Any:
+    """The FastAPI app of ``$BENCH_APP``; ``gate``: the certgate app's gate
+    (default: from ``$CERTGATE_CONFIG``)."""
     kind = os.environ["BENCH_APP"]
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    gate = _gate() if kind in ("certgate", "dependency") else None
+    if kind not in ("certgate", "dependency"):
+        gate = None
+    elif gate is None:
+        gate = _gate()
     if gate is not None:
         app.add_middleware(CertGateMiddleware, gate=gate)
 
@@ -139,7 +151,11 @@ def flask_app() -> Any:
 # -------------------------------------------------------------------- uvicorn
 
 
-def uvicorn_config(app_kind: str, pki: Pki, port: int, tls: bool) -> Any:
+def uvicorn_config(
+    app_kind: str, pki: Pki | None, port: int, tls: bool, *, gate: CertGate | None = None
+) -> Any:
+    """uvicorn's configuration of one server (``pki``: needed for ``tls``;
+    ``gate``: see :func:`fastapi_app`)."""
     import uvicorn  # noqa: PLC0415
 
     from certgate.servers import uvicorn as adapter  # noqa: PLC0415
@@ -154,13 +170,14 @@ def uvicorn_config(app_kind: str, pki: Pki, port: int, tls: bool) -> Any:
         "ws": "none",
     }
     if tls:
+        assert pki is not None, "a TLS server needs the PKI"
         kwargs.update(
             ssl_certfile=str(pki.server_cert),
             ssl_keyfile=str(pki.server_key),
             ssl_ca_certs=str(pki.bundle),
             ssl_cert_reqs=ssl.CERT_OPTIONAL,
         )
-    app = fastapi_app()
+    app = fastapi_app(gate)
     if app_kind == "bare":
         if tls:  # the same handshake as certgate's (prepared context: no tickets)
             kwargs["ssl_context_factory"] = adapter.ssl_context_factory
