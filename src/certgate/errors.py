@@ -67,3 +67,13 @@ class ServerSetupError(CertgateError, ValueError, RuntimeError):
     set up in a way that cannot work; the message says what to fix.
 
     Also a ``ValueError`` and a ``RuntimeError`` (what these raised before)."""
+
+
+class TrustStoreUnavailable(Rejected):
+    """A tenant store (a database) could not answer - unreachable, locked,
+    removed, corrupt, or too long without news of its changes:
+    ``trust_store_unavailable`` (503), fail closed. ``detail`` says what
+    failed (for the log)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(Reason.TRUST_STORE_UNAVAILABLE, detail)

@@ -9,6 +9,10 @@ that give up after ``timeout`` seconds by raising
 
 * **in-memory registries** (``blocking = False``) are called inline, with no
   deadline and no overhead: they never wait;
+* **caching registries** (:class:`~certgate.registry.CachedTrustRegistry`,
+  such as :class:`~certgate.stores.caching.CachingRegistry`) answer a
+  cache hit inline through their ``peek_*`` methods; only a miss takes the
+  blocking path below;
 * **blocking registries** (plain methods, the default for custom ones) run
   on a :class:`LookupPool` - a small pool of daemon threads owned by the
   gate - and the caller (a WSGI thread, or the event loop through
@@ -47,6 +51,7 @@ from typing import TypeVar, cast
 from asgiref.sync import async_to_sync
 
 from .errors import ConfigError, RegistryTimeout
+from .registry import CachedTrustRegistry, Miss
 from .tenant import Tenant
 
 T = TypeVar("T")
@@ -259,4 +264,24 @@ def bind_registry(
     threads = LookupPool()
     s_host, a_host = bound_blocking(cast("SyncLookup", by_host), threads, timeout)
     s_id, a_id = bound_blocking(cast("SyncLookup", by_id), threads, timeout)
+    if isinstance(registry, CachedTrustRegistry):
+        s_host, a_host = _peeking(registry.peek_tenant_for_host, s_host, a_host)
+        s_id, a_id = _peeking(registry.peek_tenant_by_id, s_id, a_id)
     return s_host, s_id, a_host, a_id
+
+
+def _peeking(
+    peek: Callable[[str], Tenant | Miss | None], call: SyncLookup, acall: AsyncLookup
+) -> tuple[SyncLookup, AsyncLookup]:
+    """``call`` and ``acall`` answering from ``peek`` inline when it knows
+    (a cache hit: no thread hop, nothing to wait for)."""
+
+    def peeked(key: str) -> Tenant | None:
+        found = peek(key)
+        return call(key) if isinstance(found, Miss) else found
+
+    async def apeeked(key: str) -> Tenant | None:
+        found = peek(key)
+        return await acall(key) if isinstance(found, Miss) else found
+
+    return peeked, apeeked

@@ -36,6 +36,7 @@ a custom registry does its own checking.
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
@@ -63,6 +64,29 @@ class TrustRegistry(Protocol):
     def tenant_for_host(self, host: str) -> Tenant | None: ...
 
     def tenant_by_id(self, tenant_id: str) -> Tenant | None: ...
+
+
+class Miss(enum.Enum):
+    """The type of :data:`MISS`."""
+
+    MISS = "miss"
+
+
+MISS = Miss.MISS
+"""What a cache's ``peek_*`` method answers when it does not know (see
+:class:`CachedTrustRegistry`)."""
+
+
+@runtime_checkable
+class CachedTrustRegistry(Protocol):
+    """A registry that can answer some lookups from memory without waiting
+    (:class:`certgate.stores.caching.CachingRegistry`): the gate calls
+    ``peek_tenant_for_host`` / ``peek_tenant_by_id`` inline and runs the
+    blocking method only when they answer :data:`MISS`."""
+
+    def peek_tenant_for_host(self, host: str) -> Tenant | Miss | None: ...
+
+    def peek_tenant_by_id(self, tenant_id: str) -> Tenant | Miss | None: ...
 
 
 @runtime_checkable

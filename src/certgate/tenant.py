@@ -13,12 +13,14 @@ accident (see :mod:`certgate.registry`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import re
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,6 +42,25 @@ _CRL_PART = b"certgate-crl-v1"
 MIN_CRL_REFRESH = 10.0
 MAX_CRL_REFRESH = 7 * 86400.0
 _ANCHOR_KEY_VERSION = b"certgate-anchor-v1"
+
+_PREVETTED: ContextVar[bool] = ContextVar("certgate_prevetted", default=False)
+
+
+@contextlib.contextmanager
+def prevetted() -> Iterator[None]:
+    """Build tenants whose CA certificates were vetted when they were stored.
+
+    Inside this block, :class:`Tenant` skips :func:`vet_ca_certificate` and
+    takes ``hosts`` as already normalised. Only for a tenant store
+    (:mod:`certgate.stores`) rebuilding tenants it vetted at write time: a CA
+    that has expired since is then refused by the verifier, per request, not
+    by a failing lookup. CRLs are still checked and indexed (that finds
+    their issuers)."""
+    token = _PREVETTED.set(True)
+    try:
+        yield
+    finally:
+        _PREVETTED.reset(token)
 
 
 @dataclass(frozen=True)
@@ -196,13 +217,16 @@ class Tenant:
             raise ConfigError(f"tenant {self.id!r} has no root CA")
         if not isinstance(self.shared_anchors, bool):
             raise ConfigError(f"tenant {self.id!r}: shared_anchors must be a bool")
-        object.__setattr__(self, "hosts", tuple(normalize_pattern(h) for h in self.hosts))
+        vetted = _PREVETTED.get()
+        hosts = tuple(self.hosts) if vetted else tuple(normalize_pattern(h) for h in self.hosts)
+        object.__setattr__(self, "hosts", hosts)
         object.__setattr__(self, "roots", tuple(self.roots))
         object.__setattr__(self, "intermediates", tuple(self.intermediates))
-        for root in self.roots:
-            vet_ca_certificate(root, "root", self.id)
-        for inter in self.intermediates:
-            vet_ca_certificate(inter, "intermediate", self.id)
+        if not vetted:
+            for root in self.roots:
+                vet_ca_certificate(root, "root", self.id)
+            for inter in self.intermediates:
+                vet_ca_certificate(inter, "intermediate", self.id)
         digest = hashlib.sha256(_TRUST_ID_VERSION)
         digest.update(self.id.encode())
         for group in (self.roots, self.intermediates):

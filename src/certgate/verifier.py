@@ -50,7 +50,8 @@ What is **not** verified here: OCSP, and any authorization rule about
 
 from __future__ import annotations
 
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -72,6 +73,11 @@ from .identity import ClientIdentity
 from .pem import MAX_PRESENTED_CERTIFICATES, load_certificate, name_sizes
 from .reasons import Reason
 from .tenant import Tenant
+
+DEFAULT_TENANT_BUILDERS = 4096
+"""Per-tenant ``PolicyBuilder``s a :class:`ChainVerifier` keeps (least
+recently used evicted first; an evicted one is rebuilt on the tenant's next
+verification, from its already-built trust store)."""
 
 ALLOWED_EC_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 
@@ -100,12 +106,19 @@ class ChainVerifier:
     """Verifies presented chains against a tenant's trust.
 
     Holds immutable policies and a bounded memo of per-tenant
-    ``PolicyBuilder``s (store, depth, policies - everything but the time).
-    One instance serves every tenant and every thread: the memo's dict
-    operations are atomic, and a race at worst builds a builder twice.
+    ``PolicyBuilder``s (store, depth, policies - everything but the time),
+    at most ``max_tenant_builders``, least recently used evicted one at a
+    time. One instance serves every tenant and every thread: the memo is
+    guarded by a lock, and a race at worst builds a builder twice.
     """
 
-    def __init__(self, *, max_chain_depth: int = 8, min_rsa_bits: int = 2048) -> None:
+    def __init__(
+        self,
+        *,
+        max_chain_depth: int = 8,
+        min_rsa_bits: int = 2048,
+        max_tenant_builders: int = DEFAULT_TENANT_BUILDERS,
+    ) -> None:
         if not 1 <= max_chain_depth <= 16:
             raise ConfigError(f"max_chain_depth must be between 1 and 16, not {max_chain_depth}")
         if min_rsa_bits < 2048:
@@ -116,8 +129,17 @@ class ChainVerifier:
         self._ee_policy = client_ee_policy()
         self._diag_policy = _diagnostic_ee_policy()
         # Per-tenant PolicyBuilders holding store, depth and policies, keyed by
-        # trust_id (so a tenant whose trust changed gets a new one).
-        self._builders: dict[bytes, PolicyBuilder] = {}
+        # trust_id (so a tenant whose trust changed gets a new one); least
+        # recently used evicted first, one at a time.
+        if isinstance(max_tenant_builders, bool) or not (
+            isinstance(max_tenant_builders, int) and max_tenant_builders >= 1
+        ):
+            raise ConfigError(
+                f"max_tenant_builders must be a positive integer, not {max_tenant_builders!r}"
+            )
+        self.max_tenant_builders = max_tenant_builders
+        self._builders: OrderedDict[bytes, PolicyBuilder] = OrderedDict()
+        self._builders_lock = threading.Lock()
         # Client-sent CA certificates of verified paths, by DER (see
         # _shared_chain): dict operations are atomic; a race at worst keeps
         # two objects for one certificate.
@@ -229,16 +251,29 @@ class ChainVerifier:
         ee_policy: ExtensionPolicy,
     ) -> x509.verification.VerifiedClient:
         if ee_policy is self._ee_policy:
-            builder = self._builders.get(tenant.trust_id)
-            if builder is None:
-                builder = self._builder(tenant, ee_policy)
-                if len(self._builders) >= 4096:  # bounded; rebuilt on demand
-                    self._builders.clear()
-                self._builders[tenant.trust_id] = builder
+            builder = self._cached_builder(tenant, ee_policy)
         else:
             builder = self._builder(tenant, ee_policy)
         # The time is set per verification: it is the time of the request.
         return builder.time(at).build_client_verifier().verify(leaf, intermediates)
+
+    def _cached_builder(self, tenant: Tenant, ee_policy: ExtensionPolicy) -> PolicyBuilder:
+        """The tenant's builder from the memo (least recently used evicted
+        one at a time, at most ``max_tenant_builders``), built on a miss."""
+        key = tenant.trust_id
+        builders = self._builders
+        with self._builders_lock:
+            builder = builders.get(key)
+            if builder is not None:
+                builders.move_to_end(key)
+                return builder
+        builder = self._builder(tenant, ee_policy)
+        with self._builders_lock:
+            builders[key] = builder
+            builders.move_to_end(key)
+            while len(builders) > self.max_tenant_builders:
+                builders.popitem(last=False)
+        return builder
 
     def _builder(self, tenant: Tenant, ee_policy: ExtensionPolicy) -> PolicyBuilder:
         """Everything but the time, which changes with every request."""

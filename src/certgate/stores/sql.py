@@ -1,0 +1,636 @@
+"""The dialect-neutral tenant store: writes, reads and the change feed.
+
+:class:`SqlTenantStore` holds every SQL statement of a tenant store, written
+once with ``?`` parameters (:meth:`~certgate.stores.schema.Dialect.sql`
+turns them into ``%s`` for psycopg). A concrete store (SQLite,
+PostgreSQL) supplies :meth:`SqlTenantStore.session`, a
+:class:`~certgate.stores.schema.SqlSession` for the calling thread, and
+inherits:
+
+* the **writer API** - :meth:`~SqlTenantStore.put`,
+  :meth:`~SqlTenantStore.remove`, :meth:`~SqlTenantStore.import_tenants`
+  (batched transactions, a progress callback), :meth:`~SqlTenantStore.export`,
+  :meth:`~SqlTenantStore.list`, :meth:`~SqlTenantStore.get`,
+  :meth:`~SqlTenantStore.count`. A tenant is vetted once, when it is
+  written (building its :class:`~certgate.tenant.Tenant` vets every CA and
+  CRL), and the anchor-sharing rule is checked in the same transaction with
+  indexed queries (:mod:`certgate.stores.anchors`). A write that fails
+  leaves the store as it was (the transaction is rolled back). Writing an
+  unchanged tenant writes nothing (same ``digest``).
+* the **reads** of :class:`~certgate.registry.TrustRegistry` -
+  :meth:`~SqlTenantStore.tenant_for_host` (exact pattern, then the
+  one-label wildcard, in one indexed query) and
+  :meth:`~SqlTenantStore.tenant_by_id` - each in one read snapshot,
+  building the tenant from stored DER without vetting it again.
+* the **change feed** - :meth:`~SqlTenantStore.change_position` and
+  :meth:`~SqlTenantStore.changes_since` (which tenants changed since a
+  position), for :class:`~certgate.stores.caching.CachingRegistry`.
+
+Every write increments ``certgate_counter.seq`` and appends to ``changes``
+in its transaction (see :mod:`certgate.stores.schema`).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ..errors import ConfigError
+from ..hosts import parent_domain
+from ..tenant import Tenant, check_tenant_id, name_key
+from .anchors import SignatureMemo, StoredCert, check_written
+from .records import TenantRecord
+from .schema import CHANGE_LOG_KEEP, SqlSession, utc_text
+
+MAX_CHANGES_READ = 10_000
+"""Most change-log rows one :meth:`SqlTenantStore.changes_since` reads; more
+changes than that since the position answer "everything changed"."""
+
+DEFAULT_BATCH = 500
+"""Tenants per transaction of :meth:`SqlTenantStore.import_tenants`."""
+
+_PRUNE_EVERY = 1000
+"""Writers prune the change log when the sequence crosses a multiple of this."""
+
+_CERT_COLUMNS = "c.sha256, c.der, c.subject, c.issuer, c.name_key"
+
+
+@dataclass(frozen=True)
+class TenantSummary:
+    """One line of :meth:`SqlTenantStore.list`."""
+
+    id: str
+    hosts: tuple[str, ...]
+    mode: str | None
+    shared_anchors: bool
+    version: int
+    updated: str
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What :meth:`SqlTenantStore.import_tenants` did: tenants ``read``,
+    ``written`` (new or changed) and ``unchanged``."""
+
+    read: int
+    written: int
+    unchanged: int
+
+
+Item = Tenant | TenantRecord
+"""What the writer API takes: a built tenant (vetted when it was built) or a
+record (built, so vetted, when written)."""
+
+
+class SqlTenantStore:
+    """A tenant store over SQL (see the module docstring). Subclasses
+    implement :meth:`session`; ``where`` names the store in messages (its
+    URL without a password)."""
+
+    where: str = "tenant store"
+
+    def __init__(self) -> None:
+        self._signatures = SignatureMemo()
+
+    def session(self) -> SqlSession:
+        """A session for the calling thread (subclasses)."""
+        raise NotImplementedError
+
+    def _sql(
+        self, session: SqlSession, text: str, params: tuple[Any, ...] = ()
+    ) -> list[tuple[Any, ...]]:
+        return session.execute(session.dialect.sql(text), params)
+
+    # -- writing ------------------------------------------------------------
+
+    def put(self, item: Item, *, policy: Mapping[str, Any] | None = None) -> int:
+        """Add ``item``, or replace the stored tenant with its id. Returns the
+        tenant's new version (the change's sequence number), or 0 when the
+        stored tenant was already the same. ``policy``: the TOML/JSON form
+        of a :class:`Tenant`'s policy (needed when it has one).
+
+        Raises :class:`ConfigError` (nothing written) when the tenant fails
+        vetting, a host is another tenant's, or the anchor-sharing rule is
+        broken."""
+        record, tenant = _prepare(item, policy)
+        session = self.session()
+        with session.transaction():
+            return self._put(session, record, tenant)
+
+    def remove(self, tenant_id: str) -> bool:
+        """Remove a tenant; whether it existed."""
+        check_tenant_id(tenant_id)
+        session = self.session()
+        with session.transaction():
+            rows = self._sql(session, "SELECT 1 FROM tenants WHERE id = ?", (tenant_id,))
+            if not rows:
+                return False
+            old = self._tenant_cert_shas(session, tenant_id)
+            self._delete_parts(session, tenant_id)
+            self._sql(session, "DELETE FROM tenants WHERE id = ?", (tenant_id,))
+            self._log(session, [(tenant_id, "remove")])
+            self._collect(session, old)
+            return True
+
+    def import_tenants(
+        self,
+        items: Iterable[Item],
+        *,
+        batch: int = DEFAULT_BATCH,
+        progress: Callable[[int], None] | None = None,
+    ) -> ImportResult:
+        """Put every item, ``batch`` tenants per transaction; ``progress`` is
+        called with the number of tenants read so far after each batch.
+
+        Stops at the first tenant that fails (:class:`ConfigError` naming it
+        and saying how many were stored before it): the tenants of earlier
+        batches stay stored, the failing batch is rolled back. Importing a
+        tenant again replaces it, so a corrected import can simply be rerun.
+        """
+        if batch < 1:
+            raise ConfigError(f"batch must be at least 1, not {batch}")
+        read = written = 0
+        committed = 0
+        pending: builtins.list[tuple[TenantRecord, Tenant]] = []
+
+        def flush() -> None:
+            nonlocal written, committed
+            session = self.session()
+            done = 0
+            with session.transaction():
+                for record, tenant in pending:
+                    try:
+                        if self._put(session, record, tenant):
+                            done += 1
+                    except ConfigError as exc:
+                        raise ConfigError(
+                            f"{exc} (import stopped: {committed} tenants stored before this "
+                            "batch; fix the tenant and import again)"
+                        ) from None
+            written += done
+            committed += len(pending)
+            pending.clear()
+            if progress is not None:
+                progress(read)
+
+        for item in items:
+            try:
+                pending.append(_prepare(item, None))
+            except ConfigError as exc:
+                if pending:
+                    flush()
+                raise ConfigError(
+                    f"{exc} (import stopped: {committed} tenants stored before it; fix the "
+                    "tenant and import again)"
+                ) from None
+            read += 1
+            if len(pending) >= batch:
+                flush()
+        if pending:
+            flush()
+        elif progress is not None:
+            progress(read)
+        return ImportResult(read, written, read - written)
+
+    def _put(self, session: SqlSession, record: TenantRecord, tenant: Tenant) -> int:
+        digest = record.digest()
+        rows = self._sql(session, "SELECT digest FROM tenants WHERE id = ?", (record.id,))
+        if rows and bytes(rows[0][0]) == digest:
+            return 0
+        old = self._tenant_cert_shas(session, record.id)
+        self._delete_parts(session, record.id)
+        seen: set[str] = set()
+        for pattern in tenant.hosts:
+            if pattern in seen:
+                raise ConfigError(f"tenant {record.id!r} lists the host {pattern!r} twice")
+            seen.add(pattern)
+            owner = self._sql(session, "SELECT tenant_id FROM hosts WHERE pattern = ?", (pattern,))
+            if owner:
+                raise ConfigError(
+                    f"host {pattern!r} is claimed by tenants {owner[0][0]!r} and {record.id!r}"
+                )
+        now = utc_text()
+        self._sql(
+            session,
+            "INSERT INTO tenants (id, mode, shared_anchors, settings, digest, created, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET mode = excluded.mode, "
+            "shared_anchors = excluded.shared_anchors, settings = excluded.settings, "
+            "digest = excluded.digest, updated = excluded.updated",
+            (
+                record.id,
+                tenant.mode,
+                tenant.shared_anchors,
+                record.settings_json(),
+                digest,
+                now,
+                now,
+            ),
+        )
+        session.executemany(
+            session.dialect.sql("INSERT INTO hosts (pattern, tenant_id) VALUES (?, ?)"),
+            [(pattern, record.id) for pattern in tenant.hosts],
+        )
+        links = []
+        for role, certs in (("root", tenant.roots), ("intermediate", tenant.intermediates)):
+            for position, cert in enumerate(certs):
+                sha = self._store_cert(session, cert)
+                links.append((record.id, role, position, sha, tenant.shared_anchors))
+        session.executemany(
+            session.dialect.sql(
+                "INSERT INTO tenant_certificates (tenant_id, role, position, sha256, shared) "
+                "VALUES (?, ?, ?, ?, ?)"
+            ),
+            links,
+        )
+        crl_rows = []
+        for position, der in enumerate(record.crls):
+            label = record.crl_labels[position] if position < len(record.crl_labels) else None
+            crl_rows.append((record.id, position, _sha256(der), der, label))
+        if crl_rows:
+            session.executemany(
+                session.dialect.sql(
+                    "INSERT INTO crls (tenant_id, position, sha256, der, label) "
+                    "VALUES (?, ?, ?, ?, ?)"
+                ),
+                crl_rows,
+            )
+        check_written(_Queries(self, session), tenant, self._signatures)
+        seq = self._log(session, [(record.id, "put")])
+        self._sql(session, "UPDATE tenants SET version = ? WHERE id = ?", (seq, record.id))
+        self._collect(session, old - {link[3] for link in links})
+        return seq
+
+    def _store_cert(self, session: SqlSession, cert: x509.Certificate) -> bytes:
+        der = cert.public_bytes(Encoding.DER)
+        sha = _sha256(der)
+        self._sql(
+            session,
+            "INSERT INTO certificates (sha256, der, subject, issuer, name_key) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+            (sha, der, cert.subject.public_bytes(), cert.issuer.public_bytes(), name_key(cert)),
+        )
+        return sha
+
+    def _tenant_cert_shas(self, session: SqlSession, tenant_id: str) -> set[bytes]:
+        rows = self._sql(
+            session, "SELECT sha256 FROM tenant_certificates WHERE tenant_id = ?", (tenant_id,)
+        )
+        return {bytes(row[0]) for row in rows}
+
+    def _delete_parts(self, session: SqlSession, tenant_id: str) -> None:
+        for table in ("hosts", "tenant_certificates", "crls"):
+            self._sql(session, f"DELETE FROM {table} WHERE tenant_id = ?", (tenant_id,))  # noqa: S608
+
+    def _collect(self, session: SqlSession, shas: Iterable[bytes]) -> None:
+        """Delete the certificates of ``shas`` no tenant refers to any more."""
+        for sha in shas:
+            self._sql(
+                session,
+                "DELETE FROM certificates WHERE sha256 = ? AND NOT EXISTS "
+                "(SELECT 1 FROM tenant_certificates WHERE sha256 = ?)",
+                (sha, sha),
+            )
+
+    def _log(self, session: SqlSession, changes: builtins.list[tuple[str, str]]) -> int:
+        """Take sequence numbers for ``changes`` ((tenant id, op) pairs) and log
+        them; the last one. Also serialises writers (the counter row)."""
+        rows = self._sql(
+            session,
+            "UPDATE certgate_counter SET seq = seq + ? WHERE id = 1 RETURNING seq",
+            (len(changes),),
+        )
+        last = int(rows[0][0])
+        first = last - len(changes) + 1
+        now = utc_text()
+        session.executemany(
+            session.dialect.sql("INSERT INTO changes (seq, tenant_id, op, at) VALUES (?, ?, ?, ?)"),
+            [(first + i, tenant_id, op, now) for i, (tenant_id, op) in enumerate(changes)],
+        )
+        if first // _PRUNE_EVERY != (last + 1) // _PRUNE_EVERY:
+            self._sql(session, "DELETE FROM changes WHERE seq <= ?", (last - CHANGE_LOG_KEEP,))
+        return last
+
+    # -- reading ------------------------------------------------------------
+
+    def get(self, tenant_id: str) -> TenantRecord | None:
+        """The stored record of ``tenant_id``, or ``None``."""
+        check_tenant_id(tenant_id)
+        session = self.session()
+        with session.snapshot():
+            rows = self._sql(
+                session,
+                "SELECT t.id, t.mode, t.shared_anchors, t.settings, t.version, t.created, "
+                "t.updated FROM tenants t WHERE t.id = ?",
+                (tenant_id,),
+            )
+            return self._record(session, rows[0]) if rows else None
+
+    def record_for_host(self, host: str) -> TenantRecord | None:
+        """The stored record of the tenant serving normalised ``host``: an
+        exact pattern first, then ``*.`` and the parent domain."""
+        parent = parent_domain(host)
+        session = self.session()
+        with session.snapshot():
+            if parent is None:
+                rows = self._sql(
+                    session,
+                    "SELECT h.pattern, t.id, t.mode, t.shared_anchors, t.settings, t.version, "
+                    "t.created, t.updated FROM hosts h JOIN tenants t "
+                    "ON t.id = h.tenant_id WHERE h.pattern = ?",
+                    (host,),
+                )
+            else:
+                rows = self._sql(
+                    session,
+                    "SELECT h.pattern, t.id, t.mode, t.shared_anchors, t.settings, t.version, "
+                    "t.created, t.updated FROM hosts h JOIN tenants t "
+                    "ON t.id = h.tenant_id WHERE h.pattern IN (?, ?)",
+                    (host, "*." + parent),
+                )
+            if not rows:
+                return None
+            row = min(rows, key=lambda r: r[0].startswith("*."))  # the exact pattern first
+            return self._record(session, row[1:])
+
+    def id_for_host(self, host: str) -> str | None:
+        """The id of the tenant serving normalised ``host`` (one indexed query)."""
+        parent = parent_domain(host)
+        session = self.session()
+        if parent is None:
+            rows = self._sql(
+                session, "SELECT pattern, tenant_id FROM hosts WHERE pattern = ?", (host,)
+            )
+        else:
+            rows = self._sql(
+                session,
+                "SELECT pattern, tenant_id FROM hosts WHERE pattern IN (?, ?)",
+                (host, "*." + parent),
+            )
+        if not rows:
+            return None
+        return str(min(rows, key=lambda r: r[0].startswith("*."))[1])
+
+    def tenant_modes_present(self) -> bool:
+        """Whether some stored tenant sets its own ``mode`` (one indexed query)."""
+        rows = self._sql(self.session(), "SELECT 1 FROM tenants WHERE mode IS NOT NULL LIMIT 1")
+        return bool(rows)
+
+    def tenant_for_host(self, host: str) -> Tenant | None:
+        """:class:`~certgate.registry.TrustRegistry`: the tenant serving ``host``."""
+        record = self.record_for_host(host)
+        return None if record is None else record.build(vetted=True)
+
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        """:class:`~certgate.registry.TrustRegistry`: the tenant ``tenant_id``."""
+        try:
+            record = self.get(tenant_id)
+        except ConfigError:
+            return None  # not a valid id: no such tenant
+        return None if record is None else record.build(vetted=True)
+
+    def _record(self, session: SqlSession, row: tuple[Any, ...]) -> TenantRecord:
+        tenant_id, mode, shared, settings, version, created, updated = row
+        certs = self._sql(
+            session,
+            "SELECT tc.role, c.der FROM tenant_certificates tc JOIN certificates c "
+            "ON c.sha256 = tc.sha256 WHERE tc.tenant_id = ? ORDER BY tc.role, tc.position",
+            (tenant_id,),
+        )
+        crls = self._sql(
+            session,
+            "SELECT der, label FROM crls WHERE tenant_id = ? ORDER BY position",
+            (tenant_id,),
+        )
+        hosts = self._sql(
+            session, "SELECT pattern FROM hosts WHERE tenant_id = ? ORDER BY pattern", (tenant_id,)
+        )
+        return TenantRecord.from_settings(
+            id=tenant_id,
+            hosts=[h[0] for h in hosts],
+            roots=[bytes(c[1]) for c in certs if c[0] == "root"],
+            intermediates=[bytes(c[1]) for c in certs if c[0] == "intermediate"],
+            crls=[(bytes(c[0]), c[1]) for c in crls],
+            shared_anchors=bool(shared),
+            mode=mode,
+            settings=settings,
+            version=int(version),
+            created=str(created),
+            updated=str(updated),
+        )
+
+    def count(self) -> int:
+        """How many tenants are stored."""
+        return int(self._sql(self.session(), "SELECT COUNT(*) FROM tenants")[0][0])
+
+    def list(
+        self, *, after: str | None = None, limit: int | None = None, host: str | None = None
+    ) -> builtins.list[TenantSummary]:
+        """Tenants in id order: those with an id after ``after`` (paging), at
+        most ``limit``; ``host``: only the tenant owning that exact pattern."""
+        session = self.session()
+        clauses: builtins.list[str] = []
+        params: builtins.list[object] = []
+        if after is not None:
+            clauses.append("t.id > ?")
+            params.append(after)
+        if host is not None:
+            clauses.append("t.id IN (SELECT tenant_id FROM hosts WHERE pattern = ?)")
+            params.append(host)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        tail = " LIMIT ?" if limit is not None else ""
+        if limit is not None:
+            params.append(limit)
+        with session.snapshot():
+            rows = self._sql(
+                session,
+                "SELECT t.id, t.mode, t.shared_anchors, t.version, t.updated "  # noqa: S608
+                f"FROM tenants t{where} ORDER BY t.id{tail}",
+                tuple(params),
+            )
+            out = []
+            for tenant_id, mode, shared, version, updated in rows:
+                hosts = self._sql(
+                    session,
+                    "SELECT pattern FROM hosts WHERE tenant_id = ? ORDER BY pattern",
+                    (tenant_id,),
+                )
+                out.append(
+                    TenantSummary(
+                        tenant_id,
+                        tuple(h[0] for h in hosts),
+                        mode,
+                        bool(shared),
+                        int(version),
+                        str(updated),
+                    )
+                )
+            return out
+
+    def export(self, *, page: int = 1000) -> Iterator[TenantRecord]:
+        """Every stored tenant, in id order, read ``page`` at a time (each page
+        one snapshot: a tenant changed during an export appears as it was
+        when its page was read)."""
+        after: str | None = None
+        while True:
+            session = self.session()
+            with session.snapshot():
+                if after is None:
+                    rows = self._sql(
+                        session,
+                        "SELECT t.id, t.mode, t.shared_anchors, t.settings, t.version, t.created, "
+                        "t.updated FROM tenants t "
+                        "ORDER BY t.id LIMIT ?",
+                        (page,),
+                    )
+                else:
+                    rows = self._sql(
+                        session,
+                        "SELECT t.id, t.mode, t.shared_anchors, t.settings, t.version, t.created, "
+                        "t.updated FROM tenants t "
+                        "WHERE t.id > ? ORDER BY t.id LIMIT ?",
+                        (after, page),
+                    )
+                records = [self._record(session, row) for row in rows]
+            yield from records
+            if len(rows) < page:
+                return
+            after = records[-1].id
+
+    # -- the change feed ----------------------------------------------------
+
+    def change_position(self) -> int:
+        """The sequence number of the last change."""
+        rows = self._sql(self.session(), "SELECT seq FROM certgate_counter WHERE id = 1")
+        return int(rows[0][0])
+
+    def changes_since(self, position: int) -> tuple[int, frozenset[str] | None]:
+        """``(new position, ids of tenants changed after position)``; ``None``
+        in place of the ids when that cannot be told (the log was pruned past
+        ``position``, more than :data:`MAX_CHANGES_READ` changes, or the
+        store went back - a restored backup): drop everything."""
+        return self.changes_since_in(self.session(), position)
+
+    def changes_since_in(
+        self, session: SqlSession, position: int
+    ) -> tuple[int, frozenset[str] | None]:
+        """:meth:`changes_since` on ``session``."""
+        with session.snapshot():
+            current = int(self._sql(session, "SELECT seq FROM certgate_counter WHERE id = 1")[0][0])
+            if current == position:
+                return current, frozenset()
+            if current < position:
+                return current, None
+            rows = self._sql(
+                session,
+                "SELECT seq, tenant_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (position, MAX_CHANGES_READ + 1),
+            )
+        if not rows or int(rows[0][0]) != position + 1 or len(rows) > MAX_CHANGES_READ:
+            return current, None
+        return current, frozenset(str(row[1]) for row in rows if int(row[0]) <= current)
+
+
+def _sha256(der: bytes) -> bytes:
+    import hashlib  # noqa: PLC0415
+
+    return hashlib.sha256(der).digest()
+
+
+def _prepare(item: Item, policy: Mapping[str, Any] | None) -> tuple[TenantRecord, Tenant]:
+    """The record and the vetted tenant of ``item`` (building a record's
+    tenant vets it; a tenant was vetted when it was built)."""
+    if isinstance(item, Tenant):
+        if policy is not None:
+            from ..policy import policy_from_config  # noqa: PLC0415
+
+            policy_from_config(policy, f"tenant {item.id!r}")  # refuse a broken policy now
+        record = TenantRecord.of(item, policy)
+        tenant = item
+    elif isinstance(item, TenantRecord):
+        if policy is not None:
+            raise ConfigError("policy= applies to a Tenant; a TenantRecord carries its own")
+        record = item
+        tenant = record.build()
+    else:
+        raise TypeError(f"expected a Tenant or a TenantRecord, not {type(item).__name__}")
+    if record.crl_urls:
+        raise ConfigError(
+            f"tenant {record.id!r}: crl_urls are not supported in a tenant store yet (a store "
+            "is shared by every worker; nothing would refresh them): store the CRLs themselves "
+            "(crls) and write the tenant again when they change"
+        )
+    record.settings_json()  # JSON data, bounded
+    return record, tenant
+
+
+class _Queries:
+    """:class:`~certgate.stores.anchors.AnchorQueries` over one session."""
+
+    def __init__(self, store: SqlTenantStore, session: SqlSession) -> None:
+        self._store = store
+        self._session = session
+
+    def _certs(self, where: str, value: object) -> builtins.list[StoredCert]:
+        rows = self._store._sql(
+            self._session,
+            f"SELECT {_CERT_COLUMNS} FROM certificates c WHERE {where}",  # noqa: S608
+            (value,),
+        )
+        return [
+            StoredCert(bytes(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]), bytes(r[4]))
+            for r in rows
+        ]
+
+    def certs_with_subject(self, subject: bytes) -> builtins.list[StoredCert]:
+        return self._certs("c.subject = ?", subject)
+
+    def certs_with_issuer(self, issuer: bytes) -> builtins.list[StoredCert]:
+        return self._certs("c.issuer = ?", issuer)
+
+    def certs_with_name_key(self, name_key: bytes) -> builtins.list[StoredCert]:
+        return self._certs("c.name_key = ?", name_key)
+
+    def certs_of_tenant(self, tenant_id: str) -> builtins.list[StoredCert]:
+        return self._certs(
+            "c.sha256 IN (SELECT sha256 FROM tenant_certificates WHERE tenant_id = ?)", tenant_id
+        )
+
+    def root_owners(
+        self,
+        *,
+        sha256: bytes | None = None,
+        name_key: bytes | None = None,
+        unshared_only: bool = False,
+        exclude: str | None = None,
+        limit: int = 2,
+    ) -> builtins.list[str]:
+        clauses = ["tc.role = 'root'"]
+        params: builtins.list[object] = []
+        if sha256 is not None:
+            source = "tenant_certificates tc"
+            clauses.append("tc.sha256 = ?")
+            params.append(sha256)
+        elif name_key is not None:
+            source = "certificates c JOIN tenant_certificates tc ON tc.sha256 = c.sha256"
+            clauses.append("c.name_key = ?")
+            params.append(name_key)
+        else:
+            raise ValueError("root_owners needs sha256 or name_key")
+        if unshared_only:
+            clauses.append("tc.shared = ?")
+            params.append(False)
+        if exclude is not None:
+            clauses.append("tc.tenant_id <> ?")
+            params.append(exclude)
+        params.append(limit)
+        rows = self._store._sql(
+            self._session,
+            f"SELECT DISTINCT tc.tenant_id FROM {source} WHERE {' AND '.join(clauses)} LIMIT ?",  # noqa: S608
+            tuple(params),
+        )
+        return [str(row[0]) for row in rows]

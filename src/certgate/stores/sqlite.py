@@ -1,0 +1,366 @@
+"""The SQLite tenant store: one file shared by every worker process on a host.
+
+:class:`SqliteRegistry` is both the writer API of
+:class:`~certgate.stores.sql.SqlTenantStore` and a blocking
+:class:`~certgate.registry.TrustRegistry` (put a
+:class:`~certgate.stores.caching.CachingRegistry` in front of it, as
+:func:`certgate.stores.open_registry` does). Standard library ``sqlite3``
+only:
+
+* **WAL mode** (set when the file is created): readers never wait for a
+  writer, and a writer never waits for readers; writers wait for each
+  other, up to ``busy_timeout`` seconds (then the write fails).
+* **A connection per thread** (and per process: a connection is never used
+  after ``fork``), opened read-write without creating the file: a missing
+  file is an error, never a new empty store.
+* **Start-up** opens one connection and checks the schema version
+  (:func:`~certgate.stores.schema.check_readable`); nothing per tenant.
+  ``create=True`` (the writing CLI) creates the file and migrates it.
+* **Outages** - the file missing, unreadable, locked beyond
+  ``busy_timeout``, corrupt - raise
+  :class:`~certgate.errors.TrustStoreUnavailable` from the registry's
+  lookups and change feed (503 ``trust_store_unavailable``), logged once
+  per outage; the next lookup after the cause is gone succeeds (a
+  connection that failed is reopened). A file replaced by another (a
+  restored backup moved into place) is noticed by the change feed, which
+  then reopens every connection and reports "everything changed".
+* **Change feed**: ``PRAGMA data_version`` (no I/O when nothing changed)
+  before reading the change log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, TrustStoreUnavailable
+from ..tenant import Tenant
+from .records import TenantRecord
+from .schema import SQLITE, Dialect, check_readable, migrate, schema_version
+from .sql import SqlTenantStore
+
+logger = logging.getLogger("certgate")
+
+DEFAULT_BUSY_TIMEOUT = 2.0
+"""Seconds a statement waits for a lock held by another connection."""
+
+_OUTAGE_LOG_EVERY = 30.0
+"""Seconds between repeated outage log lines."""
+
+
+class SqliteSession:
+    """A :class:`~certgate.stores.schema.SqlSession` over one ``sqlite3`` connection."""
+
+    dialect: Dialect = SQLITE
+
+    def __init__(self, conn: sqlite3.Connection, generation: int) -> None:
+        self.conn = conn
+        self.generation = generation
+        self.pid = os.getpid()
+        self._depth = 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` (the write lock, waiting up to the busy
+        timeout) ... ``COMMIT``; ``ROLLBACK`` on an exception."""
+        if self._depth:
+            raise RuntimeError("nested transaction")
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        if self._depth:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        self._depth = 1
+        try:
+            yield
+        finally:
+            self._depth = 0
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+
+def sqlite_url(path: str | os.PathLike[str]) -> str:
+    """The registry URL of a file: ``sqlite:///`` and the path
+    (``sqlite:////var/lib/certgate/tenants.db`` for an absolute one)."""
+    return "sqlite:///" + urllib.parse.quote(str(path))
+
+
+def path_of_url(url: str) -> Path:
+    """The file of a ``sqlite:///PATH`` URL. As in SQLAlchemy, ``PATH`` is
+    everything after the three slashes: ``sqlite:///tenants.db`` is relative
+    to the working directory, ``sqlite:////var/lib/certgate/tenants.db``
+    absolute. ``%`` escapes are decoded; no query or fragment."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ConfigError(
+            f"not a sqlite:/// URL: {url[:200]!r} (sqlite:////var/lib/certgate/tenants.db)"
+        )
+    rest = url[len(prefix) :]
+    if "?" in rest or "#" in rest:
+        raise ConfigError(f"{url[:200]!r}: a sqlite:/// URL takes no query or fragment")
+    text = urllib.parse.unquote(rest)
+    if not text or text.endswith("/") or "\x00" in text:
+        raise ConfigError(f"{url[:200]!r}: no file named (sqlite:////var/lib/certgate/tenants.db)")
+    return Path(text)
+
+
+class SqliteRegistry(SqlTenantStore):
+    """A tenant store in one SQLite file (see the module docstring).
+
+    ``path``: the file. ``create``: create it (and its directory's WAL
+    files) when missing and bring its schema up to date - for writers; a
+    reader (the default) refuses a missing file and a schema other than
+    this code's. ``busy_timeout``: seconds to wait for another
+    connection's lock. ``blocking = True``: the gate runs lookups on its
+    lookup threads, bounded by ``registry_timeout``.
+    """
+
+    blocking = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = False,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.where = sqlite_url(self.path)
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._identity: tuple[int, int] | None = None
+        self._poll: SqliteSession | None = None
+        self._poll_lock = threading.Lock()
+        self._data_version: int | None = None
+        self._feed_position: int | None = None
+        self._outage_logged = 0.0
+        if create:
+            self._create()
+        elif not self.path.exists():
+            raise ConfigError(
+                f"{self.where}: no such file (create it with `certgate tenants import` or "
+                "`certgate tenants add`, or pass create=True)"
+            )
+        session = self.session()
+        check_readable(schema_version(session), self.where)
+        self._identity = self._file_identity()
+
+    # -- connections ----------------------------------------------------------
+
+    def _connect(self, *, create: bool = False) -> sqlite3.Connection:
+        mode = "rwc" if create else "rw"
+        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode={mode}"
+        conn = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _create(self) -> None:
+        if not self.path.parent.is_dir():
+            raise ConfigError(f"{self.where}: the directory {self.path.parent} does not exist")
+        conn = self._connect(create=True)
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise ConfigError(f"{self.where}: cannot use WAL mode (journal_mode is {mode})")
+            migrate(SqliteSession(conn, 0), where=self.where)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{self.where}: cannot create or migrate the store: {exc}") from None
+        finally:
+            conn.close()
+
+    def session(self) -> SqliteSession:
+        """This thread's session (opened on first use, reopened after a
+        ``fork`` or when the file was replaced)."""
+        session: SqliteSession | None = getattr(self._local, "session", None)
+        if (
+            session is not None
+            and session.pid == os.getpid()
+            and session.generation == self._generation
+        ):
+            return session
+        if session is not None and session.pid == os.getpid():
+            session.close()
+        session = SqliteSession(self._connect(), self._generation)
+        self._local.session = session
+        return session
+
+    def _drop_session(self) -> None:
+        session: SqliteSession | None = getattr(self._local, "session", None)
+        if session is not None:
+            if session.pid == os.getpid():
+                session.close()
+            self._local.session = None
+
+    def _file_identity(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def close(self) -> None:
+        """Close this thread's connection and the change feed's."""
+        self._drop_session()
+        with self._poll_lock:
+            if self._poll is not None:
+                self._poll.close()
+                self._poll = None
+
+    # -- outages ----------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> TrustStoreUnavailable:
+        """The 503 of a failed read; the session is dropped (the next use
+        reconnects), the outage logged at most every 30 s."""
+        self._drop_session()
+        detail = f"{self.where}: {type(exc).__name__}: {exc}"[:500]
+        now = time.monotonic()
+        if now - self._outage_logged >= _OUTAGE_LOG_EVERY:
+            self._outage_logged = now
+            logger.error("certgate: tenant store unavailable, requests refused (503): %s", detail)
+        return TrustStoreUnavailable(detail)
+
+    def _recovered(self) -> None:
+        if self._outage_logged:
+            self._outage_logged = 0.0
+            logger.warning("certgate: tenant store %s answers again", self.where)
+
+    # -- the registry ---------------------------------------------------------
+
+    def tenant_for_host(self, host: str) -> Tenant | None:
+        try:
+            record = self.record_for_host(host)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._unavailable(exc) from None
+        self._recovered()
+        return None if record is None else record.build(vetted=True)
+
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        try:
+            record = self.get(tenant_id)
+        except ConfigError:
+            return None
+        except (sqlite3.Error, OSError) as exc:
+            raise self._unavailable(exc) from None
+        self._recovered()
+        return None if record is None else record.build(vetted=True)
+
+    def tenant_id_for_host(self, host: str) -> str | None:
+        """Only the id of the tenant serving ``host`` (one indexed query; for
+        a cache that may hold the tenant already)."""
+        try:
+            tenant_id = self.id_for_host(host)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._unavailable(exc) from None
+        self._recovered()
+        return tenant_id
+
+    def record_by_id(self, tenant_id: str) -> TenantRecord | None:
+        """:meth:`get`, with outages as :class:`TrustStoreUnavailable`."""
+        try:
+            return self.get(tenant_id)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    def tenant_modes_present(self) -> bool:
+        """Whether some stored tenant sets its own mode (one indexed query)."""
+        try:
+            return super().tenant_modes_present()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    # -- the change feed ------------------------------------------------------
+
+    def changes_since(self, position: int) -> tuple[int, frozenset[str] | None]:
+        """As :meth:`SqlTenantStore.changes_since`, on a connection of its own
+        whose ``PRAGMA data_version`` says, without reading the file, whether
+        anything was committed since the last call; also notices a file
+        removed (:class:`TrustStoreUnavailable`) or replaced (everything
+        changed)."""
+        with self._poll_lock:
+            try:
+                identity = self._file_identity()
+                replaced = identity != self._identity
+                if replaced:
+                    self._identity = identity
+                    with self._lock:
+                        self._generation += 1
+                    if self._poll is not None:
+                        self._poll.close()
+                        self._poll = None
+                poll = self._poll
+                if poll is None or poll.pid != os.getpid():
+                    poll = self._poll = SqliteSession(self._connect(), self._generation)
+                    self._data_version = None
+                version = int(poll.execute("PRAGMA data_version")[0][0])
+                if version == self._data_version and position == self._feed_position:
+                    answer: tuple[int, frozenset[str] | None] = (position, frozenset())
+                else:
+                    answer = self.changes_since_in(poll, position)
+                    self._data_version = version
+                    self._feed_position = answer[0]
+            except (sqlite3.Error, OSError) as exc:
+                if self._poll is not None:
+                    self._poll.close()
+                    self._poll = None
+                raise self._unavailable(exc) from None
+        self._recovered()
+        return (answer[0], None) if replaced else answer
+
+    def change_position(self) -> int:
+        try:
+            return super().change_position()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    # -- operations -------------------------------------------------------------
+
+    def backup(self, target: str | os.PathLike[str]) -> None:
+        """Write a consistent copy of the store to ``target`` (``VACUUM INTO``:
+        a compact copy, taken while readers and writers go on)."""
+        target_path = Path(target)
+        if target_path.exists():
+            raise ConfigError(f"{target_path} exists: a backup never overwrites a file")
+        self.session().execute("VACUUM INTO ?", (str(target_path),))
+
+
+def open_url(url: str, *, create: bool = False) -> SqliteRegistry:
+    """The store of a ``sqlite:///path`` URL (see :func:`path_of_url`)."""
+    return SqliteRegistry(path_of_url(url), create=create)
