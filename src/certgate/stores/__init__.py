@@ -43,12 +43,15 @@ from __future__ import annotations
 import importlib
 import urllib.parse
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from .records import TenantRecord
 from .schema import SCHEMA_VERSION, SchemaError
 from .sql import ImportResult, SqlTenantStore, TenantSummary
+
+if TYPE_CHECKING:
+    from .caching import CachingRegistry
 
 
 @runtime_checkable
@@ -102,7 +105,7 @@ def open_store(url: str, *, create: bool = False) -> SqlTenantStore:
     return _factory(url)(url, create=create)
 
 
-def open_registry(url: str, **cache: Any) -> Any:
+def open_registry(url: str, **cache: Any) -> CachingRegistry:
     """A :class:`~certgate.stores.caching.CachingRegistry` over the store at
     ``url``, ready for :class:`~certgate.CertGate`; ``cache``: its options
     (``max_tenants``, ``negative_ttl``, ``poll_interval``, ...)."""

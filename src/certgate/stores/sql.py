@@ -259,10 +259,12 @@ class SqlTenantStore:
                 ),
                 crl_rows,
             )
+        # Certificates only the old version referred to go before the check:
+        # they are no longer part of the configuration.
+        self._collect(session, old - {link[3] for link in links})
         check_written(_Queries(self, session), tenant, self._signatures)
         seq = self._log(session, [(record.id, "put")])
         self._sql(session, "UPDATE tenants SET version = ? WHERE id = ?", (seq, record.id))
-        self._collect(session, old - {link[3] for link in links})
         return seq
 
     def _store_cert(self, session: SqlSession, cert: x509.Certificate) -> bytes:
