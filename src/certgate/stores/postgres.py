@@ -71,7 +71,7 @@ import urllib.parse
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 from ..errors import ConfigError, TrustStoreUnavailable
@@ -141,7 +141,7 @@ class PgSettings:
     """A parsed registry URL: libpq ``conninfo`` (password included),
     ``where`` (for messages: no password) and certgate's settings."""
 
-    conninfo: str
+    conninfo: str = field(repr=False)
     where: str
     pool_min: int = DEFAULT_POOL_MIN
     pool_max: int = DEFAULT_POOL_MAX
