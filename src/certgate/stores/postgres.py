@@ -125,6 +125,9 @@ FEED_KEEP = 4096
 """Notified transactions a listener remembers (older positions read the log)."""
 
 _OUTAGE_LOG_EVERY = 30.0
+_RECONNECT_TIMEOUT = 10.0
+"""Seconds a pool keeps retrying a connection (with back-off) before it
+gives up that attempt; the next lookup starts a new one."""
 _MAX_BACKOFF = 1.0
 
 _ABANDONED: list[object] = []
@@ -260,8 +263,8 @@ class PgSession:
 
     dialect: Dialect = POSTGRESQL
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool[Any], channel: str) -> None:
-        self.pool = pool
+    def __init__(self, proc: _Process, channel: str) -> None:
+        self.proc = proc
         self.channel = channel
         self.conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self.logged: list[tuple[int, int, tuple[str, ...]]] = []
@@ -270,13 +273,14 @@ class PgSession:
         if self.conn is not None:
             return _rows(self.conn.execute(_q(sql), params or None))
         for attempt in (1, 2):
-            with self.pool.connection() as conn:
+            pool = self.proc.pool
+            with pool.connection() as conn:
                 try:
                     return _rows(conn.execute(_q(sql), params or None))
                 except psycopg.OperationalError:
                     if attempt == 2 or not conn.broken:
                         raise
-            self.pool.check()  # the server restarted: drop every stale connection
+            pool.check()  # the server restarted: drop every stale connection
         raise AssertionError("unreachable")
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -291,7 +295,7 @@ class PgSession:
     def transaction(self) -> Iterator[None]:
         if self.conn is not None:
             raise RuntimeError("nested transaction")
-        with self.pool.connection() as conn, conn.transaction():
+        with self.proc.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
             self.conn, self.logged = conn, []
             try:
@@ -308,7 +312,7 @@ class PgSession:
         if self.conn is not None:
             yield
             return
-        with self.pool.connection() as conn, conn.transaction():
+        with self.proc.pool.connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             self.conn = conn
             try:
@@ -467,29 +471,45 @@ class _Process:
     """One process's pool, sessions and listener (built again after ``fork``)."""
 
     def __init__(self, store: PostgresRegistry) -> None:
-        settings = store.settings
+        self.settings = store.settings
+        self.name = f"certgate-{store.channel}"
         self.pid = os.getpid()
-        self.pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
-            settings.conninfo,
-            min_size=settings.pool_min,
-            max_size=settings.pool_max,
-            timeout=settings.pool_timeout,
-            kwargs={"autocommit": True},
-            name=f"certgate-{store.channel}",
-            open=False,
-            num_workers=2,
-        )
-        self.pool.open(wait=False)
+        self.pool = self._new_pool()
         self.local = threading.local()
         self.feed = ChangeLog()
         self.stop = threading.Event()
         self.listener: threading.Thread | None = None
         self.lock = threading.Lock()
 
+    def _new_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        settings = self.settings
+        pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+            settings.conninfo,
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            timeout=settings.pool_timeout,
+            kwargs={"autocommit": True},
+            name=self.name,
+            open=False,
+            num_workers=2,
+            reconnect_timeout=_RECONNECT_TIMEOUT,
+        )
+        pool.open(wait=False)
+        return pool
+
+    def renew_pool(self) -> None:
+        """A new pool, now that the database answers again (the old one may be
+        waiting out its reconnection back-off); the old one is closed once
+        the lookups using it are done."""
+        old, self.pool = self.pool, self._new_pool()
+        threading.Thread(
+            target=old.close, kwargs={"timeout": 5.0}, name="certgate-pg-old-pool", daemon=True
+        ).start()
+
     def session(self, channel: str) -> PgSession:
         session: PgSession | None = getattr(self.local, "session", None)
         if session is None:
-            session = self.local.session = PgSession(self.pool, channel)
+            session = self.local.session = PgSession(self, channel)
         return session
 
     def close(self, wait: float) -> None:
@@ -543,6 +563,7 @@ class PostgresRegistry(SqlTenantStore):
         """Seconds without a heartbeat after which the feed reads the log."""
         self._proc_lock = threading.Lock()
         self._proc: _Process | None = None
+        self._closed = False
         self._outage_logged = 0.0
         try:
             with psycopg.connect(self.settings.conninfo, autocommit=True) as conn:
@@ -576,7 +597,9 @@ class PostgresRegistry(SqlTenantStore):
         return self._process().session(self.channel)
 
     def close(self) -> None:
-        """Stop the listener and close the pool (this process's)."""
+        """Stop the listener and close the pool (this process's). A later
+        lookup opens a new pool; the listener stays stopped."""
+        self._closed = True
         with self._proc_lock:
             proc, self._proc = self._proc, None
         if proc is not None and proc.pid == os.getpid():
@@ -701,7 +724,7 @@ class PostgresRegistry(SqlTenantStore):
             return feed.notified
 
     def _ensure_listener(self) -> _Process | None:
-        if not self.listen:
+        if not self.listen or self._closed:
             return None
         proc = self._process()
         if proc.listener is None:
@@ -709,7 +732,7 @@ class PostgresRegistry(SqlTenantStore):
                 if proc.listener is None:
                     proc.listener = threading.Thread(
                         target=_listen,
-                        args=(self.settings, self.channel, proc.feed, proc.stop, proc.pool),
+                        args=(self.settings, self.channel, proc),
                         name="certgate-pg-listen",
                         daemon=True,
                     )
@@ -729,14 +752,9 @@ def _counter(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
     return int(row[0])
 
 
-def _listen(
-    settings: PgSettings,
-    channel: str,
-    feed: ChangeLog,
-    stop: threading.Event,
-    pool: psycopg_pool.ConnectionPool[Any],
-) -> None:
+def _listen(settings: PgSettings, channel: str, proc: _Process) -> None:
     """The listener thread: LISTEN, heartbeat, reconnect (see the module docstring)."""
+    feed, stop = proc.feed, proc.stop
     backoff = 0.05
     failed = False
     logged = 0.0
@@ -747,7 +765,7 @@ def _listen(
                 conn.execute(listen)
                 feed.start(_counter(conn), time.monotonic())
                 if failed:
-                    pool.check()  # connections from before the outage are likely dead
+                    proc.renew_pool()  # the old one's connections are likely dead
                     failed = False
                     logger.warning("certgate: listening for tenant changes again (%s)", channel)
                 backoff = 0.05
@@ -895,6 +913,7 @@ class AsyncPostgresRegistry:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._opening: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._token = object()
         self._alive_at = -math.inf
@@ -968,10 +987,19 @@ class AsyncPostgresRegistry:
         return self._pool
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        settings = self.settings
         self._loop = loop
         self._live = False
-        self._pool = psycopg_pool.AsyncConnectionPool(
+        self._renew_pool()
+        ref = weakref.ref(self)
+        self._listener = loop.create_task(_alisten(ref), name="certgate-pg-listen")
+
+    def _renew_pool(self) -> None:
+        """A new pool (at start, and when the database answers again: the old
+        one may be waiting out its reconnection back-off); the old one is
+        closed in the background."""
+        settings = self.settings
+        old = self._pool
+        pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
             settings.conninfo,
             min_size=settings.pool_min,
             max_size=settings.pool_max,
@@ -980,10 +1008,16 @@ class AsyncPostgresRegistry:
             name=f"certgate-async-{self.channel}",
             open=False,
             num_workers=2,
+            reconnect_timeout=_RECONNECT_TIMEOUT,
         )
-        self._opening = loop.create_task(self._pool.open(wait=False))
-        ref = weakref.ref(self)
-        self._listener = loop.create_task(_alisten(ref, self._pool), name="certgate-pg-listen")
+        assert self._loop is not None
+        self._pool = pool
+        self._opening = self._loop.create_task(pool.open(wait=False))
+        if old is not None:
+            self._closing.add(self._loop.create_task(old.close(timeout=5.0)))
+            for task in list(self._closing):
+                if task.done():
+                    self._closing.discard(task)
 
     async def aclose(self) -> None:
         """Stop the listener and close the pool."""
@@ -997,6 +1031,8 @@ class AsyncPostgresRegistry:
                 await listener
         if pool is not None:
             await pool.close(timeout=2.0)
+        closing, self._closing = self._closing, set()
+        await asyncio.gather(*closing, return_exceptions=True)
 
     def _unavailable(self, exc: BaseException) -> TrustStoreUnavailable:
         detail = f"{self.where}: {_describe(exc)}"[:500]
@@ -1013,11 +1049,8 @@ class AsyncPostgresRegistry:
             self._modes = modes
 
 
-async def _alisten(
-    ref: weakref.ReferenceType[AsyncPostgresRegistry],
-    pool: psycopg_pool.AsyncConnectionPool[Any],
-) -> None:
-    """The async registry's listener task (opens the pool, then LISTENs)."""
+async def _alisten(ref: weakref.ReferenceType[AsyncPostgresRegistry]) -> None:
+    """The async registry's listener task: LISTEN, heartbeat, reconnect."""
     registry = ref()
     if registry is None:
         return
@@ -1033,11 +1066,9 @@ async def _alisten(
             ) as conn:
                 await conn.execute(listen)
                 seq = await _acounter(conn)
-                if not _alive(ref, fresh=True):
+                if not _alive(ref, fresh=True, renew=failed):
                     return
-                if failed:
-                    await pool.check()
-                    failed = False
+                failed = False
                 backoff = 0.05
                 async for _ in _alisten_loop(conn, settings.heartbeat, seq, ref):
                     pass
@@ -1096,10 +1127,14 @@ def _changed(ref: weakref.ReferenceType[AsyncPostgresRegistry], modes: bool | No
     return True
 
 
-def _alive(ref: weakref.ReferenceType[AsyncPostgresRegistry], *, fresh: bool) -> bool:
+def _alive(
+    ref: weakref.ReferenceType[AsyncPostgresRegistry], *, fresh: bool, renew: bool = False
+) -> bool:
     registry = ref()
     if registry is None:
         return False
+    if renew:
+        registry._renew_pool()
     if fresh:
         registry._token = object()  # listening anew: anything may have changed meanwhile
         registry._live = True
