@@ -251,13 +251,23 @@ def _rows(cursor: psycopg.Cursor[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return cursor.fetchall() if cursor.description is not None else []
 
 
+def _returns_rows(sql: str) -> bool:
+    """Whether a statement of the stores returns rows (a ``SELECT``, or
+    ``... RETURNING``): in a pipelined write transaction only those wait
+    for the server."""
+    head = sql.lstrip()[:6].upper()
+    return head in ("SELECT", "WITH ") or " RETURNING " in sql.upper()
+
+
 class PgSession:
     """A :class:`~certgate.stores.schema.SqlSession` over a connection pool.
 
     Outside a transaction each statement runs on a pooled connection of its
-    own (autocommit). :meth:`transaction` holds one connection, takes the
-    writer lock (:data:`WRITER_LOCK`) and, if the store logged changes in
-    it, sends one ``NOTIFY`` before committing; :meth:`snapshot` is a
+    own (autocommit). :meth:`transaction` holds one connection in pipeline
+    mode (statements without rows - inserts, deletes - do not wait for the
+    server; a ``SELECT`` waits for everything before it), takes the writer
+    lock (:data:`WRITER_LOCK`) and, if the store logged changes in it,
+    sends one ``NOTIFY`` before committing; :meth:`snapshot` is a
     ``REPEATABLE READ, READ ONLY`` transaction. One session per thread.
     """
 
@@ -267,11 +277,15 @@ class PgSession:
         self.proc = proc
         self.channel = channel
         self.conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self.pipelined = False
         self.logged: list[tuple[int, int, tuple[str, ...]]] = []
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if self.conn is not None:
-            return _rows(self.conn.execute(_q(sql), params or None))
+            cursor = self.conn.execute(_q(sql), params or None)
+            if self.pipelined:  # only a statement with rows waits for the server
+                return cursor.fetchall() if _returns_rows(sql) else []
+            return _rows(cursor)
         for attempt in (1, 2):
             pool = self.proc.pool
             with pool.connection() as conn:
@@ -295,9 +309,9 @@ class PgSession:
     def transaction(self) -> Iterator[None]:
         if self.conn is not None:
             raise RuntimeError("nested transaction")
-        with self.proc.pool.connection() as conn, conn.transaction():
+        with self.proc.pool.connection() as conn, conn.pipeline(), conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
-            self.conn, self.logged = conn, []
+            self.conn, self.pipelined, self.logged = conn, True, []
             try:
                 yield
                 if self.logged:
@@ -305,7 +319,7 @@ class PgSession:
                         "SELECT pg_notify(%s, %s)", (self.channel, notify_payload(self.logged))
                     )
             finally:
-                self.conn, self.logged = None, []
+                self.conn, self.pipelined, self.logged = None, False, []
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
