@@ -26,6 +26,9 @@ what is PostgreSQL's own:
   gate's decision memo is the cache of warm requests.
 * **Reads** are one statement each (the tenant row with its hosts,
   certificates and CRLs as arrays): one round trip, one consistent view.
+  There is no separate host -> id query (``tenant_id_for_host``, which the
+  SQLite store offers the cache): over a network a second round trip costs
+  more than building a tenant from DER again.
 * **Writers** are serialised by a transaction-level advisory lock taken
   first in every write transaction (under READ COMMITTED, each statement
   after it sees every earlier writer's commit, so the host and
@@ -674,15 +677,6 @@ class PostgresRegistry(SqlTenantStore):
             raise self._unavailable(exc) from None
         self._recovered()
         return None if record is None else record.build(vetted=True)
-
-    def tenant_id_for_host(self, host: str) -> str | None:
-        """Only the id of the tenant serving ``host`` (one indexed query)."""
-        try:
-            tenant_id = self.id_for_host(host)
-        except psycopg.Error as exc:
-            raise self._unavailable(exc) from None
-        self._recovered()
-        return tenant_id
 
     def record_by_id(self, tenant_id: str) -> TenantRecord | None:
         """:meth:`get`, with outages as :class:`TrustStoreUnavailable`."""
