@@ -611,28 +611,38 @@ class _Queries:
         exclude: str | None = None,
         limit: int = 2,
     ) -> builtins.list[str]:
-        clauses = ["tc.role = 'root'"]
-        params: builtins.list[object] = []
+        """One owner per query, by an equality on the (sha256, role, shared)
+        index, never ``DISTINCT ... LIMIT`` over a join: PostgreSQL then
+        guessed from average statistics that matching rows were common and
+        read every ``tenant_certificates`` row in id order to find none (160
+        ms at 100k tenants, 1 s at 1M, on every write)."""
         if sha256 is not None:
-            source = "tenant_certificates tc"
-            clauses.append("tc.sha256 = ?")
-            params.append(sha256)
+            shas = [sha256]
         elif name_key is not None:
-            source = "certificates c JOIN tenant_certificates tc ON tc.sha256 = c.sha256"
-            clauses.append("c.name_key = ?")
-            params.append(name_key)
+            rows = self._store._sql(
+                self._session, "SELECT sha256 FROM certificates WHERE name_key = ?", (name_key,)
+            )
+            shas = [bytes(row[0]) for row in rows]
         else:
             raise ValueError("root_owners needs sha256 or name_key")
-        if unshared_only:
-            clauses.append("tc.shared = ?")
-            params.append(False)
-        if exclude is not None:
-            clauses.append("tc.tenant_id <> ?")
-            params.append(exclude)
-        params.append(limit)
-        rows = self._store._sql(
-            self._session,
-            f"SELECT DISTINCT tc.tenant_id FROM {source} WHERE {' AND '.join(clauses)} LIMIT ?",  # noqa: S608
-            tuple(params),
-        )
-        return [str(row[0]) for row in rows]
+        owners: builtins.list[str] = []
+        for sha in shas:
+            while len(owners) < limit:
+                clauses = ["tc.sha256 = ?", "tc.role = 'root'"]
+                params: builtins.list[object] = [sha]
+                if unshared_only:
+                    clauses.append("tc.shared = ?")
+                    params.append(False)
+                for other in ([exclude] if exclude is not None else []) + owners:
+                    clauses.append("tc.tenant_id <> ?")
+                    params.append(other)
+                rows = self._store._sql(
+                    self._session,
+                    "SELECT tc.tenant_id FROM tenant_certificates tc "  # noqa: S608
+                    f"WHERE {' AND '.join(clauses)} LIMIT 1",
+                    tuple(params),
+                )
+                if not rows:
+                    break
+                owners.append(str(rows[0][0]))
+        return owners
