@@ -285,10 +285,10 @@ class PgSession:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if self.conn is not None:
-            cursor = self.conn.execute(_q(sql), params or None)
             if self.pipelined:  # only a statement with rows waits for the server
+                cursor = self.conn.execute(_q(sql), params or None)
                 return cursor.fetchall() if _returns_rows(sql) else []
-            return _rows(cursor)
+            return _rows(self.conn.execute(_q(sql), params or None))
         for attempt in (1, 2):
             pool = self.proc.pool
             with pool.connection() as conn:
@@ -314,6 +314,12 @@ class PgSession:
             raise RuntimeError("nested transaction")
         with self.proc.pool.connection() as conn, conn.pipeline(), conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+            # Plans for the values at hand, even of prepared statements: a
+            # generic plan of the write-time rule's queries (an owner of this
+            # certificate, not sharing, not this tenant, LIMIT 1) guessed
+            # that any row would do and scanned them all (36 ms each at 100k
+            # tenants).
+            conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             self.conn, self.pipelined, self.logged = conn, True, []
             try:
                 yield
