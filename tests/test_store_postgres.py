@@ -658,3 +658,25 @@ def test_a_forked_worker_opens_its_own_connections(store: PostgresRegistry, pki:
     assert tenant is not None
     store.put(pki["globex"].tenant())
     assert wait_for(lambda: store.changes_since(1) == (2, frozenset({"globex"})))
+
+
+def test_workers_need_only_a_read_only_role(
+    store: PostgresRegistry, pg_server: PgServer, pg_dsn: str, pki: PKI
+) -> None:
+    """The README's advice: workers connect as a role that may only read;
+    lookups and LISTEN work, a write is refused by the server."""
+    dbname = pg_dsn.rsplit("/", 1)[1]
+    with pg_server.admin(dbname) as admin:
+        admin.execute("CREATE ROLE certgate_reader LOGIN PASSWORD 'reader-pw'")
+        admin.execute(f"GRANT CONNECT ON DATABASE {dbname} TO certgate_reader")
+        admin.execute("GRANT USAGE ON SCHEMA public TO certgate_reader")
+        admin.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO certgate_reader")
+    reader_url = f"postgresql://certgate_reader:reader-pw@127.0.0.1:{pg_server.port}/{dbname}"
+    cache = open_registry(reader_url, poll_interval=0.05)
+    assert cache.tenant_for_host("pay.acme.test") is None
+    store.put(pki["acme"].tenant())
+    assert wait_for(lambda: cache.tenant_for_host("pay.acme.test") is not None)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        cache.inner.put(pki["globex"].tenant())
+    cache.close()
+    cache.inner.close()
