@@ -29,12 +29,14 @@ are memoised per store (bounded).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..errors import ConfigError
 from ..tenant import Tenant
@@ -48,20 +50,30 @@ _SIGNATURE_MEMO = 65536
 
 @dataclass(eq=False)
 class StoredCert:
-    """One row of ``certificates`` (the parsed certificate made on demand)."""
+    """One row of ``certificates``; the DER is read and parsed only when a
+    signature has to be checked (``load``: reads the DER of a SHA-256)."""
 
     sha256: bytes
-    der: bytes
     subject: bytes
     issuer: bytes
     name_key: bytes
+    load: Callable[[bytes], bytes] | None = field(default=None, repr=False)
     _cert: x509.Certificate | None = field(default=None, repr=False)
 
     @property
     def cert(self) -> x509.Certificate:
         if self._cert is None:
-            self._cert = x509.load_der_x509_certificate(self.der)
+            if self.load is None:
+                raise RuntimeError("no certificate loader")
+            self._cert = x509.load_der_x509_certificate(self.load(self.sha256))
         return self._cert
+
+    @classmethod
+    def of(cls, cert: x509.Certificate, sha256: bytes, name_key: bytes) -> StoredCert:
+        """A certificate at hand (the written tenant's own)."""
+        subject = cert.subject.public_bytes()
+        issuer = subject if cert.issuer == cert.subject else cert.issuer.public_bytes()
+        return cls(sha256, subject, issuer, name_key, None, cert)
 
 
 class AnchorQueries(Protocol):
@@ -73,8 +85,6 @@ class AnchorQueries(Protocol):
     def certs_with_issuer(self, issuer: bytes) -> list[StoredCert]: ...
 
     def certs_with_name_key(self, name_key: bytes) -> list[StoredCert]: ...
-
-    def certs_of_tenant(self, tenant_id: str) -> list[StoredCert]: ...
 
     def root_owners(
         self,
@@ -115,22 +125,63 @@ class SignatureMemo:
 
 
 def check_written(
-    queries: AnchorQueries, tenant: Tenant, memo: SignatureMemo | None = None
+    queries: AnchorQueries,
+    tenant: Tenant,
+    memo: SignatureMemo | None = None,
+    own: Iterable[StoredCert] | None = None,
 ) -> None:
     """Raise :class:`ConfigError` if ``tenant``, just written, breaks the
-    anchor-sharing rule with a stored tenant (see the module docstring)."""
+    anchor-sharing rule with a stored tenant (see the module docstring).
+    ``own``: the tenant's roots and intermediates as written (else made
+    from the tenant)."""
     memo = memo or SignatureMemo()
     _check_shared(queries, tenant)
-    seeds = {c.sha256: c for c in queries.certs_of_tenant(tenant.id)}
-    identities = {anchor.name_key for anchor in tenant.anchors}
-    for key in list(identities):
-        for cert in queries.certs_with_name_key(key):
-            seeds.setdefault(cert.sha256, cert)
-    for cert in _below(queries, seeds.values(), memo):
-        identities.add(cert.name_key)
+    cached = _Cached(queries)
+    if own is None:
+        own = [
+            StoredCert.of(cert, hashlib.sha256(cert.public_bytes(Encoding.DER)).digest(), key)
+            for cert, key in tenant.ca_name_keys
+        ]
+    seeds = {cert.sha256: cert for cert in own}
+    anchored = {anchor.name_key for anchor in tenant.anchors}  # the tenant owns these
+    for key in anchored:
+        for stored in cached.certs_with_name_key(key):
+            seeds.setdefault(stored.sha256, stored)
+    identities = set(anchored)
+    for stored in _below(cached, seeds.values(), memo):
+        identities.add(stored.name_key)
     for identity in sorted(identities):
-        if queries.root_owners(name_key=identity, limit=1):
-            _check_issued(queries, identity, memo)
+        if identity in anchored or queries.root_owners(name_key=identity, limit=1):
+            _check_issued(cached, identity, memo)
+
+
+class _Cached:
+    """One check's view of the queries: the same question is asked once."""
+
+    def __init__(self, queries: AnchorQueries) -> None:
+        self.queries = queries
+        self._memo: dict[tuple[str, bytes], list[StoredCert]] = {}
+
+    def _ask(
+        self, kind: str, value: bytes, ask: Callable[[bytes], list[StoredCert]]
+    ) -> list[StoredCert]:
+        key = (kind, value)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = ask(value)
+        return found
+
+    def certs_with_subject(self, subject: bytes) -> list[StoredCert]:
+        return self._ask("subject", subject, self.queries.certs_with_subject)
+
+    def certs_with_issuer(self, issuer: bytes) -> list[StoredCert]:
+        return self._ask("issuer", issuer, self.queries.certs_with_issuer)
+
+    def certs_with_name_key(self, name_key: bytes) -> list[StoredCert]:
+        return self._ask("name_key", name_key, self.queries.certs_with_name_key)
+
+    def root_owners(self, **kwargs: object) -> list[str]:
+        return self.queries.root_owners(**kwargs)  # type: ignore[arg-type]
 
 
 def _check_shared(queries: AnchorQueries, tenant: Tenant) -> None:
@@ -153,9 +204,7 @@ def _check_shared(queries: AnchorQueries, tenant: Tenant) -> None:
                 )
 
 
-def _below(
-    queries: AnchorQueries, seeds: Iterable[StoredCert], memo: SignatureMemo
-) -> list[StoredCert]:
+def _below(queries: _Cached, seeds: Iterable[StoredCert], memo: SignatureMemo) -> list[StoredCert]:
     """Every stored certificate issued, directly or within the hop limit,
     by one of ``seeds`` (the seeds included)."""
     found = {c.sha256: c for c in seeds}
@@ -174,7 +223,7 @@ def _below(
     return list(found.values())
 
 
-def _check_issued(queries: AnchorQueries, identity: bytes, memo: SignatureMemo) -> None:
+def _check_issued(queries: _Cached, identity: bytes, memo: SignatureMemo) -> None:
     """Walk up from every form of the anchored ``identity`` (as
     :func:`certgate.registry._check_issued_anchors`)."""
     for form in queries.certs_with_name_key(identity):
@@ -189,9 +238,9 @@ def _check_issued(queries: AnchorQueries, identity: bytes, memo: SignatureMemo) 
                     if candidate.sha256 in seen or not memo.issued_by(child, candidate):
                         continue
                     seen.add(candidate.sha256)
-                    pair = _violating_pair(queries, identity, candidate.name_key)
+                    pair = _violating_pair(queries.queries, identity, candidate.name_key)
                     if pair is not None:
-                        raise ConfigError(_issued_message(queries, pair, form, candidate))
+                        raise ConfigError(_issued_message(queries.queries, pair, form, candidate))
                     upper.append(candidate)
             if not upper:
                 break

@@ -174,7 +174,10 @@ class TenantRecord:
 
     def settings_json(self) -> str:
         """:meth:`settings` as canonical JSON text (:class:`ConfigError` if
-        the policy is not JSON data or too large)."""
+        the policy is not JSON data or too large); computed once."""
+        known = self.__dict__.get("_settings_json")
+        if known is not None:
+            return str(known)
         try:
             text = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
@@ -183,11 +186,15 @@ class TenantRecord:
             raise ConfigError(
                 f"tenant {self.id!r}: settings of {len(text)} characters (most: {MAX_POLICY_JSON})"
             )
+        self.__dict__["_settings_json"] = text  # a cache: the record is immutable
         return text
 
     def digest(self) -> bytes:
         """SHA-256 over everything stored of the tenant (not ``version`` or
-        the timestamps): equal digests, same tenant."""
+        the timestamps): equal digests, same tenant. Computed once."""
+        known = self.__dict__.get("_digest")
+        if known is not None:
+            return bytes(known)
         digest = hashlib.sha256(b"certgate-record-v1")
         parts: list[bytes] = [
             self.id.encode(),
@@ -203,7 +210,9 @@ class TenantRecord:
         for part in parts:
             digest.update(b"%d:" % len(part))
             digest.update(part)
-        return digest.digest()
+        value = digest.digest()
+        self.__dict__["_digest"] = value  # a cache: the record is immutable
+        return value
 
     @classmethod
     def from_settings(

@@ -33,16 +33,18 @@ in its transaction (see :mod:`certgate.stores.schema`).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..errors import ConfigError
 from ..hosts import parent_domain
-from ..tenant import Tenant, check_tenant_id, name_key
+from ..tenant import Tenant, check_tenant_id
 from .anchors import SignatureMemo, StoredCert, check_written
 from .records import TenantRecord
 from .schema import CHANGE_LOG_KEEP, SqlSession, utc_text
@@ -57,7 +59,7 @@ DEFAULT_BATCH = 500
 _PRUNE_EVERY = 1000
 """Writers prune the change log when the sequence crosses a multiple of this."""
 
-_CERT_COLUMNS = "c.sha256, c.der, c.subject, c.issuer, c.name_key"
+_CERT_COLUMNS = "c.sha256, c.subject, c.issuer, c.name_key"
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,9 @@ class SqlTenantStore:
         record, tenant = _prepare(item, policy)
         session = self.session()
         with session.transaction():
-            return self._put(session, record, tenant)
+            if not self._write(session, record, tenant):
+                return 0
+            return self._log(session, [(record.id, "put")])
 
     def remove(self, tenant_id: str) -> bool:
         """Remove a tenant; whether it existed."""
@@ -161,59 +165,61 @@ class SqlTenantStore:
         def flush() -> None:
             nonlocal written, committed
             session = self.session()
-            done = 0
+            changed: builtins.list[tuple[str, str]] = []
             with session.transaction():
                 for record, tenant in pending:
                     try:
-                        if self._put(session, record, tenant):
-                            done += 1
+                        if self._write(session, record, tenant):
+                            changed.append((record.id, "put"))
                     except ConfigError as exc:
                         raise ConfigError(
                             f"{exc} (import stopped: {committed} tenants stored before this "
                             "batch; fix the tenant and import again)"
                         ) from None
-            written += done
+                if changed:
+                    self._log(session, changed)
+            written += len(changed)
             committed += len(pending)
             pending.clear()
             if progress is not None:
                 progress(read)
 
-        for item in items:
-            try:
-                pending.append(_prepare(item, None))
-            except ConfigError as exc:
-                if pending:
+        with self._bulk():
+            for item in items:
+                try:
+                    pending.append(_prepare(item, None))
+                except ConfigError as exc:
+                    if pending:
+                        flush()
+                    raise ConfigError(
+                        f"{exc} (import stopped: {committed} tenants stored before it; fix the "
+                        "tenant and import again)"
+                    ) from None
+                read += 1
+                if len(pending) >= batch:
                     flush()
-                raise ConfigError(
-                    f"{exc} (import stopped: {committed} tenants stored before it; fix the "
-                    "tenant and import again)"
-                ) from None
-            read += 1
-            if len(pending) >= batch:
+            if pending:
                 flush()
-        if pending:
-            flush()
-        elif progress is not None:
-            progress(read)
+            elif progress is not None:
+                progress(read)
         return ImportResult(read, written, read - written)
 
-    def _put(self, session: SqlSession, record: TenantRecord, tenant: Tenant) -> int:
+    def _bulk(self) -> AbstractContextManager[None]:
+        """Settings for a bulk import (a store may use a larger page cache, say)."""
+        return contextlib.nullcontext()
+
+    def _write(self, session: SqlSession, record: TenantRecord, tenant: Tenant) -> bool:
+        """Write one tenant in the caller's transaction (not logged: the caller
+        logs it); whether anything changed."""
         digest = record.digest()
         rows = self._sql(session, "SELECT digest FROM tenants WHERE id = ?", (record.id,))
         if rows and bytes(rows[0][0]) == digest:
-            return 0
-        old = self._tenant_cert_shas(session, record.id)
-        self._delete_parts(session, record.id)
-        seen: set[str] = set()
-        for pattern in tenant.hosts:
-            if pattern in seen:
-                raise ConfigError(f"tenant {record.id!r} lists the host {pattern!r} twice")
-            seen.add(pattern)
-            owner = self._sql(session, "SELECT tenant_id FROM hosts WHERE pattern = ?", (pattern,))
-            if owner:
-                raise ConfigError(
-                    f"host {pattern!r} is claimed by tenants {owner[0][0]!r} and {record.id!r}"
-                )
+            return False
+        old: set[bytes] = set()
+        if rows:  # a new tenant has no rows to replace
+            old = self._tenant_cert_shas(session, record.id)
+            self._delete_parts(session, record.id)
+        self._check_hosts(session, record.id, tenant.hosts)
         now = utc_text()
         self._sql(
             session,
@@ -236,10 +242,24 @@ class SqlTenantStore:
             [(pattern, record.id) for pattern in tenant.hosts],
         )
         links = []
-        for role, certs in (("root", tenant.roots), ("intermediate", tenant.intermediates)):
-            for position, cert in enumerate(certs):
-                sha = self._store_cert(session, cert)
-                links.append((record.id, role, position, sha, tenant.shared_anchors))
+        certs = []
+        position = {"root": 0, "intermediate": 0}
+        roles = ["root"] * len(tenant.roots) + ["intermediate"] * len(tenant.intermediates)
+        own = []
+        for role, (cert, key) in zip(roles, tenant.ca_name_keys, strict=True):
+            der = cert.public_bytes(Encoding.DER)
+            stored = StoredCert.of(cert, _sha256(der), key)
+            own.append(stored)
+            certs.append((stored.sha256, der, stored.subject, stored.issuer, key))
+            links.append((record.id, role, position[role], stored.sha256, tenant.shared_anchors))
+            position[role] += 1
+        session.executemany(
+            session.dialect.sql(
+                "INSERT INTO certificates (sha256, der, subject, issuer, name_key) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING"
+            ),
+            certs,
+        )
         session.executemany(
             session.dialect.sql(
                 "INSERT INTO tenant_certificates (tenant_id, role, position, sha256, shared) "
@@ -248,9 +268,9 @@ class SqlTenantStore:
             links,
         )
         crl_rows = []
-        for position, der in enumerate(record.crls):
-            label = record.crl_labels[position] if position < len(record.crl_labels) else None
-            crl_rows.append((record.id, position, _sha256(der), der, label))
+        for index, der in enumerate(record.crls):
+            label = record.crl_labels[index] if index < len(record.crl_labels) else None
+            crl_rows.append((record.id, index, _sha256(der), der, label))
         if crl_rows:
             session.executemany(
                 session.dialect.sql(
@@ -261,22 +281,30 @@ class SqlTenantStore:
             )
         # Certificates only the old version referred to go before the check:
         # they are no longer part of the configuration.
-        self._collect(session, old - {link[3] for link in links})
-        check_written(_Queries(self, session), tenant, self._signatures)
-        seq = self._log(session, [(record.id, "put")])
-        self._sql(session, "UPDATE tenants SET version = ? WHERE id = ?", (seq, record.id))
-        return seq
+        if old:
+            self._collect(session, old - {link[3] for link in links})
+        check_written(_Queries(self, session), tenant, self._signatures, own)
+        return True
 
-    def _store_cert(self, session: SqlSession, cert: x509.Certificate) -> bytes:
-        der = cert.public_bytes(Encoding.DER)
-        sha = _sha256(der)
-        self._sql(
-            session,
-            "INSERT INTO certificates (sha256, der, subject, issuer, name_key) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
-            (sha, der, cert.subject.public_bytes(), cert.issuer.public_bytes(), name_key(cert)),
-        )
-        return sha
+    def _check_hosts(self, session: SqlSession, tenant_id: str, hosts: Sequence[str]) -> None:
+        """Refuse a host listed twice, or one another tenant holds (one query
+        per 500 hosts)."""
+        if len(set(hosts)) != len(hosts):
+            twice = sorted({h for h in hosts if hosts.count(h) > 1})
+            raise ConfigError(f"tenant {tenant_id!r} lists the host {twice[0]!r} twice")
+        for start in range(0, len(hosts), 500):
+            chunk = tuple(hosts[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            rows = self._sql(
+                session,
+                f"SELECT pattern, tenant_id FROM hosts WHERE pattern IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            if rows:
+                pattern, owner = rows[0]
+                raise ConfigError(
+                    f"host {pattern!r} is claimed by tenants {owner!r} and {tenant_id!r}"
+                )
 
     def _tenant_cert_shas(self, session: SqlSession, tenant_id: str) -> set[bytes]:
         rows = self._sql(
@@ -299,8 +327,10 @@ class SqlTenantStore:
             )
 
     def _log(self, session: SqlSession, changes: builtins.list[tuple[str, str]]) -> int:
-        """Take sequence numbers for ``changes`` ((tenant id, op) pairs) and log
-        them; the last one. Also serialises writers (the counter row)."""
+        """Take sequence numbers for ``changes`` ((tenant id, op) pairs), log
+        them and set each written tenant's version; the last number. The
+        counter row also serialises writers, so sequence order is commit
+        order."""
         rows = self._sql(
             session,
             "UPDATE certgate_counter SET seq = seq + ? WHERE id = 1 RETURNING seq",
@@ -309,9 +339,14 @@ class SqlTenantStore:
         last = int(rows[0][0])
         first = last - len(changes) + 1
         now = utc_text()
+        numbered = [(first + i, tenant_id, op) for i, (tenant_id, op) in enumerate(changes)]
         session.executemany(
             session.dialect.sql("INSERT INTO changes (seq, tenant_id, op, at) VALUES (?, ?, ?, ?)"),
-            [(first + i, tenant_id, op, now) for i, (tenant_id, op) in enumerate(changes)],
+            [(seq, tenant_id, op, now) for seq, tenant_id, op in numbered],
+        )
+        session.executemany(
+            session.dialect.sql("UPDATE tenants SET version = ? WHERE id = ?"),
+            [(seq, tenant_id) for seq, tenant_id, op in numbered if op == "put"],
         )
         if first // _PRUNE_EVERY != (last + 1) // _PRUNE_EVERY:
             self._sql(session, "DELETE FROM changes WHERE seq <= ?", (last - CHANGE_LOG_KEEP,))
@@ -538,8 +573,6 @@ class SqlTenantStore:
 
 
 def _sha256(der: bytes) -> bytes:
-    import hashlib  # noqa: PLC0415
-
     return hashlib.sha256(der).digest()
 
 
@@ -584,9 +617,16 @@ class _Queries:
             (value,),
         )
         return [
-            StoredCert(bytes(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]), bytes(r[4]))
+            StoredCert(bytes(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]), self.der_of)
             for r in rows
         ]
+
+    def der_of(self, sha256: bytes) -> bytes:
+        """The DER of a stored certificate."""
+        rows = self._store._sql(
+            self._session, "SELECT der FROM certificates WHERE sha256 = ?", (sha256,)
+        )
+        return bytes(rows[0][0])
 
     def certs_with_subject(self, subject: bytes) -> builtins.list[StoredCert]:
         return self._certs("c.subject = ?", subject)
@@ -596,11 +636,6 @@ class _Queries:
 
     def certs_with_name_key(self, name_key: bytes) -> builtins.list[StoredCert]:
         return self._certs("c.name_key = ?", name_key)
-
-    def certs_of_tenant(self, tenant_id: str) -> builtins.list[StoredCert]:
-        return self._certs(
-            "c.sha256 IN (SELECT sha256 FROM tenant_certificates WHERE tenant_id = ?)", tenant_id
-        )
 
     def root_owners(
         self,

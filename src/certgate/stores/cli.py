@@ -1,0 +1,487 @@
+"""``tenants`` commands against a registry URL (``sqlite:///path``).
+
+    python -m certgate.stores tenants import --from SOURCE --to URL [--batch N] [--quiet]
+        SOURCE: a TOML configuration (every tenant is loaded and checked as
+        certgate would load it), a JSON-lines export (``-``: standard input)
+        or another registry URL. Tenants are written in batched
+        transactions; a progress bar goes to standard error.
+    python -m certgate.stores tenants export --from URL [--out FILE]
+        One JSON object per line (certificates and CRLs as PEM), in id order.
+    python -m certgate.stores tenants add ID --registry URL --host H... --root PEM...
+        [--intermediate PEM]... [--crl FILE]... [--mode M] [--shared-anchors] [--policy JSON]
+    python -m certgate.stores tenants remove ID --registry URL
+    python -m certgate.stores tenants list --registry URL [--json] [--after ID] [--limit N]
+    python -m certgate.stores tenants show ID --registry URL [--json]
+    python -m certgate.stores tenants migrate URL
+    python -m certgate.stores tenants backup URL FILE
+
+Every write vets the tenant (its CAs and CRLs, the anchor-sharing rule,
+hosts unique) before anything is stored; ``import``, ``add`` and
+``migrate`` create the store and bring its schema up to date when needed.
+Exit status 0 on success, 2 on bad usage or a refused tenant (the message
+names it and the rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from cryptography import x509
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ..config import MAX_PEM_FILE_BYTES, read_regular_file
+from ..crl import MAX_CRL_BYTES, load_crls
+from ..errors import ConfigError
+from ..text import safe_text
+from . import SqlTenantStore, open_store
+from .records import TenantRecord
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+MAX_EXPORT_LINE = 16 * 1024 * 1024
+"""Longest JSON line an import reads (one tenant)."""
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``tenants`` sub-commands on registry URLs (``sub``: the
+    ``tenants`` parser's sub-parsers)."""
+    imp = sub.add_parser("import", help="import tenants into a registry URL")
+    imp.add_argument(
+        "--from", dest="source", required=True, help="TOML file, .jsonl file, -, or URL"
+    )
+    imp.add_argument("--to", dest="target", required=True, help="registry URL (sqlite:///path)")
+    imp.add_argument("--batch", type=int, default=500, help="tenants per transaction (500)")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    exp = sub.add_parser("export", help="export a registry's tenants as JSON lines")
+    exp.add_argument("--from", dest="source", required=True, help="registry URL")
+    exp.add_argument("--out", help="file to write (default: standard output)")
+    add = sub.add_parser("add", help="add or replace a tenant in a registry URL")
+    add.add_argument("id", help="the tenant id")
+    add.add_argument("--registry", required=True, help="registry URL (sqlite:///path)")
+    add.add_argument("--host", action="append", required=True, help="host or *.pattern")
+    add.add_argument("--root", action="append", required=True, help="root CA PEM file")
+    add.add_argument("--intermediate", action="append", default=[], help="intermediate PEM")
+    add.add_argument("--crl", action="append", default=[], help="CRL file (PEM or DER)")
+    add.add_argument("--mode", choices=["enforce", "report"], help="this tenant's mode")
+    add.add_argument("--shared-anchors", action="store_true", help="shared_anchors = true")
+    add.add_argument(
+        "--policy", metavar="JSON", help='default policy, e.g. \'{"common_name": ["a"]}\''
+    )
+    remove = sub.add_parser("remove", help="remove a tenant from a registry URL")
+    remove.add_argument("id", help="the tenant id")
+    remove.add_argument("--registry", required=True, help="registry URL")
+    listing = sub.add_parser("list", help="list the tenants of a registry URL")
+    listing.add_argument("--registry", required=True, help="registry URL")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument("--after", help="only ids after this one (paging)")
+    listing.add_argument("--limit", type=int, help="at most this many tenants")
+    show = sub.add_parser("show", help="show one tenant of a registry URL")
+    show.add_argument("id", help="the tenant id")
+    show.add_argument("--registry", required=True, help="registry URL")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    migrate = sub.add_parser("migrate", help="create a store or bring its schema up to date")
+    migrate.add_argument("url", help="registry URL")
+    backup = sub.add_parser("backup", help="write a consistent copy of a SQLite store")
+    backup.add_argument("url", help="registry URL (sqlite:///path)")
+    backup.add_argument("file", help="the copy to write (must not exist)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m certgate.stores",
+        description="tenant stores (registry URLs such as sqlite:///path)",
+    )
+    top = parser.add_subparsers(dest="command", required=True)
+    tenants = top.add_parser("tenants", help="tenants of a registry URL")
+    add_parsers(tenants.add_subparsers(dest="tenants_command", required=True))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code not in (0, None) else 0
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``tenants`` command (``args.tenants_command``)."""
+    try:
+        command = args.tenants_command
+        if command == "import":
+            return _import(args.source, args.target, batch=args.batch, quiet=args.quiet)
+        if command == "export":
+            return _export(args.source, args.out)
+        if command == "add":
+            return _add(args)
+        if command == "remove":
+            store = open_store(args.registry)
+            if not store.remove(args.id):
+                _error(f"certgate: no tenant {safe_text(args.id)!s} in {store.where}")
+                return EXIT_USAGE
+            _print(f"removed tenant {safe_text(args.id)} from {store.where}")
+            return EXIT_OK
+        if command == "list":
+            return _list(args)
+        if command == "show":
+            return _show(args.registry, args.id, as_json=args.json)
+        if command == "migrate":
+            store = open_store(args.url, create=True)
+            _print(f"{store.where}: schema up to date, {store.count()} tenant(s)")
+            return EXIT_OK
+        if command == "backup":
+            return _backup(args.url, args.file)
+    except ConfigError as exc:
+        _error(f"certgate: {exc}")
+        return EXIT_USAGE
+    except (OSError, ValueError) as exc:
+        _error(f"certgate: {exc}")
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - a database error: say it, no traceback
+        _error(f"certgate: {type(exc).__name__}: {exc}")
+        return EXIT_USAGE
+    raise AssertionError(command)
+
+
+# -- import and export --------------------------------------------------------------
+
+
+def _import(source: str, target: str, *, batch: int, quiet: bool) -> int:
+    if "://" in source:
+        origin = open_store(source)
+        total: int | None = origin.count()
+        records: Iterator[TenantRecord] = origin.export()
+    elif source.endswith(".toml"):
+        items = records_from_toml(source)
+        total = len(items)
+        records = iter(items)
+    else:
+        total = None if source == "-" else _count_lines(source)
+        records = records_from_jsonl(source)
+    store = open_store(target, create=True)
+    bar = Progress(total, enabled=not quiet)
+    started = time.monotonic()
+    try:
+        result = store.import_tenants(records, batch=batch, progress=bar.update)
+    finally:
+        bar.close()
+    seconds = time.monotonic() - started
+    _print(
+        f"imported {result.read} tenant(s) into {store.where} in {seconds:.1f} s: "
+        f"{result.written} written, {result.unchanged} unchanged"
+    )
+    return EXIT_OK
+
+
+def records_from_toml(path: str) -> list[TenantRecord]:
+    """The tenants of a TOML configuration, loaded (and so checked) exactly as
+    certgate loads them, as records with their policies in TOML form."""
+    from ..config import _read_toml, load_config  # noqa: PLC0415
+
+    config = load_config(path)
+    try:
+        tenants = config.registry.tenants()
+    finally:
+        config.registry.close()
+    raw = _read_toml(Path(path)).get("tenants", [])
+    policies = {entry.get("id"): entry.get("policy") for entry in raw if isinstance(entry, dict)}
+    return [TenantRecord.of(tenant, policies.get(tenant.id)) for tenant in tenants]
+
+
+def records_from_jsonl(source: str) -> Iterator[TenantRecord]:
+    """The records of a JSON-lines export (``-``: standard input); a line
+    that is not a tenant raises :class:`ConfigError` naming it."""
+    stream: TextIO = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
+    name = "<stdin>" if source == "-" else source
+    try:
+        for number, line in enumerate(_bounded_lines(stream, name), 1):
+            if not line.strip():
+                continue
+            where = f"{safe_text(name, 200)}: line {number}"
+            try:
+                data = json.loads(line)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: not JSON: {exc}") from None
+            yield TenantRecord.from_json(data, where)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _bounded_lines(stream: TextIO, name: str) -> Iterator[str]:
+    while True:
+        line = stream.readline(MAX_EXPORT_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_EXPORT_LINE:
+            raise ConfigError(f"{safe_text(name, 200)}: a line longer than {MAX_EXPORT_LINE} bytes")
+        yield line
+
+
+def _count_lines(path: str) -> int:
+    count = 0
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            count += block.count(b"\n")
+    return count
+
+
+def _export(source: str, out: str | None) -> int:
+    store = open_store(source)
+    stream: TextIO = sys.stdout if out is None else open(out, "x", encoding="utf-8")  # noqa: SIM115
+    count = 0
+    try:
+        for record in store.export():
+            stream.write(json.dumps(record.to_json(), ensure_ascii=True, separators=(",", ":")))
+            stream.write("\n")
+            count += 1
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+    _error(f"exported {count} tenant(s) from {store.where}")
+    return EXIT_OK
+
+
+# -- one tenant ---------------------------------------------------------------------
+
+
+def _add(args: argparse.Namespace) -> int:
+    policy = None
+    if args.policy is not None:
+        try:
+            policy = json.loads(args.policy)
+        except ValueError as exc:
+            raise ConfigError(f"--policy is not JSON: {exc}") from None
+        if not isinstance(policy, dict):
+            raise ConfigError("--policy must be a JSON object")
+    where = f"tenant {safe_text(args.id)!r}"
+    record = TenantRecord(
+        id=args.id,
+        hosts=tuple(args.host),
+        roots=tuple(der for name in args.root for der in _pem_file(name, f"{where}: root")),
+        intermediates=tuple(
+            der for name in args.intermediate for der in _pem_file(name, f"{where}: intermediate")
+        ),
+        crls=tuple(_crl_file(name, where) for name in args.crl),
+        crl_labels=tuple(f"{where}: CRL file {safe_text(name, 200)}" for name in args.crl),
+        shared_anchors=args.shared_anchors,
+        mode=args.mode,
+        policy=policy,
+    )
+    store = open_store(args.registry, create=True)
+    version = store.put(record)
+    what = "unchanged" if version == 0 else f"version {version}"
+    _print(
+        f"stored tenant {safe_text(record.id)} in {store.where} ({what}): hosts "
+        f"{', '.join(record.hosts)}, {len(record.roots)} root(s), "
+        f"{len(record.intermediates)} intermediate(s), {len(record.crls)} CRL(s); "
+        "running gates see it within 2 s"
+    )
+    return EXIT_OK
+
+
+def _pem_file(name: str, where: str) -> list[bytes]:
+    """The DER of every certificate in a PEM file (one file may hold several)."""
+    data = read_regular_file(name, MAX_PEM_FILE_BYTES, "PEM file")
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigError(
+            f"{where}: {safe_text(name, 300)} holds no valid PEM certificate"
+        ) from None
+    return [cert.public_bytes(Encoding.DER) for cert in certs]
+
+
+def _crl_file(name: str, where: str) -> bytes:
+    """The DER of the one CRL (PEM or DER) in a file."""
+    data = read_regular_file(name, MAX_CRL_BYTES, "CRL file")
+    crls = load_crls(data, f"{where}: CRL file {safe_text(name, 200)}")
+    if len(crls) != 1:
+        raise ConfigError(f"{where}: CRL file {safe_text(name, 200)} holds {len(crls)} CRLs, not 1")
+    return crls[0].public_bytes(Encoding.DER)
+
+
+def _list(args: argparse.Namespace) -> int:
+    store = open_store(args.registry)
+    rows = store.list(after=args.after, limit=args.limit)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "tenants": [
+                        {
+                            "id": row.id,
+                            "hosts": list(row.hosts),
+                            "mode": row.mode,
+                            "shared_anchors": row.shared_anchors,
+                            "version": row.version,
+                            "updated": row.updated,
+                        }
+                        for row in rows
+                    ]
+                },
+                indent=2,
+                ensure_ascii=True,
+            )
+        )
+        return EXIT_OK
+    table = [("id", "hosts", "mode", "version", "updated")]
+    table += [
+        (row.id, ", ".join(row.hosts), row.mode or "-", str(row.version), row.updated)
+        for row in rows
+    ]
+    widths = [max(len(line[column]) for line in table) for column in range(5)]
+    for line in table:
+        _print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _show(url: str, tenant_id: str, *, as_json: bool) -> int:
+    store = open_store(url)
+    record = store.get(tenant_id)
+    if record is None:
+        _error(f"certgate: no tenant {safe_text(tenant_id)} in {store.where}")
+        return EXIT_USAGE
+    report = describe(record)
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=True))
+        return EXIT_OK
+    for key in ("id", "version", "created", "updated", "mode", "shared_anchors"):
+        value = report[key]
+        _print(f"{key + ':':<16} {'-' if value is None else safe_text(value)}")
+    _print(f"{'hosts:':<16} {', '.join(report['hosts'])}")
+    for role in ("roots", "intermediates"):
+        for cert in report[role]:
+            _print(
+                f"{role[:-1] + ':':<16} {safe_text(cert['subject'])}  not after "
+                f"{cert['not_after']}  SHA-256 {cert['sha256']}"
+            )
+    for crl in report["crls"]:
+        _print(
+            f"{'crl:':<16} {safe_text(crl['issuer'])}  next update {crl['next_update']}  "
+            f"{crl['revoked']} revoked"
+        )
+    if report["policy"] is not None:
+        _print(f"{'policy:':<16} {json.dumps(report['policy'], ensure_ascii=True)}")
+    return EXIT_OK
+
+
+def describe(record: TenantRecord) -> dict[str, Any]:
+    """What ``tenants show`` prints of a record (JSON data)."""
+
+    def cert_facts(der: bytes) -> dict[str, str]:
+        cert = x509.load_der_x509_certificate(der)
+        return {
+            "subject": cert.subject.rfc4514_string(),
+            "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "sha256": cert.fingerprint(SHA256()).hex(),
+        }
+
+    crls = []
+    for der in record.crls:
+        crl = x509.load_der_x509_crl(der)
+        next_update = crl.next_update_utc
+        crls.append(
+            {
+                "issuer": crl.issuer.rfc4514_string(),
+                "next_update": next_update.strftime("%Y-%m-%dT%H:%M:%SZ") if next_update else None,
+                "revoked": len(crl),
+            }
+        )
+    return {
+        "id": record.id,
+        "version": record.version,
+        "created": record.created,
+        "updated": record.updated,
+        "mode": record.mode,
+        "shared_anchors": record.shared_anchors,
+        "hosts": list(record.hosts),
+        "roots": [cert_facts(der) for der in record.roots],
+        "intermediates": [cert_facts(der) for der in record.intermediates],
+        "crls": crls,
+        "policy": record.policy,
+    }
+
+
+def _backup(url: str, file: str) -> int:
+    store: SqlTenantStore = open_store(url)
+    backup = getattr(store, "backup", None)
+    if backup is None:
+        raise ConfigError(f"{store.where}: back up this store with its own tools")
+    backup(file)
+    _print(f"wrote a consistent copy of {store.where} to {safe_text(file)}")
+    return EXIT_OK
+
+
+# -- output ---------------------------------------------------------------------------
+
+
+class Progress:
+    """A progress bar on standard error: redrawn in place at most 5 times a
+    second on a terminal, a plain line every 10 seconds otherwise."""
+
+    def __init__(self, total: int | None, *, enabled: bool = True, stream: TextIO | None = None):
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = self.stream.isatty()
+        self.started = time.monotonic()
+        self._shown = self.started
+        self._done = 0
+
+    def update(self, done: int) -> None:
+        self._done = done
+        now = time.monotonic()
+        if not self.enabled or now - self._shown < (0.2 if self.tty else 10.0):
+            return
+        self._shown = now
+        self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-9)
+        rate = self._done / elapsed
+        if self.total:
+            share = min(self._done / self.total, 1.0)
+            filled = int(share * 30)
+            left = (self.total - self._done) / rate if rate > 0 else 0.0
+            text = (
+                f"[{'#' * filled}{'.' * (30 - filled)}] {self._done:,}/{self.total:,} tenants "
+                f"{share:4.0%}  {rate:,.0f}/s  ETA {left:,.0f} s"
+            )
+        else:
+            text = f"{self._done:,} tenants  {rate:,.0f}/s"
+        if self.tty:
+            self.stream.write(f"\r{text}\x1b[K")
+        else:
+            self.stream.write(f"{text}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw(time.monotonic())
+            if self.tty:
+                self.stream.write("\n")
+            self.stream.flush()
+
+
+def _print(line: str, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        line.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        line = line.encode("ascii", "backslashreplace").decode("ascii")
+    print(line, file=stream)
+
+
+def _error(message: object) -> None:
+    _print(safe_text(message), sys.stderr)
