@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -680,3 +682,49 @@ def test_workers_need_only_a_read_only_role(
         cache.inner.put(pki["globex"].tenant())
     cache.close()
     cache.inner.close()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "certgate.stores", "tenants", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_tenant_commands_on_a_postgresql_url(
+    pg_dsn: str, pg_server: PgServer, pki: PKI, tmp_path: Path
+) -> None:
+    """migrate, add, list, show, export, import URL -> URL (through SQLite
+    and back), remove - each a process that exits on its own; a wrong
+    password is reported without the password."""
+    acme = pki["acme"]
+    root = tmp_path / "acme-root.pem"
+    root.write_bytes(acme.roots[0].cert_pem)
+    assert _cli("migrate", pg_dsn).returncode == 0
+    added = _cli(
+        "add", "acme", "--registry", pg_dsn, "--host", "pay.acme.test", "--root", str(root)
+    )
+    assert added.returncode == 0, added.stderr
+    listed = _cli("list", "--registry", pg_dsn, "--json")
+    assert [t["id"] for t in json.loads(listed.stdout)["tenants"]] == ["acme"]
+    shown = _cli("show", "acme", "--registry", pg_dsn, "--json")
+    assert json.loads(shown.stdout)["hosts"] == ["pay.acme.test"]
+    lite = sqlite_url(tmp_path / "copy.db")
+    assert _cli("import", "--from", pg_dsn, "--to", lite, "--quiet").returncode == 0
+    again = pg_server.create_database()
+    assert _cli("import", "--from", lite, "--to", again, "--quiet").returncode == 0
+    exported = _cli("export", "--from", again)
+    assert [json.loads(line)["id"] for line in exported.stdout.splitlines()] == ["acme"]
+    assert _cli("remove", "acme", "--registry", pg_dsn).returncode == 0
+    assert json.loads(_cli("list", "--registry", pg_dsn, "--json").stdout)["tenants"] == []
+    wrong = pg_dsn.replace(pg_server.password, "hunter2")
+    failed = _cli("list", "--registry", wrong)
+    assert failed.returncode == 2
+    assert "password authentication failed" in failed.stderr
+    assert "hunter2" not in failed.stderr + failed.stdout
+    backup = _cli("backup", pg_dsn, str(tmp_path / "x"))
+    assert backup.returncode == 2
+    assert "own tools" in backup.stderr
