@@ -22,8 +22,9 @@ what is PostgreSQL's own:
 * :class:`AsyncPostgresRegistry` - an :class:`~certgate.registry.AsyncTrustRegistry`
   for the ASGI path over an ``AsyncConnectionPool``: lookups are awaited on
   the event loop (no thread), nothing is cached (each lookup is one
-  query), and its ``change_token`` changes on every notified change, so the
-  gate's decision memo is the cache of warm requests.
+  query), and its ``change_token`` changes on every notification and
+  every counter change its heartbeat sees, so the gate's decision memo is
+  the cache of warm requests.
 * **Reads** are one statement each (the tenant row with its hosts,
   certificates and CRLs as arrays): one round trip, one consistent view.
   There is no separate host -> id query (``tenant_id_for_host``, which the
@@ -32,25 +33,31 @@ what is PostgreSQL's own:
 * **Writers** are serialised by a transaction-level advisory lock taken
   first in every write transaction (under READ COMMITTED, each statement
   after it sees every earlier writer's commit, so the host and
-  anchor-sharing checks cannot race), and each write transaction sends one
-  ``NOTIFY`` (delivered only if it commits) naming the change sequence
-  numbers and tenant ids.
+  anchor-sharing checks cannot race); each write transaction runs in
+  pipeline mode and sends one ``NOTIFY`` (delivered only if it commits;
+  its payload - sequence numbers and tenant ids - is for people watching
+  with ``LISTEN`` in psql, not trusted by certgate).
 * **Change propagation**: each process keeps one extra connection that
-  ``LISTEN``s (a background thread; a task for the async registry) and
-  runs a heartbeat query every ``heartbeat`` seconds (default 0.5), which
-  also reveals a missed notification. The change feed
-  (:meth:`PostgresRegistry.changes_since`, polled by the cache) answers
-  from what the listener heard - no query - while the listener is live;
-  otherwise it reads the change log (``changes``), and fails
-  (:class:`~certgate.errors.TrustStoreUnavailable`) when the database does
-  not answer, which is what makes the cache fail closed after ``max_stale``.
+  ``LISTEN``s (a background thread; a task for the async registry). A
+  notification only wakes it: it then reads the counter and the change log
+  (``changes``, which only writers can write - any role that can connect
+  can ``NOTIFY``), and so it does every ``heartbeat`` seconds (default
+  0.5) without one, which also catches a lost notification. The change
+  feed (:meth:`PostgresRegistry.changes_since`, which the cache calls at
+  once when the listener read something new - ``wait_for_change`` - and
+  every ``poll_interval``) answers from what the listener read, no query,
+  while the listener is live; otherwise it reads the change log itself,
+  and fails (:class:`~certgate.errors.TrustStoreUnavailable`) when the
+  database does not answer, which is what makes the cache fail closed after
+  ``max_stale``.
 * **Outages**: a lookup that cannot get an answer - server down,
   connection lost, no free connection within ``pool_timeout`` - raises
   :class:`~certgate.errors.TrustStoreUnavailable` (503
   ``trust_store_unavailable``), logged once per outage; a read on a
-  connection found broken is retried once on a fresh one, and the pool
-  replaces broken connections, so the first lookups after the server is
-  back succeed.
+  connection found broken is retried once on a fresh one, and when the
+  listener reaches the database again the pool is replaced by a new one
+  (psycopg_pool would otherwise wait out its reconnection back-off, up to
+  seconds after the server is back).
 * **Processes**: the pool, the listener and every connection belong to one
   process; a forked worker (gunicorn ``--preload``) opens its own on first
   use and never touches the parent's sockets.
@@ -58,7 +65,8 @@ what is PostgreSQL's own:
 Not done here: schemas other than the connection's ``current_schema()``
 need a ``search_path`` in the URL (``options=-csearch_path=...``), and
 ``LISTEN`` needs a session, so a PgBouncer in between must run in session
-mode (or the listener falls back to reading the change log every poll).
+mode (without a listener - ``listen=False`` - the change feed reads the
+change log on every poll).
 """
 
 from __future__ import annotations
@@ -81,7 +89,7 @@ from ..errors import ConfigError, TrustStoreUnavailable
 from ..tenant import Tenant, check_tenant_id
 from .records import TenantRecord
 from .schema import POSTGRESQL, Dialect, SqlSession, check_readable, migrate, schema_version
-from .sql import SqlTenantStore
+from .sql import MAX_CHANGES_READ, SqlTenantStore
 
 try:
     import psycopg
@@ -124,8 +132,8 @@ MAX_PAYLOAD = 7000
 """Longest ``NOTIFY`` payload sent (PostgreSQL's limit is 8000 bytes); a
 longer list of tenant ids is replaced by ``*`` (listeners read the log)."""
 
-FEED_KEEP = 4096
-"""Notified transactions a listener remembers (older positions read the log)."""
+FEED_KEEP = 16384
+"""Changes a listener remembers (an older position reads the log)."""
 
 _OUTAGE_LOG_EVERY = 30.0
 _RECONNECT_TIMEOUT = 10.0
@@ -381,30 +389,22 @@ def notify_payload(logged: Sequence[tuple[int, int, Sequence[str]]]) -> str:
     return text if len(text) <= MAX_PAYLOAD and ids else f"{first} {last} *"
 
 
-def parse_payload(payload: str) -> tuple[int, int, frozenset[str] | None] | None:
-    """The ``(first, last, ids)`` of a notification (``ids`` ``None``: not
-    listed), or ``None`` for a payload that is not certgate's."""
-    parts = payload.split(" ")
-    if len(parts) < 3 or not parts[0].isdigit() or not parts[1].isdigit():
-        return None
-    first, last = int(parts[0]), int(parts[1])
-    if first < 1 or last < first:
-        return None
-    if parts[2:] == ["*"]:
-        return first, last, None
-    return first, last, frozenset(parts[2:])
-
-
 # -- the listener's view of changes -------------------------------------------
 
 
 class ChangeLog:
-    """What a listener heard, thread-safe: the changes after ``base`` up to
-    ``latest`` (sequence numbers), one entry per notified transaction, and
-    when the database last answered (``alive_at``, monotonic).
+    """What a listener read from the change log, thread-safe: the tenants
+    changed at each sequence number after ``base`` up to ``latest`` (the
+    counter when last read), and when the database last answered
+    (``alive_at``, monotonic).
+
+    Notifications only wake the listener: what changed is always read from
+    the ``changes`` table, which only writers can write. (Any role that can
+    connect can ``NOTIFY`` on any channel; a forged payload must not be able
+    to hide a real change.)
 
     :meth:`answer` tells which tenants changed since a position when that is
-    known from notifications alone; ``None`` means "read the change log".
+    known without a query; ``None`` means "read the change log".
     """
 
     def __init__(self, keep: int = FEED_KEEP) -> None:
@@ -414,46 +414,39 @@ class ChangeLog:
         self.alive_at = -math.inf
         self.base = -1
         self.latest = -1
-        self.seen = -1
-        """The highest counter value a heartbeat read."""
-        self.entries: deque[tuple[int, int, frozenset[str] | None]] = deque()
+        self.entries: deque[tuple[int, str]] = deque()
         self.changed = threading.Condition(self.lock)
-        self.notified = 0
-        """Notifications heard (the condition is notified on each)."""
+        self.wakeups = 0
+        """Times the log moved (the condition is notified on each)."""
 
-    def start(self, seq: int, now: float) -> None:
-        """Listening again, the counter at ``seq``: only later changes are known."""
+    def sync(self, current: int, rows: Sequence[tuple[int, str]], now: float) -> None:
+        """The counter is at ``current``; ``rows`` are the change log's
+        ``(seq, tenant_id)`` after :attr:`latest`, in order (possibly cut
+        short, or missing pruned rows: then only what follows ``current``
+        is known)."""
         with self.lock:
-            self.base = self.latest = self.seen = seq
-            self.entries.clear()
             self.live = True
             self.alive_at = now
-            self.notified += 1
-            self.changed.notify_all()
-
-    def heard(self, first: int, last: int, ids: frozenset[str] | None) -> None:
-        with self.lock:
-            if last <= self.latest:
-                return  # before listening started, or a repeat
-            if first != self.latest + 1:  # a gap: what came before is unknown
+            if current == self.latest:
+                return
+            complete = (
+                self.latest >= 0
+                and current > self.latest
+                and bool(rows)
+                and rows[0][0] == self.latest + 1
+                and rows[-1][0] == current
+                and len(rows) == current - self.latest
+            )
+            if complete:
+                self.entries.extend(rows)
+                while len(self.entries) > self.keep:
+                    self.base = self.entries.popleft()[0]
+            else:  # listening anew, a gap, or the database went back (a restored backup)
                 self.entries.clear()
-                self.base = first - 1
-            self.entries.append((first, last, ids))
-            self.latest = last
-            while len(self.entries) > self.keep:
-                self.base = self.entries.popleft()[1]
-            self.notified += 1
+                self.base = current
+            self.latest = current
+            self.wakeups += 1
             self.changed.notify_all()
-
-    def heartbeat(self, seq: int, now: float) -> None:
-        with self.lock:
-            self.alive_at = now
-            if seq < self.latest:  # the database went back (a restored backup)
-                self.base = self.latest = self.seen = seq
-                self.entries.clear()
-                self.notified += 1
-                self.changed.notify_all()
-            self.seen = max(self.seen, seq)
 
     def lost(self) -> None:
         with self.lock:
@@ -462,24 +455,21 @@ class ChangeLog:
     def answer(
         self, position: int, now: float, liveness: float
     ) -> tuple[int, frozenset[str]] | None:
-        """``(latest, ids changed after position)`` from notifications, or
-        ``None``: not listening, no heartbeat for ``liveness`` seconds, a
-        change seen by a heartbeat but not notified yet, a position outside
-        what was heard, or a transaction without its ids."""
+        """``(latest, ids changed after position)`` from what was read, or
+        ``None``: not listening, no answer from the database for
+        ``liveness`` seconds, or a position outside what was read."""
         with self.lock:
-            if not self.live or now - self.alive_at > liveness or self.seen > self.latest:
+            if not self.live or now - self.alive_at > liveness:
                 return None
             if position == self.latest:
                 return position, frozenset()
             if not self.base <= position < self.latest:
                 return None
-            ids: set[str] = set()
-            for _first, last, entry_ids in reversed(self.entries):
-                if last <= position:
+            ids = set()
+            for seq, tenant_id in reversed(self.entries):
+                if seq <= position:
                     break
-                if entry_ids is None:
-                    return None
-                ids |= entry_ids
+                ids.add(tenant_id)
             return self.latest, frozenset(ids)
 
 
@@ -733,9 +723,9 @@ class PostgresRegistry(SqlTenantStore):
             return seen
         feed = proc.feed
         with feed.changed:
-            if feed.notified == seen:
+            if feed.wakeups == seen:
                 feed.changed.wait(timeout)
-            return feed.notified
+            return feed.wakeups
 
     def _ensure_listener(self) -> _Process | None:
         if not self.listen or self._closed:
@@ -767,7 +757,10 @@ def _counter(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
 
 
 def _listen(settings: PgSettings, channel: str, proc: _Process) -> None:
-    """The listener thread: LISTEN, heartbeat, reconnect (see the module docstring)."""
+    """The listener thread: LISTEN; on each notification, and every
+    ``heartbeat`` seconds without one, read the counter and the change log
+    after the last position read; reconnect after a failure (see the
+    module docstring)."""
     feed, stop = proc.feed, proc.stop
     backoff = 0.05
     failed = False
@@ -777,19 +770,21 @@ def _listen(settings: PgSettings, channel: str, proc: _Process) -> None:
         try:
             with psycopg.connect(settings.conninfo, autocommit=True) as conn:
                 conn.execute(listen)
-                feed.start(_counter(conn), time.monotonic())
+                feed.lost()  # anything may have changed while not listening
+                with feed.lock:
+                    feed.latest = -1
+                _read_log(conn, feed)
                 if failed:
                     proc.renew_pool()  # the old one's connections are likely dead
                     failed = False
                     logger.warning("certgate: listening for tenant changes again (%s)", channel)
                 backoff = 0.05
                 while not stop.is_set():
-                    for note in conn.notifies(timeout=settings.heartbeat):
-                        _hear(feed, note.payload)
-                    seq = _counter(conn)
-                    for note in conn.notifies(timeout=0):  # heard during the query
-                        _hear(feed, note.payload)
-                    feed.heartbeat(seq, time.monotonic())
+                    for _note in conn.notifies(timeout=settings.heartbeat, stop_after=1):
+                        pass
+                    for _note in conn.notifies(timeout=0):  # the rest of a burst: one read
+                        pass
+                    _read_log(conn, feed)
         except psycopg.Error as exc:
             feed.lost()
             failed = True
@@ -807,10 +802,19 @@ def _listen(settings: PgSettings, channel: str, proc: _Process) -> None:
     feed.lost()
 
 
-def _hear(feed: ChangeLog, payload: str) -> None:
-    parsed = parse_payload(payload)
-    if parsed is not None:
-        feed.heard(*parsed)
+def _read_log(conn: psycopg.Connection[tuple[Any, ...]], feed: ChangeLog) -> None:
+    """Read the counter, and the change log rows after what ``feed`` holds."""
+    current = _counter(conn)
+    with feed.lock:
+        latest = feed.latest
+    rows: list[tuple[int, str]] = []
+    if 0 <= latest < current:
+        fetched = conn.execute(
+            "SELECT seq, tenant_id FROM changes WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s",
+            (latest, current, MAX_CHANGES_READ),
+        ).fetchall()
+        rows = [(int(seq), str(tenant_id)) for seq, tenant_id in fetched]
+    feed.sync(current, rows, time.monotonic())
 
 
 # -- the one-statement reads ------------------------------------------------------
