@@ -6,6 +6,8 @@
     python3 dev.py bench            # set up, then the benchmarks
     python3 dev.py bench-e2e [--quick|--smoke] [--json F] [--profile]
                                     # set up, then the end-to-end benchmark (real servers)
+    python3 dev.py bench-scale [--sizes 1000,100000,1000000] [--json F]
+                                    # set up, then the many-tenants benchmark (SQLite store)
 
 The test suite is `bash .ci/run` (set-up, ruff, mypy --strict, pytest).
 
@@ -112,8 +114,19 @@ def bench_e2e(args: list[str]) -> int:
     return sh(PY, ROOT / "bench" / "bench_e2e.py", *args, check=False)
 
 
+def bench_scale(args: list[str]) -> int:
+    ensure_venv("dev")
+    return sh(PY, ROOT / "bench" / "bench_scale.py", *args, check=False)
+
+
 def main() -> int:
-    tasks = {"setup": setup, "demo": demo, "bench": bench, "bench-e2e": bench_e2e}
+    tasks = {
+        "setup": setup,
+        "demo": demo,
+        "bench": bench,
+        "bench-e2e": bench_e2e,
+        "bench-scale": bench_scale,
+    }
     if len(sys.argv) < 2 or sys.argv[1] not in tasks:
         print(__doc__)
         return 2

@@ -15,6 +15,18 @@ from certgate.stores.sqlite import SqliteRegistry, sqlite_url
 
 PROXY_PEER = "10.20.30.40"
 
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
 
 def new_store(tmp_path: Path, name: str = "tenants.db") -> SqliteRegistry:
     """A new, empty store in ``tmp_path``."""
@@ -47,6 +59,7 @@ def reissued(ca: CA, days: int = 365) -> x509.Certificate:
         .not_valid_before(ca.cert.not_valid_before_utc)
         .not_valid_after(ca.cert.not_valid_after_utc + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(CA_KEY_USAGE, critical=True)
         .sign(ca.key, hashes.SHA256())
     )
 
@@ -63,5 +76,6 @@ def cross_certificate(subject: CA, issuer: CA) -> x509.Certificate:
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(CA_KEY_USAGE, critical=True)
         .sign(issuer.key, hashes.SHA256())
     )

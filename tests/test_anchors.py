@@ -120,6 +120,7 @@ def test_same_subject_and_key_is_the_same_anchor(vendor: Vendor) -> None:
         .not_valid_before(root.cert.not_valid_before_utc)
         .not_valid_after(root.cert.not_valid_after_utc + dt.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(root.cert.extensions.get_extension_for_class(x509.KeyUsage).value, True)
         .sign(root.key, hashes.SHA256())
     )
     assert reissued.public_bytes(Encoding.DER) != root.der

@@ -147,7 +147,7 @@ def test_optional_path_lets_requests_without_certificate_through(
     assert IDENTITY_KEY not in seen
     assert seen[DECISION_KEY].reason is None
     assert seen[DECISION_KEY].access == "optional"
-    assert seen[GATE_KEY] is mw.gate
+    assert seen[GATE_KEY].snapshot is mw.gate.snapshot  # the gate pinned to its snapshot
     # a required path still needs one
     result = run_http(mw, http_scope(host=ACME, path="/private"))
     assert result.status == 403
@@ -283,7 +283,7 @@ def test_report_only_on_wsgi(pki: PKI, make_gate: GateFactory) -> None:
     body = b"".join(mw(dict(environ), lambda s, h, e=None: status.append(s)))  # type: ignore[arg-type]
     assert body == b"ok"
     assert seen[0]["certgate.decision"].reason is Reason.NO_CERTIFICATE
-    assert seen[0]["certgate.gate"] is gate
+    assert seen[0]["certgate.gate"].snapshot is gate.snapshot  # pinned to the snapshot
     gate.rollout.set_mode("enforce")
     body = b"".join(mw(dict(environ), lambda s, h, e=None: status.append(s)))  # type: ignore[arg-type]
     assert status[-1].startswith("403")

@@ -39,17 +39,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .decision import Decision
 from .errors import ClientCertificateRefused
 from .facts import Presented, RequestFacts
-from .gate import CertGate
+from .gate import CertGate, GateSnapshot
 from .identity import ClientIdentity
 from .problem import RefusalResponse
 from .reasons import Reason
 from .sni import SCOPE_KEY as SNI_KEY
 from .sources import asgi_tls
+from .trust import HeaderTrust
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -127,21 +128,81 @@ _MEMO_NAME_BYTES = 64
 certificate header is shorter; longer names are classified per request)."""
 
 
+class _HeaderKinds:
+    """How each header name is treated under one
+    :class:`~certgate.trust.HeaderTrust` (a snapshot's): the names read and
+    stripped, and a bounded memo of names already classified."""
+
+    __slots__ = ("kinds", "strip", "trust", "wanted")
+
+    def __init__(self, trust: HeaderTrust) -> None:
+        self.trust = trust
+        self.wanted = frozenset(name.encode("latin-1") for name in trust.header_names)
+        self.strip = frozenset(name.encode("latin-1") for name in trust.strip_names)
+        # header name -> _PLAIN/_HOST/_WANTED/_STRIP/_ALIAS, memoised (bounded):
+        # one dict lookup per header on the hot path.
+        self.kinds: dict[bytes, int] = {}
+
+    def kind(self, name: bytes) -> int:
+        """How a header name is treated. ``_ALIAS``: a spelling with an
+        underscore of a certificate header - a WSGI bridge behind us
+        (Starlette's WSGIMiddleware, a2wsgi, Django) folds ``-`` and ``_``
+        into one environ key - dropped even from a trusted proxy, which sets
+        the dashed names only. ``_WANTED``/``_STRIP``: read/kept from a
+        trusted proxy, dropped from anyone else."""
+        lower = name.lower()  # servers send lowercase names; a non-compliant one, not
+        if lower == b"host":
+            kind = _HOST
+        elif b"_" in lower:
+            kind = _ALIAS if lower.replace(b"_", b"-") in self.strip else _PLAIN
+        elif lower in self.wanted:
+            kind = _WANTED
+        elif lower in self.strip:
+            kind = _STRIP
+        else:
+            kind = _PLAIN
+        if len(name) <= _MEMO_NAME_BYTES and len(self.kinds) < 4096:
+            self.kinds[name] = kind  # never a client's long made-up name: it would stay
+        return kind
+
+
+class _Current(NamedTuple):
+    """The middleware's view of one snapshot."""
+
+    snapshot: GateSnapshot
+    headers: _HeaderKinds
+    remembers: bool
+    gate: CertGate
+    """The gate pinned to ``snapshot`` (for ``scope["certgate.gate"]``)."""
+
+
 class CertGateMiddleware:
-    """Pure ASGI middleware around :class:`~certgate.gate.CertGate`."""
+    """Pure ASGI middleware around :class:`~certgate.gate.CertGate`.
+
+    Each request reads the gate's snapshot once (:attr:`CertGate.snapshot
+    <certgate.gate.CertGate.snapshot>`) and is decided, refused or handed
+    on with that snapshot alone: a reload meanwhile never mixes two
+    configurations in one request. ``scope["certgate.gate"]`` is the gate
+    pinned to that snapshot, so route-level checks use it too."""
 
     def __init__(self, app: ASGIApp, gate: CertGate) -> None:
         self.app = app
         self.gate = gate
-        self._trust = gate.trust
-        self._wanted = frozenset(name.encode("latin-1") for name in gate.trust.header_names)
-        self._strip = frozenset(name.encode("latin-1") for name in gate.trust.strip_names)
-        # header name -> _PLAIN/_HOST/_WANTED/_STRIP/_ALIAS, memoised (bounded):
-        # one dict lookup per header on the hot path.
-        self._kinds: dict[bytes, int] = {}
-        self._memo_on = gate.remembers()
+        gate.start_monitor()  # a gate loaded from TOML: expiry checks, file watch
+        self._current = self._follow(gate.snapshot, None)
 
-    def _memo_key(self, scope: Scope) -> tuple[object, ...] | None:
+    @staticmethod
+    def _follow(snapshot: GateSnapshot, previous: _Current | None) -> _Current:
+        """What the middleware derives from ``snapshot``, once per snapshot
+        (the header classification is kept when the header trust is)."""
+        headers = (
+            previous.headers
+            if previous is not None and previous.headers.trust is snapshot.trust
+            else _HeaderKinds(snapshot.trust)
+        )
+        return _Current(snapshot, headers, snapshot.remembers(), snapshot.view())
+
+    def _memo_key(self, scope: Scope, headers: _HeaderKinds) -> tuple[object, ...] | None:
         """The gate's decision-memo key of an HTTP request that needs nothing
         but a decision - from certgate's recorded socket peer, with no
         header to strip - read in one pass over the raw headers: the raw
@@ -157,8 +218,8 @@ class CertGateMiddleware:
         one and refuses the other."""
         if scope["type"] != "http":
             return None
-        headers = scope.get("headers")
-        if type(headers) is not list and type(headers) is not tuple:
+        raw = scope.get("headers")
+        if type(raw) is not list and type(raw) is not tuple:
             return None
         client = scope.get(SOCKET_PEER_KEY)
         if not (isinstance(client, tuple | list) and client and isinstance(client[0], str)):
@@ -166,7 +227,7 @@ class CertGateMiddleware:
         sni = scope.get(SNI_KEY)
         if sni is not None and type(sni) is not str:
             return None  # the full path ignores it; never part of a key
-        trust = self._trust
+        trust = headers.trust
         presented: Presented | None = None
         if trust.reads_proxy_certificate:
             try:
@@ -178,12 +239,12 @@ class CertGateMiddleware:
             trusted = trust.peer_is_trusted(client[0])
         host: object = None
         parts: list[object] = [sni, True] if trusted else [sni, False]
-        kinds = self._kinds
+        kinds = headers.kinds
         try:
-            for name, value in headers:
+            for name, value in raw:
                 kind = kinds.get(name)
                 if kind is None:
-                    kind = self._kind(name)
+                    kind = headers.kind(name)
                 if kind == _PLAIN:
                     continue
                 if type(value) is not bytes:
@@ -221,49 +282,33 @@ class CertGateMiddleware:
             return None
         return (host, sni, False, presented.source, presented.digest)
 
-    def _kind(self, name: bytes) -> int:
-        """How a header name is treated. ``_ALIAS``: a spelling with an
-        underscore of a certificate header - a WSGI bridge behind us
-        (Starlette's WSGIMiddleware, a2wsgi, Django) folds ``-`` and ``_``
-        into one environ key - dropped even from a trusted proxy, which sets
-        the dashed names only. ``_WANTED``/``_STRIP``: read/kept from a
-        trusted proxy, dropped from anyone else."""
-        lower = name.lower()  # servers send lowercase names; a non-compliant one, not
-        if lower == b"host":
-            kind = _HOST
-        elif b"_" in lower:
-            kind = _ALIAS if lower.replace(b"_", b"-") in self._strip else _PLAIN
-        elif lower in self._wanted:
-            kind = _WANTED
-        elif lower in self._strip:
-            kind = _STRIP
-        else:
-            kind = _PLAIN
-        if len(name) <= _MEMO_NAME_BYTES and len(self._kinds) < 4096:
-            self._kinds[name] = kind  # never a client's long made-up name: it would stay
-        return kind
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        current = self._current
+        snapshot = self.gate.snapshot  # read once: this request's configuration
+        if current.snapshot is not snapshot:
+            current = self._current = self._follow(snapshot, current)
+        headers = current.headers
         decision = None
-        key = self._memo_key(scope) if self._memo_on else None
+        key = self._memo_key(scope, headers) if current.remembers else None
         if key is not None:
             path = scope.get("path")
-            decision = self.gate.recall(key, path if isinstance(path, str) else "")
+            decision = snapshot.recall(key, path if isinstance(path, str) else "")
         if decision is None:
             try:
-                scope, facts = self._facts(scope)
+                scope, facts = self._facts(scope, headers)
             except Exception as exc:  # noqa: BLE001 - a malformed scope fails closed, not a 500
-                decision = self._malformed_scope(scope, exc)
+                decision = self._malformed_scope(snapshot, scope, exc)
             else:
-                decision = await self.gate.adecide(facts, memo_key=key)
+                decision = await snapshot.adecide(facts, memo_key=key)
         if decision.blocks:
-            await self._reject(scope, receive, send, decision.reason)  # type: ignore[arg-type]
+            reason: Reason = decision.reason  # type: ignore[assignment]
+            await send_refusal(snapshot.refusal(reason), reason, scope, receive, send)
             return
         scope[DECISION_KEY] = decision
-        scope[GATE_KEY] = self.gate
+        scope[GATE_KEY] = current.gate
         if decision.identity is not None:
             scope[IDENTITY_KEY] = decision.identity
         elif IDENTITY_KEY in scope:  # no identity: never let one set upstream through
@@ -277,13 +322,13 @@ class CertGateMiddleware:
                 return
             if tracked.started:  # too late for a refusal: the server ends the response
                 raise
-            refusal = self.gate.refusal(exc.reason)
+            refusal = snapshot.refusal(exc.reason)
             await send_refusal(
                 refusal, exc.reason, scope, receive, send, connect_received=tracked.connected
             )
 
-    def _facts(self, scope: Scope) -> tuple[Scope, RequestFacts]:
-        trust = self._trust
+    def _facts(self, scope: Scope, headers: _HeaderKinds) -> tuple[Scope, RequestFacts]:
+        trust = headers.trust
         peer = socket_peer(scope, trust_reported=trust.trust_reported_peer)
         if peer is None and SOCKET_PEER_KEY not in scope:
             trust.note_unknown_peer("no scope['certgate.socket_peer']")
@@ -291,12 +336,12 @@ class CertGateMiddleware:
         host: str | None = None
         found: dict[str, list[str]] = {}
         removed: list[str] = []
-        kinds = self._kinds
+        kinds = headers.kinds
         raw_headers = scope.get("headers") or ()
         for name, value in raw_headers:
             kind = kinds.get(name)
             if kind is None:
-                kind = self._kind(name)
+                kind = headers.kind(name)
             if kind == _PLAIN:
                 continue
             if kind == _HOST:
@@ -315,7 +360,7 @@ class CertGateMiddleware:
                 peer, removed, "" if trusted else trust.untrusted_why(peer, transport)
             )
         if not trusted and transport is None and trust.transport:
-            self._note_missing_tls(scope)
+            self._note_missing_tls(scope, trust)
         path = scope.get("path")
         sni = scope.get(SNI_KEY)
         facts = RequestFacts(
@@ -329,7 +374,7 @@ class CertGateMiddleware:
         )
         return scope, facts
 
-    def _note_missing_tls(self, scope: Scope) -> None:
+    def _note_missing_tls(self, scope: Scope, trust: HeaderTrust) -> None:
         """Say once, loudly, when no client certificate can ever arrive: a
         TLS request without the ``tls`` extension (a server that does not
         fill it, and not certgate's adapter, which fills it on every TLS
@@ -339,17 +384,17 @@ class CertGateMiddleware:
         tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
         if tls is None:
             if scope.get("scheme") in ("https", "wss") and SOCKET_PEER_KEY not in scope:
-                self._trust.note_no_tls_info(
+                trust.note_no_tls_info(
                     f"ASGI scope scheme {scope.get('scheme')!r} without the 'tls' extension",
                     _NO_TLS_FIX,
                 )
         elif isinstance(tls, Mapping) and tls.get(CLIENT_CERT_REQUESTED) is False:
-            self._trust.note_not_requested(
+            trust.note_not_requested(
                 "the ASGI tls extension says certgate.client_cert_requested = False",
                 _NOT_REQUESTED_FIX,
             )
 
-    def _malformed_scope(self, scope: Scope, exc: Exception) -> Decision:
+    def _malformed_scope(self, snapshot: GateSnapshot, scope: Scope, exc: Exception) -> Decision:
         """The refusal of a scope the middleware could not read (headers that
         are not ``(bytes, bytes)`` pairs: a bug upstream, logged with its
         traceback). Neither certgate nor the app sees such a request."""
@@ -357,10 +402,7 @@ class CertGateMiddleware:
         facts = RequestFacts(None, path if isinstance(path, str) else "", None, {}, None)
         logger.error("certgate: unreadable ASGI scope, request refused: %r", exc, exc_info=exc)
         detail = f"unreadable scope: {type(exc).__name__}"
-        return self.gate.conclude(Decision(reason=Reason.INTERNAL_ERROR, detail=detail), facts)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, reason: Reason) -> None:
-        await send_refusal(self.gate.refusal(reason), reason, scope, receive, send)
+        return snapshot.conclude(Decision(reason=Reason.INTERNAL_ERROR, detail=detail), facts)
 
 
 _STARTS = frozenset(

@@ -16,15 +16,40 @@
     bundle.
 
 ``certgate config check TOML [--strict]``
-    Load a configuration as the middleware would: exit 2 with the error when
-    it is invalid; otherwise print a summary and the warnings (certgate's
-    load-time warnings, and tenant CAs inside ``expiry_warning_days``), exit
-    0 (1 with ``--strict`` when there are warnings).
+    Load a configuration as the middleware would: exit 2 with the errors when
+    it is invalid - every CA vetting error of every tenant, not only the
+    first (:func:`certgate.config.ca_findings`); otherwise print a summary and
+    the warnings (certgate's load-time warnings, CA vetting warnings, tenant
+    CAs inside ``expiry_warning_days``, CRLs near or past their nextUpdate),
+    exit 0 (1 with ``--strict`` when there are warnings).
 
 ``certgate expiry --config TOML [--warning-days 30] [--critical-days 14] [--all] [--json]``
+    ``[--crl-warning-days 3] [--crl-critical-days 1]``
     List the tenant roots and intermediates that expire within the warning
-    threshold (or have expired), soonest first. Exit 0 when there are none,
-    1 when there are (for cron and monitoring), 2 on bad usage.
+    threshold (or have expired), and the CRLs whose nextUpdate is within the
+    CRL thresholds (or past), soonest first. Expired CAs are listed even
+    when their tenant refuses them at load (``ca_expired = "fail"``). Exit 0
+    when there are none, 1 when there are (for cron and monitoring), 2 on
+    bad usage or another configuration error.
+
+``certgate tenants add --config TOML ID --host H... --root PEM... [--intermediate PEM]...``
+    Append a ``[[tenants]]`` table to the file, after checking that the
+    result loads (CA vetting, ids and hosts unique, shared anchors); the
+    rest of the file is kept byte for byte (:mod:`certgate.tenantfile`).
+
+``certgate tenants list --config TOML [--json]``
+    One line per tenant: id, hosts, roots, intermediates, earliest CA expiry.
+
+``certgate tenants remove --config TOML ID``
+    Cut that tenant's ``[[tenants]]`` table out of the file (checked: the
+    rest parses to the same data and loads).
+
+``certgate tenants add|list|remove --registry URL ...``, ``certgate tenants show ID --registry URL``
+``certgate tenants import --from SOURCE --to URL``, ``certgate tenants export --from URL``
+``certgate tenants migrate URL``, ``certgate tenants backup URL FILE``
+    The same against a tenant store (``sqlite:///path``), and moving
+    tenants between a TOML file, a JSON-lines export and stores: see
+    :mod:`certgate.stores.cli`.
 
 ``certgate inspect CERT [--json]``
     Print the identity fields of a certificate (PEM or DER) as the app would
@@ -69,26 +94,35 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import __version__, pki
 from . import pki as pki_module
-from .config import MAX_PEM_FILE_BYTES, load_config, read_regular_file
+from .config import MAX_PEM_FILE_BYTES, ca_findings, load_config, read_regular_file
 from .decision import Decision
+from .devpki import CA
 from .errors import ConfigError, Rejected
-from .expiry import ca_expiry
+from .expiry import CRL_CRITICAL_DAYS, CRL_WARNING_DAYS, ExpiryItem, ca_expiry
 from .gate import CertGate
 from .identity import ClientIdentity
 from .pem import load_certificate, pem_to_ders
 from .pki import CLIENT_KEY_TYPES, KEY_TYPES
+from .registry import InMemoryRegistry
 from .servers.tls import trust_bundle_pem
+from .stores.cli import STORE_COMMANDS, store_parsers
+from .stores.cli import run as run_store_command
+from .tenant import Tenant
+from .tenantfile import add_tenant, read_tenants, remove_tenant
 from .text import safe_text
+from .vetting import Finding, lenient_dates
 
 EXIT_ALLOWED, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -130,6 +164,12 @@ def _parser() -> argparse.ArgumentParser:
     expiry.add_argument("--config", required=True, help="certgate TOML configuration")
     expiry.add_argument("--warning-days", type=float, default=30, help="default 30")
     expiry.add_argument("--critical-days", type=float, default=14, help="default 14")
+    expiry.add_argument(
+        "--crl-warning-days", type=float, default=CRL_WARNING_DAYS, help="CRLs: default 3"
+    )
+    expiry.add_argument(
+        "--crl-critical-days", type=float, default=CRL_CRITICAL_DAYS, help="CRLs: default 1"
+    )
     expiry.add_argument("--all", action="store_true", help="list every CA, not only the late")
     expiry.add_argument("--at", help="as of this time, ISO 8601 (default: now)")
     expiry.add_argument("--json", action="store_true", help="print JSON")
@@ -137,7 +177,48 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("cert", help="certificate: PEM or DER (the first one is shown)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     _pki_parsers(sub.add_parser("pki", help="make CAs and client certificates"))
+    _tenants_parsers(sub.add_parser("tenants", help="add, list or remove tenants of a TOML file"))
     return parser
+
+
+def _tenants_parsers(tenants: argparse.ArgumentParser) -> None:
+    sub = tenants.add_subparsers(dest="tenants_command", required=True)
+    add = sub.add_parser("add", help="add a tenant to a TOML file or a registry URL")
+    add.add_argument("id", help="the tenant id")
+    _where(add)
+    add.add_argument(
+        "--host", action="append", required=True, help="a host or *.pattern (repeatable)"
+    )
+    add.add_argument("--root", action="append", required=True, help="root CA PEM file (repeatable)")
+    add.add_argument("--intermediate", action="append", default=[], help="intermediate PEM file")
+    add.add_argument("--mode", choices=["enforce", "report"], help="this tenant's mode")
+    add.add_argument("--shared-anchors", action="store_true", help="shared_anchors = true")
+    add.add_argument(
+        "--policy", metavar="JSON", help='its default policy, e.g. \'{"common_name": ["a"]}\''
+    )
+    add.add_argument("--crl", action="append", default=[], help="CRL file (repeatable)")
+    add.add_argument("--crl-url", action="append", default=[], help="CRL URL (repeatable)")
+    add.add_argument("--crl-refresh", type=float, help="seconds between CRL URL fetches")
+    add.add_argument("--crl-stale", choices=["fail", "warn"], help="a stale CRL fails or warns")
+    add.add_argument("--require-crl", action="store_true", help="require_crl = true")
+    add.add_argument(
+        "--ca-expired", choices=["fail", "warn"], help="an expired CA fails (default) or warns"
+    )
+    listing = sub.add_parser("list", help="list the tenants of a TOML file or a registry URL")
+    _where(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument("--after", help="registry URL: only ids after this one (paging)")
+    listing.add_argument("--limit", type=int, help="registry URL: at most this many tenants")
+    remove = sub.add_parser("remove", help="remove a tenant from a TOML file or a registry URL")
+    remove.add_argument("id", help="the tenant id")
+    _where(remove)
+    store_parsers(sub)
+
+
+def _where(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="certgate TOML configuration")
+    where.add_argument("--registry", metavar="URL", help="registry URL (sqlite:///path)")
 
 
 def _pki_parsers(pki: argparse.ArgumentParser) -> None:
@@ -314,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _expiry(args)
         if args.command == "inspect":
             return _inspect(args.cert, as_json=args.json)
+        if args.command == "tenants":
+            return _tenants(args)
         if args.command == "pki":
             try:
                 return _pki(args)
@@ -367,7 +450,16 @@ class _Collect(logging.Handler):
 
 def _config_check(path: str, *, strict: bool) -> int:
     """Load ``path`` as the middleware would; print a summary and the
-    warnings (certgate's own load-time warnings and late CAs)."""
+    warnings (certgate's own load-time warnings and late CAs and CRLs). When
+    tenants fail to load, list every CA vetting finding of every tenant (on
+    stderr) instead of stopping at the first, and exit 2."""
+    findings = ca_findings(path)
+    if any(f.level == "error" for f in findings):
+        errors = sum(f.level == "error" for f in findings)
+        for finding in findings:
+            _print(f"{finding.level}: {safe_text(_finding_text(finding, path))}", sys.stderr)
+        _error(f"certgate: configuration error: {path}: {errors} error(s) in [[tenants]]")
+        return EXIT_USAGE
     collect = _Collect()
     logger = logging.getLogger("certgate")
     logger.addHandler(collect)
@@ -379,13 +471,16 @@ def _config_check(path: str, *, strict: bool) -> int:
     hosts = sum(len(t.hosts) for t in tenants)
     cas = sum(len(t.roots) + len(t.intermediates) for t in tenants)
     warnings = list(collect.messages)
-    for item in ca_expiry(tenants, warning_days=gate.expiry_warning_days or 30):
-        if item.level != "ok":
-            when = "expired" if item.level == "expired" else f"expires in {item.days_left:.1f} days"
-            warnings.append(
-                f"tenant {item.tenant_id!r}: {item.kind} {item.subject} {when} "
-                f"(notAfter {item.not_after:%Y-%m-%d})"
-            )
+    for item in ca_expiry(
+        tenants,
+        warning_days=gate.expiry_warning_days,
+        critical_days=gate.expiry_critical_days,
+        crl_warning_days=gate.crl_warning_days,
+        crl_critical_days=gate.crl_critical_days,
+    ):
+        if item.level == "ok" or (item.level == "expired" and item.kind != "crl"):
+            continue  # an expired CA that loaded (ca_expired = "warn") was logged above
+        warnings.append(_late_text(item))
     _print(f"{safe_text(path)}: valid")
     _print(f"tenants: {len(tenants)}, host patterns: {hosts}, CA certificates: {cas}")
     for warning in warnings:
@@ -393,12 +488,47 @@ def _config_check(path: str, *, strict: bool) -> int:
     return EXIT_REJECTED if strict and warnings else EXIT_ALLOWED
 
 
+def _finding_text(finding: Finding, path: str) -> str:
+    """A finding as one line naming the configuration file."""
+    return finding.problem if finding.rule == "tenant" else f"{path}: {finding.text()}"
+
+
+def _late_text(item: ExpiryItem) -> str:
+    """A late CA or CRL as a ``config check`` warning."""
+    if item.kind == "crl":
+        when = (
+            "is stale (past its nextUpdate or not yet valid)"
+            if item.level == "expired"
+            else f"is due for renewal in {item.days_left:.1f} days"
+        )
+        source = f" ({item.source})" if item.source else ""
+        return (
+            f"tenant {item.tenant_id!r}: the CRL of {item.subject}{source} {when} "
+            f"(nextUpdate {item.not_after:%Y-%m-%d %H:%M} UTC)"
+        )
+    when = "expired" if item.level == "expired" else f"expires in {item.days_left:.1f} days"
+    return (
+        f"tenant {item.tenant_id!r}: {item.kind} {item.subject} {when} "
+        f"(notAfter {item.not_after:%Y-%m-%d})"
+    )
+
+
 def _expiry(args: argparse.Namespace) -> int:
+    with lenient_dates():  # list expired CAs, even of tenants that refuse them at load
+        tenants = read_tenants(args.config)
+        if any(tenant.crl_urls for tenant in tenants):  # fetch them now, to list their CRLs
+            from .crlfetch import CrlRefresher  # noqa: PLC0415 - only configs with CRL URLs
+
+            registry = InMemoryRegistry(tenants)
+            CrlRefresher(registry).refresh()
+            tenants = registry.tenants()
     items = ca_expiry(
-        load_config(args.config).registry.tenants(),
+        tenants,
         now=_parse_time(args.at) if args.at else None,
         warning_days=args.warning_days,
         critical_days=args.critical_days,
+        crl_warning_days=args.crl_warning_days,
+        crl_critical_days=args.crl_critical_days,
     )
     late = [item for item in items if item.level != "ok"]
     shown = items if args.all else late
@@ -406,20 +536,144 @@ def _expiry(args: argparse.Namespace) -> int:
         report = {
             "warning_days": args.warning_days,
             "critical_days": args.critical_days,
+            "crl_warning_days": args.crl_warning_days,
+            "crl_critical_days": args.crl_critical_days,
             "late": len(late),
             "items": [item.as_dict() for item in shown],
         }
         print(json.dumps(report, indent=2, ensure_ascii=True))
     else:
         if not shown:
-            _print(f"all {len(items)} tenant CAs have {args.warning_days:g} days or more left")
+            crls = sum(item.kind == "crl" for item in items)
+            _print(
+                f"all {len(items) - crls} tenant CAs have {args.warning_days:g} days or more left"
+                + (
+                    f", and all {crls} CRLs {args.crl_warning_days:g} days or more before "
+                    "their nextUpdate"
+                    if crls
+                    else ""
+                )
+            )
         width = max((len(safe_text(item.tenant_id)) for item in shown), default=0)
         for item in shown:
+            source = f"  {safe_text(item.source)}" if item.source else ""
             _print(
                 f"{item.level:<9} {item.days_left:8.1f} days  {item.not_after:%Y-%m-%d}  "
-                f"{safe_text(item.tenant_id):<{width}}  {item.kind:<12}  {safe_text(item.subject)}"
+                f"{safe_text(item.tenant_id):<{width}}  {item.kind:<12}  "
+                f"{safe_text(item.subject)}{source}"
             )
     return EXIT_REJECTED if late else EXIT_ALLOWED
+
+
+def _tenants(args: argparse.Namespace) -> int:
+    """``tenants add``, ``list`` and ``remove`` of a TOML file; every
+    ``tenants`` command of a registry URL (:mod:`certgate.stores.cli`)."""
+    if getattr(args, "registry", None) is not None or args.tenants_command in STORE_COMMANDS:
+        return run_store_command(args)
+    if args.tenants_command == "list" and (args.after is not None or args.limit is not None):
+        raise ValueError("--after and --limit page a registry URL (--registry), not a TOML file")
+    if args.tenants_command == "list":
+        return _tenants_list(args.config, as_json=args.json)
+    if args.tenants_command == "remove":
+        remove_tenant(args.config, args.id)
+        _print(
+            f"removed tenant {safe_text(args.id)} from {safe_text(args.config)}; "
+            "reload or restart to apply"
+        )
+        return EXIT_ALLOWED
+    tenant = add_tenant(args.config, _tenant_entry(args))
+    _print(
+        f"added tenant {safe_text(tenant.id)} to {safe_text(args.config)}: hosts "
+        f"{_field_text(list(tenant.hosts))}, {len(tenant.roots)} root(s), "
+        f"{len(tenant.intermediates)} intermediate(s); reload or restart to apply"
+    )
+    for warning in (f.text() for f in tenant.ca_warnings):
+        _print(f"warning: {safe_text(warning)}")
+    return EXIT_ALLOWED
+
+
+def _tenant_entry(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``[[tenants]]`` table of ``tenants add``: file names relative to
+    the configuration's directory when they are inside it, else absolute."""
+    base = Path(os.path.abspath(args.config)).parent
+
+    def files(names: list[str]) -> list[str]:
+        out = []
+        for name in names:
+            absolute = Path(os.path.abspath(name))
+            inside = os.path.commonpath([absolute, base]) == str(base)
+            out.append(absolute.relative_to(base).as_posix() if inside else str(absolute))
+        return out
+
+    entry: dict[str, Any] = {"id": args.id, "hosts": list(args.host), "roots": files(args.root)}
+    if args.intermediate:
+        entry["intermediates"] = files(args.intermediate)
+    if args.shared_anchors:
+        entry["shared_anchors"] = True
+    if args.mode:
+        entry["mode"] = args.mode
+    if args.policy is not None:
+        try:
+            policy = json.loads(args.policy)
+        except ValueError as exc:
+            raise ValueError(f"--policy is not JSON: {exc}") from None
+        if not isinstance(policy, dict):
+            raise ValueError("--policy must be a JSON object")
+        entry["policy"] = policy
+    if args.crl:
+        entry["crls"] = files(args.crl)
+    if args.crl_url:
+        entry["crl_urls"] = list(args.crl_url)
+    if args.crl_refresh is not None:
+        entry["crl_refresh"] = args.crl_refresh
+    if args.crl_stale:
+        entry["crl_stale"] = args.crl_stale
+    if args.require_crl:
+        entry["require_crl"] = True
+    if args.ca_expired:
+        entry["ca_expired"] = args.ca_expired
+    return entry
+
+
+def _tenants_list(config: str, *, as_json: bool) -> int:
+    with lenient_dates():  # an inventory shows a tenant with an expired CA too
+        tenants = read_tenants(config)
+    rows = [_tenant_row(tenant) for tenant in tenants]
+    if as_json:
+        print(json.dumps({"tenants": rows}, indent=2, ensure_ascii=True))
+        return EXIT_ALLOWED
+    table = [("id", "hosts", "roots", "intermediates", "earliest CA expiry")]
+    for row in rows:
+        table.append(
+            (
+                safe_text(row["id"]),
+                _field_text(row["hosts"]),
+                str(row["roots"]),
+                str(row["intermediates"]),
+                row["earliest_ca_expiry"] or "-",
+            )
+        )
+    widths = [max(len(line[column]) for line in table) for column in range(5)]
+    for line in table:
+        _print(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )
+    return EXIT_ALLOWED
+
+
+def _tenant_row(tenant: Tenant) -> dict[str, Any]:
+    cas = tenant.roots + tenant.intermediates
+    earliest = min((cert.not_valid_after_utc for cert in cas), default=None)
+    return {
+        "id": tenant.id,
+        "hosts": list(tenant.hosts),
+        "roots": len(tenant.roots),
+        "intermediates": len(tenant.intermediates),
+        "earliest_ca_expiry": earliest.strftime("%Y-%m-%dT%H:%M:%SZ") if earliest else None,
+        "mode": tenant.mode,
+        "crls": len(tenant.crls),
+        "crl_urls": list(tenant.crl_urls),
+    }
 
 
 def _inspect(path: str, *, as_json: bool) -> int:
@@ -439,15 +693,24 @@ def _inspect(path: str, *, as_json: bool) -> int:
     return EXIT_ALLOWED
 
 
+def _key_text(cert: x509.Certificate) -> str:
+    """``RSA 2048``, ``EC secp256r1``...; a key ``cryptography`` cannot load
+    (an unknown curve or algorithm) is described, not a crash: inspecting
+    an odd certificate is what ``inspect`` is for."""
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        return f"unsupported ({exc})"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA {key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    return type(key).__name__
+
+
 def _certificate_facts(cert: x509.Certificate) -> dict[str, Any]:
     """What ``inspect`` adds to the identity fields: key, CA flag, EKU."""
-    key = cert.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        key_text = f"RSA {key.key_size}"
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        key_text = f"EC {key.curve.name}"
-    else:
-        key_text = type(key).__name__
+    key_text = _key_text(cert)
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except (x509.ExtensionNotFound, ValueError):
@@ -479,6 +742,11 @@ def _revocation_command(args: argparse.Namespace) -> int:
     """``pki revoke`` and ``pki crl``."""
     ca = pki.load_ca(args.ca_cert, args.ca_key, _passphrase(args.ca_key_passphrase_file))
     db_path = Path(args.db)
+    with pki.locked(db_path):  # read, change and write the database as one step
+        return _revocation_locked(args, ca, db_path)
+
+
+def _revocation_locked(args: argparse.Namespace, ca: CA, db_path: Path) -> int:
     db = pki.read_revocations(db_path, ca)
     if args.pki_command == "crl":
         crl = pki.make_crl(ca, db, days=args.days)

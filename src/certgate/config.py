@@ -10,7 +10,12 @@ access          = "require"      # default access: "require", or "optional" (rou
 mode            = "enforce"      # "enforce", or "report" (report-only: log, count, let through)
 policy          = { }            # default policy of tenants without their own (certgate.policy)
 refusal_format  = "problem+json" # or "text", "html"
-expiry_warning_days = 30         # warn when a client certificate expires sooner
+expiry_warning_days = 30         # warn when a client certificate, tenant CA or CRL expires sooner
+expiry_critical_days = 14        # tenant CAs inside this many days are "critical"
+crl_warning_days = 3             # warn when a CRL's nextUpdate is this close (CRLs are short-lived)
+crl_critical_days = 1            # CRLs whose nextUpdate is this close are "critical"
+expiry_check_interval = 86400    # seconds between checks of tenant CA/CRL expiry (0 = load only)
+watch_interval  = 0              # seconds between checks of this file and its files (0 = off)
 strip_known_headers = true       # remove every well-known proxy cert header from untrusted peers
 trust_reported_peer = false      # believe scope["client"] / REMOTE_ADDR as the socket peer
 trust_unix_socket = false        # trust a unix-socket peer as a proxy (explicit opt-in)
@@ -35,6 +40,7 @@ intermediates = ["acme-issuing-ca.pem"]    # one file may hold several PEMs
 shared_anchors = false                     # true on EVERY tenant that knowingly shares a root
 mode          = "report"                   # optional: this tenant's mode
 policy        = { issued_by = { fingerprints = ["..."] } }   # optional: its default policy
+ca_expired    = "fail"                     # or "warn": load with an expired root/intermediate
 ```
 
 Unknown keys are errors, not ignored: a typo such as ``trusted_proxy`` must
@@ -70,6 +76,7 @@ from .rollout import Route, parse_access, parse_mode
 from .sources.base import HeaderSource, header_source
 from .tenant import Tenant, check_crl_url, check_tenant_id, load_pem_certificates
 from .text import safe_text
+from .vetting import CaVettingError, Finding, quiet
 
 if TYPE_CHECKING:
     from .crlfetch import CrlRefresher
@@ -145,6 +152,11 @@ _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "mode": str,
     "refusal_format": str,
     "expiry_warning_days": (int, float),
+    "expiry_critical_days": (int, float),
+    "crl_warning_days": (int, float),
+    "crl_critical_days": (int, float),
+    "expiry_check_interval": (int, float),
+    "watch_interval": (int, float),
     "routes": list,
     "policy": dict,
 }
@@ -161,6 +173,7 @@ _TENANT_KEYS = {
     "crl_refresh",
     "crl_stale",
     "require_crl",
+    "ca_expired",
 }
 _ROUTE_KEYS = {"path", "access", "mode", "policy"}
 MAX_ROUTES = 1000
@@ -169,10 +182,16 @@ MAX_ROUTES = 1000
 
 @dataclass
 class Config:
-    """A parsed configuration file: the registry and the gate's settings."""
+    """A parsed configuration file: the registry and the gate's settings.
+
+    ``section``: the ``[certgate]`` table as parsed (a reload compares it to
+    tell whether the settings changed). ``files``: the TOML file and every
+    file it names (CA, CRL and proxy CA files), resolved, for a file watch."""
 
     registry: TomlRegistry
     gate_kwargs: dict[str, Any] = field(default_factory=dict)
+    section: Mapping[str, Any] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
 
 
 class TomlRegistry(InMemoryRegistry):
@@ -180,24 +199,51 @@ class TomlRegistry(InMemoryRegistry):
 
     :meth:`reload` re-reads the file and swaps the tenants in atomically; on a
     bad file it raises and keeps serving the previous tenants. It reloads
-    ``[[tenants]]`` only (their CRL files included): a change to
-    ``[certgate]`` settings needs a restart.
+    ``[[tenants]]`` only (their CRL files included); a gate made by
+    :meth:`CertGate.from_toml <certgate.gate.CertGate.from_toml>` reloads
+    everything, ``[certgate]`` included, with its own ``reload()`` (which
+    makes a new registry, see :meth:`adopt`).
 
     When a tenant has ``crl_urls``, the registry starts a
     :class:`~certgate.crlfetch.CrlRefresher` (``crl_refresher``) in a daemon
     thread; a reload keeps the CRLs it already fetched. :meth:`close` stops it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], data: Mapping[str, Any] | None = None) -> None:
-        """Load ``path`` (``data``: its already-parsed contents, if at hand)."""
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        data: Mapping[str, Any] | None = None,
+        *,
+        successor_of: TomlRegistry | None = None,
+    ) -> None:
+        """Load ``path`` (``data``: its already-parsed contents, if at hand).
+
+        ``successor_of``: the registry this one is to replace (a reload): its
+        tenants' fetched CRLs are attached to the new tenants, and no CRL
+        refresher starts until :meth:`adopt` takes over the old one."""
         self.path = Path(path)
         self.crl_refresher: CrlRefresher | None = None
         tenants = _read_tenants(self.path, data if data is not None else _read_toml(self.path))
+        if successor_of is not None and successor_of.crl_refresher is not None:
+            tenants = successor_of.crl_refresher.apply(tenants)
         try:
             super().__init__(tenants)
         except ConfigError as exc:  # shared anchors, a host claimed twice, ...
             raise ConfigError(f"{self.path}: {exc}") from None
-        self._watch_crl_urls(tenants)
+        if successor_of is None:
+            self._watch_crl_urls(tenants)
+
+    def adopt(self, previous: TomlRegistry) -> None:
+        """Take over ``previous``'s CRL refresher (it now fetches for this
+        registry's tenants and keeps the CRLs it fetched), or start one if
+        this registry's tenants have ``crl_urls`` and there was none."""
+        refresher = previous.crl_refresher
+        if refresher is not None and self.crl_refresher is None:
+            previous.crl_refresher = None
+            self.crl_refresher = refresher
+            refresher.follow(self)
+        else:
+            self._watch_crl_urls(self.tenants())
 
     def reload(self) -> None:
         tenants = _read_tenants(self.path, _read_toml(self.path))
@@ -224,8 +270,11 @@ class TomlRegistry(InMemoryRegistry):
             self.crl_refresher.stop(timeout=5)
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Parse ``path``; raises :class:`ConfigError` saying what to fix."""
+def load_config(
+    path: str | os.PathLike[str], *, successor_of: TomlRegistry | None = None
+) -> Config:
+    """Parse ``path``; raises :class:`ConfigError` saying what to fix.
+    ``successor_of``: see :class:`TomlRegistry`."""
     path = Path(path)
     data = _read_toml(path)
     unknown = set(data) - {"certgate", "tenants"}
@@ -262,7 +311,40 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     for key, check in (("access", parse_access), ("mode", parse_mode)):
         if key in kwargs:
             check(kwargs[key], f"{path}: [certgate].{key}")
-    return Config(registry=TomlRegistry(path, data), gate_kwargs=kwargs)
+    registry = TomlRegistry(path, data, successor_of=successor_of)
+    return Config(
+        registry=registry,
+        gate_kwargs=kwargs,
+        section=section,
+        files=referenced_files(path, data),
+    )
+
+
+def referenced_files(path: Path, data: Mapping[str, Any]) -> tuple[Path, ...]:
+    """``path`` and every file its parsed ``data`` names (tenants' ``roots``,
+    ``intermediates`` and ``crls``, ``[certgate].proxy_ca``), resolved as
+    the loader resolves them - what a file watch looks at. Entries that are
+    not strings are skipped (the loader refuses them anyway)."""
+    base = path.parent
+    names: list[object] = []
+    section = data.get("certgate")
+    if isinstance(section, Mapping):
+        names.append(section.get("proxy_ca"))
+    tenants = data.get("tenants")
+    for entry in tenants if isinstance(tenants, list) else ():
+        if isinstance(entry, Mapping):
+            for key in ("roots", "intermediates", "crls"):
+                value = entry.get(key)
+                if isinstance(value, list):
+                    names.extend(value)
+    files = [path]
+    for name in names:
+        if isinstance(name, str):
+            file = base / name
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                file = file.resolve()
+            files.append(file)
+    return tuple(dict.fromkeys(files))
 
 
 def _header_sources(path: Path, entries: list[Any]) -> tuple[str | HeaderSource, ...]:
@@ -328,6 +410,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({exc.reason})") from None
+    return parse_toml(text, path)
+
+
+def parse_toml(text: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """TOML ``text`` (of the file ``path``, for messages) parsed as the
+    configuration is, with the same limits; :class:`ConfigError` if invalid."""
     if _longest_dotted_name(text) > MAX_KEY_PARTS:
         raise ConfigError(
             f"{path}: invalid TOML: a dotted key or table name of more than "
@@ -342,55 +430,67 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _read_tenants(path: Path, data: Mapping[str, Any]) -> list[Tenant]:
+    return [
+        _read_tenant(path, entry, position)
+        for position, entry in enumerate(_tenant_entries(path, data), 1)
+    ]
+
+
+def _tenant_entries(path: Path, data: Mapping[str, Any]) -> list[Any]:
     entries = data.get("tenants", [])
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: 'tenants' must be an array of tables ([[tenants]])")
-    tenants: list[Tenant] = []
-    for position, entry in enumerate(entries, 1):
-        where = f"{path}: tenant #{position}"
-        _check_table(entry, where, _TENANT_KEYS)
-        tenant_id = entry.get("id")
-        if not isinstance(tenant_id, str) or not tenant_id:
-            raise ConfigError(f"{where}: 'id' must be a non-empty string")
-        try:
-            check_tenant_id(tenant_id)  # before any PEM file is read
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        where = f"{path}: tenant {tenant_id!r}"
-        hosts = _strings(entry.get("hosts"), f"{where}: 'hosts'", required=True)
-        roots = _certs(
-            path, _strings(entry.get("roots"), f"{where}: 'roots'", required=True), where
+    return entries
+
+
+def _read_tenant(path: Path, entry: Any, position: int) -> Tenant:
+    """The tenant of one ``[[tenants]]`` table (the ``position``-th)."""
+    where = f"{path}: tenant #{position}"
+    _check_table(entry, where, _TENANT_KEYS)
+    tenant_id = entry.get("id")
+    if not isinstance(tenant_id, str) or not tenant_id:
+        raise ConfigError(f"{where}: 'id' must be a non-empty string")
+    try:
+        check_tenant_id(tenant_id)  # before any PEM file is read
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    where = f"{path}: tenant {tenant_id!r}"
+    hosts = _strings(entry.get("hosts"), f"{where}: 'hosts'", required=True)
+    roots = _certs(path, _strings(entry.get("roots"), f"{where}: 'roots'", required=True), where)
+    inters = _certs(
+        path, _strings(entry.get("intermediates", []), f"{where}: 'intermediates'"), where
+    )
+    ca_expired = entry.get("ca_expired", "fail")
+    if not isinstance(ca_expired, str):
+        raise ConfigError(f'{where}: \'ca_expired\' must be "fail" or "warn"')
+    shared = entry.get("shared_anchors", False)
+    if not isinstance(shared, bool):
+        raise ConfigError(f"{where}: 'shared_anchors' must be true or false")
+    mode = entry.get("mode")  # checked by Tenant
+    policy = entry.get("policy")
+    if policy is not None:
+        policy = _policy(policy, where)
+    crls, labels = _crls(path, _strings(entry.get("crls", []), f"{where}: 'crls'"), where)
+    revocation = _revocation_settings(entry, where)
+    try:
+        return Tenant(
+            tenant_id,
+            tuple(hosts),
+            tuple(cert for cert, _ in roots),
+            tuple(cert for cert, _ in inters),
+            shared_anchors=shared,
+            policy=policy,
+            mode=mode,
+            crls=tuple(crls),
+            crl_labels=tuple(labels),
+            ca_expired=ca_expired,
+            ca_sources=tuple(source for _, source in (*roots, *inters)),
+            **revocation,
         )
-        inters = _certs(
-            path, _strings(entry.get("intermediates", []), f"{where}: 'intermediates'"), where
-        )
-        shared = entry.get("shared_anchors", False)
-        if not isinstance(shared, bool):
-            raise ConfigError(f"{where}: 'shared_anchors' must be true or false")
-        mode = entry.get("mode")  # checked by Tenant
-        policy = entry.get("policy")
-        if policy is not None:
-            policy = _policy(policy, where)
-        crls, labels = _crls(path, _strings(entry.get("crls", []), f"{where}: 'crls'"), where)
-        revocation = _revocation_settings(entry, where)
-        try:
-            tenants.append(
-                Tenant(
-                    tenant_id,
-                    tuple(hosts),
-                    tuple(roots),
-                    tuple(inters),
-                    shared_anchors=shared,
-                    policy=policy,
-                    mode=mode,
-                    crls=tuple(crls),
-                    crl_labels=tuple(labels),
-                    **revocation,
-                )
-            )
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-    return tenants
+    except CaVettingError as exc:
+        raise CaVettingError(f"{path}: {exc}", exc.findings) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _revocation_settings(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -505,8 +605,9 @@ def _strings(value: Any, what: str, *, required: bool = False) -> list[str]:
     return value
 
 
-def _certs(config_path: Path, files: list[str], where: str) -> list[x509.Certificate]:
-    certs: list[x509.Certificate] = []
+def _certs(config_path: Path, files: list[str], where: str) -> list[tuple[x509.Certificate, str]]:
+    """Every certificate of ``files`` with the (escaped) name of its file."""
+    certs: list[tuple[x509.Certificate, str]] = []
     for name in files:
         file = config_path.parent / name
         with contextlib.suppress(OSError, RuntimeError, ValueError):  # the read says why
@@ -515,5 +616,33 @@ def _certs(config_path: Path, files: list[str], where: str) -> list[x509.Certifi
             data = read_regular_file(file, MAX_PEM_FILE_BYTES, "PEM file")
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        certs.extend(load_pem_certificates(data, f"{where}: {safe_text(file, 300)}"))
+        shown = safe_text(file, 300)
+        certs.extend((cert, shown) for cert in load_pem_certificates(data, f"{where}: {shown}"))
     return certs
+
+
+def ca_findings(path: str | os.PathLike[str]) -> list[Finding]:
+    """Every finding of every ``[[tenants]]`` table of ``path``, for
+    ``certgate config check``: each CA vetting error and warning
+    (:mod:`certgate.vetting`), and an error with rule ``tenant`` (its
+    ``problem`` the whole message) for a table that fails to load for
+    another reason. Unlike loading, it does not stop at the first tenant.
+    Checks between tenants (ids, hosts, shared anchors) are not done here.
+    :class:`ConfigError` when the file itself cannot be read or parsed."""
+    path = Path(path)
+    findings: list[Finding] = []
+    for position, entry in enumerate(_tenant_entries(path, _read_toml(path)), 1):
+        tenant_id = entry.get("id") if isinstance(entry, Mapping) else None
+        try:
+            with quiet():
+                tenant = _read_tenant(path, entry, position)
+        except CaVettingError as exc:
+            findings.extend(exc.findings)
+        except ConfigError as exc:
+            name = tenant_id if isinstance(tenant_id, str) else f"#{position}"
+            findings.append(
+                Finding("error", "tenant", safe_text(name, 128), str(exc), "correct the table")
+            )
+        else:
+            findings.extend(tenant.ca_warnings)
+    return findings

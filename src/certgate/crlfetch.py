@@ -25,15 +25,19 @@ starts its thread again in the child (gunicorn workers, say).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.client
 import logging
 import os
+import socket
 import threading
 import time
 import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Callable, Iterable
-from typing import IO
+from typing import IO, Any
 
 from cryptography import x509
 
@@ -66,27 +70,129 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)  # type: ignore[arg-type]
 
 
-_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+class _Watchdog:
+    """Shuts down every socket of one download when its deadline passes.
+
+    A socket timeout bounds each read, not the download: a server that
+    sends a byte every few seconds (headers or body) would hold the refresh
+    thread - and so every tenant's CRL refresh - for days. ``shutdown()``
+    from the timer thread makes the blocked read return at once.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.fired = False
+        self._timer = threading.Timer(timeout, self._fire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Shut ``sock`` down at the deadline (at once if it has passed)."""
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            fired = self.fired
+        if fired:
+            _shutdown(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed: nothing to stop
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _WatchedHTTP(http.client.HTTPConnection):
+    def __init__(self, watchdog: _Watchdog, host: str, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self._watchdog = watchdog
+
+    def connect(self) -> None:
+        super().connect()
+        self._watchdog.watch(self.sock)
+
+
+class _WatchedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, watchdog: _Watchdog, host: str, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self._watchdog = watchdog
+
+    def connect(self) -> None:  # TCP connect and TLS handshake: bounded by the timeout
+        super().connect()
+        self._watchdog.watch(self.sock)
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self._watchdog = watchdog
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_WatchedHTTP, self._watchdog), req)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self._watchdog = watchdog
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_WatchedHTTPS, self._watchdog), req)
 
 
 def fetch_url(url: str, *, timeout: float = DEFAULT_TIMEOUT, limit: int = MAX_CRL_BYTES) -> bytes:
     """The body of ``url`` (HTTP 200 only), at most ``limit`` bytes, read
-    within ``timeout`` seconds in all; raises otherwise."""
+    within ``timeout`` seconds in all (connection, redirects, headers and
+    body: a server trickling bytes is cut off at the deadline); raises
+    otherwise. Not bounded by ``timeout``: the DNS look-up (the system
+    resolver's own timeouts apply)."""
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise ValueError("a CRL URL must be http:// or https://")
-    deadline = time.monotonic() + timeout
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
         url, headers={"User-Agent": "certgate-crl-fetch"}
     )
-    with _OPENER.open(request, timeout=timeout) as response:
+    with _Watchdog(timeout) as watchdog:
+        opener = urllib.request.build_opener(
+            _HttpOnlyRedirects, _WatchedHTTPHandler(watchdog), _WatchedHTTPSHandler(watchdog)
+        )
+        try:
+            body = _read(opener, request, timeout, limit)
+        except Exception:
+            if watchdog.fired:
+                raise TimeoutError(f"download took more than {timeout:g} s") from None
+            raise
+        if watchdog.fired:  # a shut-down socket reads as the end of the body
+            raise TimeoutError(f"download took more than {timeout:g} s")
+    return body
+
+
+def _read(
+    opener: urllib.request.OpenerDirector,
+    request: urllib.request.Request,
+    timeout: float,
+    limit: int,
+) -> bytes:
+    with opener.open(request, timeout=timeout) as response:
         if response.status != 200:
             raise ValueError(f"HTTP status {response.status}")
         chunks: list[bytes] = []
         size = 0
         while True:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"download took more than {timeout:g} s")
-            chunk = response.read(65536)
+            chunk = response.read1(65536)
             if not chunk:
                 break
             size += len(chunk)
@@ -235,6 +341,13 @@ class CrlRefresher:
     def wake(self) -> None:
         """Have the thread look for due URLs now (after a reload, say)."""
         self._wake.set()
+
+    def follow(self, registry: InMemoryRegistry) -> None:
+        """Fetch for ``registry``'s tenants from now on (a reload made a new
+        registry), keeping the CRLs fetched so far; the thread is woken so a
+        CRL fetched while the reload ran reaches the new tenants at once."""
+        self.registry = registry
+        self.wake()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the thread (waits up to ``timeout`` seconds for it)."""

@@ -7,7 +7,10 @@ by walking up from the leaf by issuer name over the certificates it had -
 those the client sent and the tenant's own intermediates and roots:
 
 * the first issuer that is nowhere to be found, by name and key id ("the
-  client must send it, or configure it as the tenant's intermediate");
+  client must send it, or configure it as the tenant's intermediate"), or
+  found by name only, with another key (Subject Key Identifier) than the
+  certificate's Authority Key Identifier names: a CA re-created under the
+  same name;
 * a tenant root or intermediate on the path that is expired or not yet
   valid, with its date;
 * a path that ends at a self-signed certificate that is not one of the
@@ -36,6 +39,21 @@ def _key_id(cert: x509.Certificate) -> str | None:
     except (x509.ExtensionNotFound, ValueError):
         return None
     return aki.key_identifier.hex() if aki.key_identifier else None
+
+
+def _subject_key_id(cert: x509.Certificate) -> str | None:
+    """The hex Subject Key Identifier of ``cert``, if it has one."""
+    try:
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    return ski.digest.hex()
+
+
+def _may_have_key(cert: x509.Certificate, key_id: str | None) -> bool:
+    """Whether ``cert`` may hold the key ``key_id`` names (unknown: yes)."""
+    own = _subject_key_id(cert)
+    return key_id is None or own is None or own == key_id
 
 
 def _dn(name: x509.Name) -> str:
@@ -84,9 +102,18 @@ def explain_untrusted(
                 f"the chain ends at {_dn(cert.subject)}, which is not a root of tenant "
                 f"{tenant.id!r} (its roots: {'; '.join(_dn(r.subject) for r in roots)})"
             )
-        issuers = [c for c in candidates if c.subject == cert.issuer and id(c) not in seen]
+        named = [c for c in candidates if c.subject == cert.issuer and id(c) not in seen]
+        key_id = _key_id(cert)
+        issuers = [c for c in named if _may_have_key(c, key_id)]
+        if named and not issuers:
+            others = ", ".join(sorted({_subject_key_id(c) or "?" for c in named}))
+            return (
+                f"issuer {_dn(cert.issuer)} (key id {key_id}) of {_dn(cert.subject)} not found: "
+                f"the certificates of that name the client sent or tenant {tenant.id!r} has "
+                f"have another key (key id {others}) - signed by another CA of the same name "
+                f"(a re-created CA, or an impostor)"
+            )
         if not issuers:
-            key_id = _key_id(cert)
             keyed = f" (key id {key_id})" if key_id else ""
             return (
                 f"issuer {_dn(cert.issuer)}{keyed} of {_dn(cert.subject)} not found among the "

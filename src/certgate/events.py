@@ -11,8 +11,16 @@ A presented client certificate that expires within ``expiry_warning_days``
 (30 by default) also gives one :class:`ExpiryEvent`, once per verification
 (a cached verification does not repeat it).
 
-Events hold strings and numbers only - never the request, the certificate
-or an exception - so an observer may keep them.
+A gate loaded from a TOML file also reports its configuration's life
+(observers that define these optional methods get them):
+
+* ``on_reload(event)`` - a :class:`ReloadEvent` per load or reload of the
+  file, successful or not (see :mod:`certgate.reload`);
+* ``on_trust_expiry(event)`` - a :class:`TrustExpiryEvent` listing every
+  tenant CA and CRL with the time it has left, at load, at each reload and periodically.
+
+Events hold strings and numbers only - never the request, the certificate,
+a key or an exception - so an observer may keep them.
 
 An observer must be fast and must not raise: it runs on the request path
 (on the event loop under ASGI). An observer that raises is logged (once per
@@ -118,6 +126,77 @@ class ExpiryEvent:
         }
 
 
+class ReloadEvent(NamedTuple):
+    """One load or reload of a gate's TOML file.
+
+    ``ok``: whether the new configuration was swapped in (when not, the gate
+    kept serving ``version``, and ``error`` says what to fix). ``trigger``:
+    ``"load"`` (the first), ``"call"`` (:meth:`CertGate.reload`),
+    ``"watch"`` (a file changed) or ``"signal"``. ``version``: the
+    configuration served afterwards (0 for the first load, one more per
+    successful reload). ``settings_changed``: whether ``[certgate]``
+    changed (else the settings' parts, verification cache included, were
+    kept). ``tenants``: how many the served configuration has.
+    """
+
+    ok: bool
+    trigger: str
+    config: str
+    version: int
+    error: str | None
+    settings_changed: bool
+    tenants: int
+    duration_s: float
+    at: float
+    """POSIX time of the outcome."""
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self._asdict())
+
+
+class TrustExpiry(NamedTuple):
+    """How long one CA (or CRL) of one tenant has left.
+
+    ``kind``: ``"root"``, ``"intermediate"`` or ``"crl"``. ``not_after``:
+    ISO 8601 UTC (a CRL's nextUpdate). ``level``: ``"expired"``,
+    ``"critical"``, ``"warning"`` or ``"ok"`` (a CRL: ``"expired"`` when
+    stale, else ``"ok"``; see :mod:`certgate.expiry`).
+    ``fingerprint``: SHA-256 of the DER, hex - certificates and CRLs are
+    public; nothing private is ever in an event.
+    """
+
+    tenant: str
+    kind: str
+    subject: str
+    fingerprint: str
+    not_after: str
+    not_after_ts: float
+    days_left: float
+    level: str
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self._asdict())
+
+
+class TrustExpiryEvent(NamedTuple):
+    """The result of one expiry check of a gate's tenant CAs and CRLs:
+    every item, soonest first (``ok`` ones included, so a metric can show
+    them all). ``trigger``: ``"load"``, ``"reload"``, ``"periodic"`` or
+    ``"call"``. ``config``: the TOML file's path (``""`` without one)."""
+
+    items: tuple[TrustExpiry, ...]
+    warning_days: float
+    critical_days: float
+    trigger: str
+    config: str
+    at: float
+
+    @property
+    def late(self) -> tuple[TrustExpiry, ...]:
+        """The items that are not ``ok``."""
+        return tuple(item for item in self.items if item.level != "ok")
+
+
 @runtime_checkable
 class Observer(Protocol):
     """Receives every decision event and expiry warning of a gate."""
@@ -191,6 +270,48 @@ class LogObserver:
             extra={"certgate": event.as_dict()},
         )
 
+    def on_reload(self, event: ReloadEvent) -> None:
+        """``INFO`` for a (re)load, ``ERROR`` for a reload that failed."""
+        if event.ok:
+            logger.info(
+                "certgate: configuration %s %s (version %d, %d tenants, settings %s, %.3f s)",
+                event.config,
+                "loaded" if event.trigger == "load" else f"reloaded ({event.trigger})",
+                event.version,
+                event.tenants,
+                "changed" if event.settings_changed else "unchanged",
+                event.duration_s,
+                extra={"certgate": event.as_dict()},
+            )
+            return
+        logger.error(
+            "certgate: reload (%s) of %s failed, still serving version %d: %s",
+            event.trigger,
+            event.config,
+            event.version,
+            event.error,
+            extra={"certgate": event.as_dict()},
+        )
+
+    def on_trust_expiry(self, event: TrustExpiryEvent) -> None:
+        """A ``WARNING`` per CA or CRL inside the warning window (``ERROR``
+        once expired); nothing for the others."""
+        for item in event.late:
+            logger.log(
+                logging.ERROR if item.level == "expired" else logging.WARNING,
+                "certgate: tenant %s %s %s: %.1f days left (%s): fingerprint=%s "
+                "subject=%.300r not_after=%s",
+                item.kind,
+                "has expired" if item.level == "expired" else "expires soon",
+                item.tenant,
+                item.days_left,
+                item.level,
+                item.fingerprint,
+                item.subject,
+                item.not_after,
+                extra={"certgate": {**item.as_dict(), "trigger": event.trigger}},
+            )
+
 
 _LEVELS = {
     "no_certificate": logging.INFO,
@@ -201,13 +322,30 @@ _LEVELS = {
 
 class Observers:
     """The gate's observers, called in order; a raising observer is logged
-    once per (observer, exception type) and skipped."""
+    once per (observer, exception type) and skipped. ``on_reload`` and
+    ``on_trust_expiry`` go to the observers that define them."""
 
     __slots__ = ("_failed", "items")
 
     def __init__(self, items: tuple[Observer, ...]) -> None:
         self.items = items
         self._failed: set[tuple[int, type[BaseException]]] = set()
+
+    def reloaded(self, event: ReloadEvent) -> None:
+        self._optional("on_reload", event)
+
+    def trust_expiry(self, event: TrustExpiryEvent) -> None:
+        self._optional("on_trust_expiry", event)
+
+    def _optional(self, method: str, event: object) -> None:
+        for observer in self.items:
+            call = getattr(observer, method, None)
+            if call is None:
+                continue
+            try:
+                call(event)
+            except Exception as exc:  # noqa: BLE001 - observing never changes anything
+                self._failure(observer, exc)
 
     def decision(self, event: DecisionEvent) -> None:
         for observer in self.items:

@@ -38,15 +38,25 @@ with a 500, and a bug is never counted as an attack (``untrusted_chain``).
 Nothing a request carries outlives it in the gate: remembered refusals are
 :class:`~certgate.cache.Refusal` records of three strings, never exceptions
 (see :mod:`certgate.cache`).
+
+Everything configured lives in one immutable-by-reference
+:class:`GateSnapshot` (registry, header trust, rollout, policy, cached
+verification, refusal format, decision memo); a :class:`CertGate` holds its
+current snapshot and hands every call to it. A request reads that reference
+once and decides with it alone, so a reload (:mod:`certgate.reload`) that
+swaps in a new snapshot never mixes two configurations in one decision.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -62,6 +72,7 @@ from .events import (
     Observer,
     Observers,
 )
+from .expiry import CRL_CRITICAL_DAYS, CRL_WARNING_DAYS
 from .facts import Presented, RequestFacts
 from .hosts import normalize_host
 from .identity import ClientIdentity
@@ -78,14 +89,16 @@ from .verification import CachedVerification, Clock, leaf_fingerprint, utc_now
 from .verifier import ChainVerifier
 
 if TYPE_CHECKING:
+    from .events import ReloadEvent, TrustExpiryEvent
     from .policy import Policy
+    from .reload import Reloader
 
 logger = logging.getLogger("certgate")
 
 TenantResolver = Callable[[RequestFacts], str | None]
 """Returns the id of the tenant a request is addressed to, or ``None``."""
 
-__all__ = ["CertGate", "Clock", "TenantResolver", "utc_now"]
+__all__ = ["CertGate", "Clock", "GateSettings", "GateSnapshot", "TenantResolver", "utc_now"]
 
 _DAY = 86400.0
 
@@ -106,7 +119,7 @@ class _Recalling(NamedTuple):
 
 
 _HIT = _Recalling((), None, -1)
-"""Stands in for the memo key when :meth:`CertGate._open` found a
+"""Stands in for the memo key when :meth:`GateSnapshot._open` found a
 remembered decision."""
 
 
@@ -130,140 +143,151 @@ class _Pending(NamedTuple):
     preset: Decision | None
     sni: str | None = None
     """The normalized TLS server name whose tenant must be the request's
-    (see :meth:`CertGate._sni_check`); ``None``: nothing to compare."""
+    (see :meth:`GateSnapshot._sni_check`); ``None``: nothing to compare."""
 
 
-class CertGate:
-    """Verifies client certificates against the trust of the addressed tenant.
+@dataclass(frozen=True)
+class GateSettings:
+    """Every setting of a gate: the keyword arguments of :class:`CertGate`
+    (see there), as code or a TOML file's ``[certgate]`` table gives them.
+    Read once, when a :class:`GateSnapshot` is built from them."""
 
-    ``registry`` finds tenants (see :mod:`certgate.registry`).
+    trusted_proxies: Iterable[str] = ()
+    header_sources: Iterable[HeaderSource | str] = ()
+    transport: bool = True
+    exempt_paths: Iterable[str] = ()
+    routes: Iterable[Route] = ()
+    access: Access | str = Access.REQUIRE
+    mode: Mode | str = Mode.ENFORCE
+    policy: Policy | None = None
+    strip_known_headers: bool = True
+    trust_reported_peer: bool = False
+    trust_unix_socket: bool = False
+    proxy_ca: ProxyCA | None = None
+    proxy_names: Iterable[str] = ()
+    tenant_resolver: TenantResolver | None = None
+    cache_size: int = 10_000
+    max_chain_depth: int = 8
+    min_rsa_bits: int = 2048
+    registry_timeout: float = DEFAULT_REGISTRY_TIMEOUT
+    clock: Clock = utc_now
+    expiry_warning_days: float = 30
+    expiry_critical_days: float | None = None
+    crl_warning_days: float = CRL_WARNING_DAYS
+    crl_critical_days: float = CRL_CRITICAL_DAYS
+    refusal_format: str | BodyMaker = "problem+json"
 
-    Header trust (:class:`~certgate.trust.HeaderTrust`, ``gate.trust``):
-    ``trusted_proxies`` lists the CIDR ranges of socket peers whose
-    ``header_sources`` headers are believed; both are empty by default, so
-    out of the box only the TLS transport certificate counts.
-    ``transport`` enables the TLS transport source. ``strip_known_headers``
-    removes the certificate headers of every well-known proxy (not only the
-    configured ones) from requests of untrusted peers. ``trust_reported_peer``
-    lets the adapters take the peer address the server reports
-    (``scope["client"]``, ``REMOTE_ADDR``) as the socket peer when they
-    cannot see the socket themselves - only correct when nothing rewrites
-    that address from ``X-Forwarded-For`` (see :func:`certgate.asgi.socket_peer`).
-    ``trust_unix_socket`` trusts a unix-socket peer (``"unix:"``) as a proxy
-    (an explicit opt-in). ``proxy_ca`` (a PEM file, PEM bytes or
-    certificates) turns on authenticated proxies: headers count only from a
-    peer whose TLS client certificate verifies against it and, when
-    ``proxy_names`` is set, has one of those names (CN, DNS or URI SAN);
-    with ``trusted_proxies`` also set, both must hold (see
-    :mod:`certgate.trust`).
 
-    Host vs SNI: when the server adapter recorded the TLS server name
-    (:mod:`certgate.sni`) and the certificate came with the TLS connection,
-    the tenant of that name must be the request's tenant, else ``403
-    sni_mismatch`` (see :meth:`_sni_check`); no known SNI, no check.
+def _check_days(name: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= 100_000  # also refuses NaN
+    ):
+        raise ConfigError(
+            f"{name} must be a number of days from 0 (off) to 100000, not {value!r:.40}"
+        )
+    return float(value)
 
-    Paths and modes (:class:`~certgate.rollout.Rollout`, ``gate.rollout``):
-    ``exempt_paths`` are served without a certificate (short for
-    ``Route(path, access="exempt")``); ``routes`` set access, mode and policy
-    per path; ``access`` is the default access (``require``, or ``optional``
-    to authenticate everywhere and let routes decide); ``mode`` the global
-    mode (``enforce`` or ``report``).
 
-    Authorization: ``policy`` is the default policy for tenants that have
-    none of their own (see :mod:`certgate.policy`).
+class _ExpiryWarner:
+    """After a cold verification: an :class:`ExpiryEvent` when the client
+    certificate expires within ``days`` (a plain object, not a method of a
+    snapshot, so a verification cache carried into a later snapshot keeps
+    no earlier snapshot alive)."""
 
-    Tenants: ``tenant_resolver`` replaces Host-based tenant selection (it
-    returns a tenant id). ``registry_timeout`` (seconds) bounds every lookup
-    of a blocking or coroutine registry: past it the request gets ``503
-    trust_store_unavailable`` (see :mod:`certgate.lookups`).
+    __slots__ = ("days", "observers")
 
-    Verification (:class:`~certgate.verification.CachedVerification`,
-    ``gate.verification``): ``cache_size`` bounds the verification cache (0
-    disables it); ``max_chain_depth`` and ``min_rsa_bits`` go to the
-    verifier.
+    def __init__(self, observers: Observers, days: float) -> None:
+        self.observers = observers
+        self.days = days
 
-    Observing: ``observers`` receive every decision and expiry warning (see
-    :mod:`certgate.events`), after certgate's own log observer.
-    ``expiry_warning_days``: a verified client certificate with fewer days
-    left gives an :class:`~certgate.events.ExpiryEvent` (0 disables).
-    ``refusal_format``: ``"problem+json"`` (default), ``"text"``, ``"html"``
-    or a callable (see :mod:`certgate.problem`).
+    def __call__(self, identity: ClientIdentity, stamp: float) -> None:
+        days_left = (identity.not_after.timestamp() - stamp) / _DAY
+        if days_left >= self.days:
+            return
+        self.observers.expiring(
+            ExpiryEvent(
+                tenant=identity.tenant_id,
+                source=identity.source,
+                fingerprint=identity.fingerprint_sha256,
+                subject=identity.subject,
+                not_after=identity.not_after.astimezone(UTC).isoformat(),
+                days_left=round(days_left, 2),
+            )
+        )
+
+
+class GateSnapshot:
+    """One configuration of a :class:`CertGate`: its registry and every part
+    built from its :class:`GateSettings` - header trust, rollout, policy,
+    cached verification, refusal format and decision memo.
+
+    A request reads its gate's snapshot once (:attr:`CertGate.snapshot`) and
+    decides with that snapshot alone, so a reload (:meth:`CertGate.reload`)
+    that swaps in another never changes a request in flight. The pipeline
+    (:meth:`decide`, :meth:`adecide`, :meth:`recall`, ...) lives here;
+    :class:`CertGate` hands each call to its current snapshot.
+
+    ``verification``: a cached verification to keep (a reload whose
+    settings did not change keeps its cache: entries are keyed by each
+    tenant's ``trust_id``, so none is reused under other trust).
+    ``reuse``: a snapshot of the same settings whose header trust, rollout,
+    policy, refusal format and verification are kept as they are.
     """
 
     def __init__(
         self,
         registry: TrustRegistry | AsyncTrustRegistry,
+        settings: GateSettings,
         *,
-        trusted_proxies: Iterable[str] = (),
-        header_sources: Iterable[HeaderSource | str] = (),
-        transport: bool = True,
-        exempt_paths: Iterable[str] = (),
-        routes: Iterable[Route] = (),
-        access: Access | str = Access.REQUIRE,
-        mode: Mode | str = Mode.ENFORCE,
-        policy: Policy | None = None,
-        strip_known_headers: bool = True,
-        trust_reported_peer: bool = False,
-        trust_unix_socket: bool = False,
-        proxy_ca: ProxyCA | None = None,
-        proxy_names: Iterable[str] = (),
-        tenant_resolver: TenantResolver | None = None,
-        cache_size: int = 10_000,
-        max_chain_depth: int = 8,
-        min_rsa_bits: int = 2048,
-        registry_timeout: float = DEFAULT_REGISTRY_TIMEOUT,
-        clock: Clock = utc_now,
-        observers: Iterable[Observer] = (),
-        expiry_warning_days: float = 30,
-        refusal_format: str | BodyMaker = "problem+json",
+        observers: Observers,
+        observed_allows: bool = False,
+        version: int = 0,
+        reuse: GateSnapshot | None = None,
+        handle: CertGate | None = None,
     ) -> None:
         self.registry = registry
-        self.registry_timeout = check_timeout(registry_timeout)
-        self.trust = HeaderTrust(
-            trusted_proxies,
-            header_sources,
-            transport=transport,
-            strip_known_headers=strip_known_headers,
-            trust_reported_peer=trust_reported_peer,
-            trust_unix_socket=trust_unix_socket,
-            proxy_ca=proxy_ca,
-            proxy_names=proxy_names,
+        self.settings = settings
+        self.version = version
+        """0 for the snapshot a gate was made with, one more per reload."""
+        self.registry_timeout = check_timeout(settings.registry_timeout)
+        self.expiry_warning_days = _check_days("expiry_warning_days", settings.expiry_warning_days)
+        critical = settings.expiry_critical_days
+        self.expiry_critical_days = (
+            min(14.0, self.expiry_warning_days)
+            if critical is None
+            else _check_days("expiry_critical_days", critical)
         )
-        if (
-            isinstance(expiry_warning_days, bool)
-            or not isinstance(expiry_warning_days, int | float)
-            or not 0 <= expiry_warning_days <= 100_000  # also refuses NaN
-        ):
+        if self.expiry_critical_days > self.expiry_warning_days:
             raise ConfigError(
-                f"expiry_warning_days must be a number of days from 0 (off) to 100000, "
-                f"not {expiry_warning_days!r:.40}"
+                f"expiry_critical_days ({critical}) must not exceed expiry_warning_days "
+                f"({settings.expiry_warning_days})"
             )
-        self.rollout = Rollout(
-            [Route(path, access=Access.EXEMPT) for path in exempt_paths] + list(routes),
-            access=access,
-            mode=mode,
-        )
-        self.policy = policy
-        self.tenant_resolver = tenant_resolver
-        self.clock = clock
-        self.verification = CachedVerification(
-            ChainVerifier(max_chain_depth=max_chain_depth, min_rsa_bits=min_rsa_bits),
-            cache_size=cache_size,
-            clock=clock,
-            on_verified=self._verified if expiry_warning_days > 0 else None,
-        )
-        self.expiry_warning_days = expiry_warning_days
-        extra = tuple(observers)
-        for observer in extra:
-            if not isinstance(observer, Observer):
-                raise TypeError(
-                    f"observer {observer!r} lacks on_decision/on_expiring (see certgate.events)"
-                )
-        self.observers = Observers((LogObserver(), *extra))
-        """The observer point: certgate's log observer, then ``observers``."""
-        self._observed_allows = bool(extra)
-        self.refusal: Callable[[Reason], RefusalResponse] = Refusals(refusal_format)
-        """Renders a refusal (status, headers, body) in the gate's format."""
+        self.crl_warning_days = _check_days("crl_warning_days", settings.crl_warning_days)
+        self.crl_critical_days = _check_days("crl_critical_days", settings.crl_critical_days)
+        if self.crl_critical_days > self.crl_warning_days:
+            raise ConfigError(
+                f"crl_critical_days ({settings.crl_critical_days}) must not exceed "
+                f"crl_warning_days ({settings.crl_warning_days})"
+            )
+        self.tenant_resolver = settings.tenant_resolver
+        self.clock = settings.clock
+        self.observers = observers
+        """The observer point: certgate's log observer, then the gate's ``observers``."""
+        self._observed_allows = observed_allows
+        if reuse is not None:
+            self.trust: HeaderTrust = reuse.trust
+            self.rollout: Rollout = reuse.rollout
+            self.policy: Policy | None = reuse.policy
+            self.refusal: Callable[[Reason], RefusalResponse] = reuse.refusal
+            self.verification: CachedVerification = reuse.verification
+        else:
+            self._build(settings)
+        listed = getattr(registry, "tenants", None)
+        if self.trust.proxy_auth is not None and callable(listed):
+            # again for every snapshot: a reload may add a tenant under the proxy CA
+            self.trust.proxy_auth.check_separate(listed())
         self._lookup_host, self._lookup_id, self._alookup_host, self._alookup_id = bind_registry(
             registry, self.registry_timeout
         )
@@ -273,24 +297,71 @@ class CertGate:
         ``change_token``), the verification cache on, the real clock, Host
         selection, and no observer that wants every allow."""
         if (
-            cache_size > 0
-            and clock is utc_now
-            and tenant_resolver is None
-            and not extra
+            settings.cache_size > 0
+            and settings.clock is utc_now
+            and settings.tenant_resolver is None
+            and not observed_allows
             and hasattr(registry, "change_token")
         ):
             self._memo = {}
-        self._memo_max = min(_MEMO_MAX, cache_size)
+        self._memo_max = min(_MEMO_MAX, settings.cache_size)
+        self._handle = handle
+        self._view: CertGate | None = None
 
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike[str], **overrides: Any) -> CertGate:
-        """Build a gate from a TOML file (see the README for the format)."""
-        from .config import load_config  # noqa: PLC0415
+    def _build(self, settings: GateSettings) -> None:
+        """The parts made from ``settings`` (each validates its own)."""
+        self.trust = HeaderTrust(
+            settings.trusted_proxies,
+            settings.header_sources,
+            transport=settings.transport,
+            strip_known_headers=settings.strip_known_headers,
+            trust_reported_peer=settings.trust_reported_peer,
+            trust_unix_socket=settings.trust_unix_socket,
+            proxy_ca=settings.proxy_ca,
+            proxy_names=settings.proxy_names,
+        )
+        self.rollout = Rollout(
+            [Route(path, access=Access.EXEMPT) for path in settings.exempt_paths]
+            + list(settings.routes),
+            access=settings.access,
+            mode=settings.mode,
+        )
+        self.policy = settings.policy
+        self.refusal = Refusals(settings.refusal_format)
+        """Renders a refusal (status, headers, body) in the gate's format."""
+        days = self.expiry_warning_days
+        self.verification = CachedVerification(
+            ChainVerifier(
+                max_chain_depth=settings.max_chain_depth, min_rsa_bits=settings.min_rsa_bits
+            ),
+            cache_size=settings.cache_size,
+            clock=settings.clock,
+            on_verified=_ExpiryWarner(self.observers, days) if days > 0 else None,
+        )
 
-        config = load_config(path)
-        kwargs: dict[str, Any] = dict(config.gate_kwargs)
-        kwargs.update(overrides)
-        return cls(config.registry, **kwargs)
+    def derive(self, **changes: Any) -> GateSnapshot:
+        """A copy with some parts replaced (``policy``, ``tenant_resolver``,
+        ``verification``) and an empty decision memo: what assigning one of
+        those on a gate does. The other parts are shared, not copied."""
+        new = copy.copy(self)
+        for name, value in changes.items():
+            if name not in ("policy", "tenant_resolver", "verification"):
+                raise AttributeError(f"{name!r} cannot be replaced on a gate")
+            setattr(new, name, value)
+        settings_changes = {k: v for k, v in changes.items() if k != "verification"}
+        new.settings = dataclasses.replace(self.settings, **settings_changes)
+        new._memo = None if self._memo is None else {}
+        new._view = None
+        return new
+
+    def view(self) -> CertGate:
+        """A :class:`CertGate` pinned to this snapshot: every call on it
+        decides with this snapshot, whatever reloads happen meanwhile (what
+        the middleware hands route-level checks)."""
+        view = self._view
+        if view is None:
+            view = self._view = CertGate._pinned(self, self._handle)
+        return view
 
     # -- the parts, for tests and tools ----------------------------------
 
@@ -883,18 +954,419 @@ class CertGate:
         self.observers.decision(event)
         return decision
 
-    def _verified(self, identity: ClientIdentity, stamp: float) -> None:
-        """After a cold verification: warn when the certificate expires soon."""
-        days_left = (identity.not_after.timestamp() - stamp) / _DAY
-        if days_left >= self.expiry_warning_days:
-            return
-        self.observers.expiring(
-            ExpiryEvent(
-                tenant=identity.tenant_id,
-                source=identity.source,
-                fingerprint=identity.fingerprint_sha256,
-                subject=identity.subject,
-                not_after=identity.not_after.astimezone(UTC).isoformat(),
-                days_left=round(days_left, 2),
-            )
+
+class CertGate:
+    """Verifies client certificates against the trust of the addressed tenant.
+
+    ``registry`` finds tenants (see :mod:`certgate.registry`).
+
+    Header trust (:class:`~certgate.trust.HeaderTrust`, ``gate.trust``):
+    ``trusted_proxies`` lists the CIDR ranges of socket peers whose
+    ``header_sources`` headers are believed; both are empty by default, so
+    out of the box only the TLS transport certificate counts.
+    ``transport`` enables the TLS transport source. ``strip_known_headers``
+    removes the certificate headers of every well-known proxy (not only the
+    configured ones) from requests of untrusted peers. ``trust_reported_peer``
+    lets the adapters take the peer address the server reports
+    (``scope["client"]``, ``REMOTE_ADDR``) as the socket peer when they
+    cannot see the socket themselves - only correct when nothing rewrites
+    that address from ``X-Forwarded-For`` (see :func:`certgate.asgi.socket_peer`).
+    ``trust_unix_socket`` trusts a unix-socket peer (``"unix:"``) as a proxy
+    (an explicit opt-in). ``proxy_ca`` (a PEM file, PEM bytes or
+    certificates) turns on authenticated proxies: headers count only from a
+    peer whose TLS client certificate verifies against it and, when
+    ``proxy_names`` is set, has one of those names (CN, DNS or URI SAN);
+    with ``trusted_proxies`` also set, both must hold (see
+    :mod:`certgate.trust`). A proxy CA that is, or issued, a CA of a tenant
+    the registry lists (``registry.tenants()``) is refused (``ConfigError``;
+    see :meth:`~certgate.proxies.ProxyAuthenticator.check_separate`), at
+    load and at every reload.
+
+    Host vs SNI: when the server adapter recorded the TLS server name
+    (:mod:`certgate.sni`) and the certificate came with the TLS connection,
+    the tenant of that name must be the request's tenant, else ``403
+    sni_mismatch`` (see :meth:`_sni_check`); no known SNI, no check.
+
+    Paths and modes (:class:`~certgate.rollout.Rollout`, ``gate.rollout``):
+    ``exempt_paths`` are served without a certificate (short for
+    ``Route(path, access="exempt")``); ``routes`` set access, mode and policy
+    per path; ``access`` is the default access (``require``, or ``optional``
+    to authenticate everywhere and let routes decide); ``mode`` the global
+    mode (``enforce`` or ``report``).
+
+    Authorization: ``policy`` is the default policy for tenants that have
+    none of their own (see :mod:`certgate.policy`).
+
+    Tenants: ``tenant_resolver`` replaces Host-based tenant selection (it
+    returns a tenant id). ``registry_timeout`` (seconds) bounds every lookup
+    of a blocking or coroutine registry: past it the request gets ``503
+    trust_store_unavailable`` (see :mod:`certgate.lookups`).
+
+    Verification (:class:`~certgate.verification.CachedVerification`,
+    ``gate.verification``): ``cache_size`` bounds the verification cache (0
+    disables it); ``max_chain_depth`` and ``min_rsa_bits`` go to the
+    verifier.
+
+    Observing: ``observers`` receive every decision and expiry warning (see
+    :mod:`certgate.events`), after certgate's own log observer.
+    ``expiry_warning_days``: a verified client certificate with fewer days
+    left gives an :class:`~certgate.events.ExpiryEvent` (0 disables).
+    ``refusal_format``: ``"problem+json"`` (default), ``"text"``, ``"html"``
+    or a callable (see :mod:`certgate.problem`).
+
+    Reloading (see :mod:`certgate.reload`): a gate made by :meth:`from_toml`
+    re-reads its file - tenants, CA and CRL files and the ``[certgate]``
+    settings - with :meth:`reload`, on a file change (``watch_interval``)
+    or on a signal (:meth:`reload_on_signal`), and swaps in the new
+    :class:`GateSnapshot` at once; a request in flight keeps the snapshot
+    it started with. A file that does not load changes nothing.
+    ``expiry_critical_days`` (default 14, at most ``expiry_warning_days``)
+    and ``expiry_warning_days`` are the levels of the tenant CA expiry
+    checks (:meth:`check_expiry`); ``crl_warning_days`` (3) and
+    ``crl_critical_days`` (1) those of each CRL's nextUpdate (a CRL is
+    re-issued often - weekly, say - so the CA levels would keep every CRL
+    "critical").
+    """
+
+    snapshot: GateSnapshot
+    """The snapshot requests are decided with now (a plain attribute: one
+    read). Read it once per request: a reload swaps in another, and the old
+    one stays valid for the requests that read it."""
+    _handle: CertGate
+    _reloader: Reloader | None
+
+    def __init__(
+        self,
+        registry: TrustRegistry | AsyncTrustRegistry,
+        *,
+        trusted_proxies: Iterable[str] = (),
+        header_sources: Iterable[HeaderSource | str] = (),
+        transport: bool = True,
+        exempt_paths: Iterable[str] = (),
+        routes: Iterable[Route] = (),
+        access: Access | str = Access.REQUIRE,
+        mode: Mode | str = Mode.ENFORCE,
+        policy: Policy | None = None,
+        strip_known_headers: bool = True,
+        trust_reported_peer: bool = False,
+        trust_unix_socket: bool = False,
+        proxy_ca: ProxyCA | None = None,
+        proxy_names: Iterable[str] = (),
+        tenant_resolver: TenantResolver | None = None,
+        cache_size: int = 10_000,
+        max_chain_depth: int = 8,
+        min_rsa_bits: int = 2048,
+        registry_timeout: float = DEFAULT_REGISTRY_TIMEOUT,
+        clock: Clock = utc_now,
+        observers: Iterable[Observer] = (),
+        expiry_warning_days: float = 30,
+        expiry_critical_days: float | None = None,
+        crl_warning_days: float = CRL_WARNING_DAYS,
+        crl_critical_days: float = CRL_CRITICAL_DAYS,
+        refusal_format: str | BodyMaker = "problem+json",
+    ) -> None:
+        extra = tuple(observers)
+        for observer in extra:
+            if not isinstance(observer, Observer):
+                raise TypeError(
+                    f"observer {observer!r} lacks on_decision/on_expiring (see certgate.events)"
+                )
+        self.observers = Observers((LogObserver(), *extra))
+        """The observer point: certgate's log observer, then ``observers``
+        (shared by every snapshot of the gate)."""
+        settings = GateSettings(
+            trusted_proxies=trusted_proxies,
+            header_sources=header_sources,
+            transport=transport,
+            exempt_paths=exempt_paths,
+            routes=routes,
+            access=access,
+            mode=mode,
+            policy=policy,
+            strip_known_headers=strip_known_headers,
+            trust_reported_peer=trust_reported_peer,
+            trust_unix_socket=trust_unix_socket,
+            proxy_ca=proxy_ca,
+            proxy_names=proxy_names,
+            tenant_resolver=tenant_resolver,
+            cache_size=cache_size,
+            max_chain_depth=max_chain_depth,
+            min_rsa_bits=min_rsa_bits,
+            registry_timeout=registry_timeout,
+            clock=clock,
+            expiry_warning_days=expiry_warning_days,
+            expiry_critical_days=expiry_critical_days,
+            crl_warning_days=crl_warning_days,
+            crl_critical_days=crl_critical_days,
+            refusal_format=refusal_format,
         )
+        self._handle = self
+        self._reloader = None
+        self.snapshot = GateSnapshot(
+            registry, settings, observers=self.observers, observed_allows=bool(extra), handle=self
+        )
+
+    @classmethod
+    def _pinned(cls, snapshot: GateSnapshot, handle: CertGate | None) -> CertGate:
+        """A gate that always decides with ``snapshot`` (see :meth:`GateSnapshot.view`)."""
+        view = cls.__new__(cls)
+        view.observers = snapshot.observers
+        view.snapshot = snapshot
+        view._handle = handle if handle is not None else view
+        view._reloader = None
+        return view
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str], **overrides: Any) -> CertGate:
+        """Build a gate from a TOML file (see the README for the format).
+
+        ``overrides`` replace settings of the file's ``[certgate]`` table
+        (and stay in force across reloads). The gate can :meth:`reload`;
+        ``watch_interval`` and ``expiry_check_interval`` (seconds, from the
+        file or ``overrides``) start the file watch and the periodic CA and
+        CRL expiry check (see :mod:`certgate.reload`)."""
+        from .reload import Reloader  # noqa: PLC0415
+
+        return Reloader.load(cls, path, overrides)
+
+    # -- the current snapshot -------------------------------------------
+
+    def current(self) -> CertGate:
+        """This gate pinned to its current snapshot (see :meth:`GateSnapshot.view`)."""
+        return self.snapshot.view()
+
+    @property
+    def version(self) -> int:
+        """How many reloads the current snapshot is from the first (0)."""
+        return self.snapshot.version
+
+    # -- reloading (a gate made by from_toml) ---------------------------
+
+    def _reloading(self) -> Reloader:
+        reloader = self._handle._reloader
+        if reloader is None:
+            raise ConfigError(
+                "this gate was not loaded from a TOML file: only a gate made by "
+                "CertGate.from_toml(...) can reload (for a registry of your own, change "
+                "its tenants; they take effect on the next request)"
+            )
+        return reloader
+
+    def reload(self) -> ReloadEvent:
+        """Re-read the TOML file and every file it names, validate all of it,
+        and swap in the new snapshot (requests in flight keep theirs).
+        Raises :class:`~certgate.errors.ConfigError` saying what to fix - the
+        gate then keeps its current snapshot; either way the outcome is
+        logged and observed (:class:`~certgate.events.ReloadEvent`). Blocks
+        while files are read: from a coroutine, ``await gate.areload()``."""
+        return self._reloading().reload("call")
+
+    async def areload(self) -> ReloadEvent:
+        """:meth:`reload` in a worker thread (never on the event loop)."""
+        import asyncio  # noqa: PLC0415
+
+        return await asyncio.to_thread(self.reload)
+
+    def start_monitor(self) -> None:
+        """For a gate made by :meth:`from_toml`: check tenant CA and CRL
+        expiry now, and start the file watch (``watch_interval``) and the
+        periodic expiry checks (``expiry_check_interval``) in certgate's
+        monitor thread. Once per gate; certgate's ASGI and WSGI middlewares
+        call it when built around the gate. Any other gate: nothing."""
+        reloader = self._handle._reloader
+        if reloader is not None:
+            reloader.start()
+
+    def watch(self, interval: float) -> None:
+        """Check the TOML file and every file it names (their size, mtime and
+        inode) every ``interval`` seconds in certgate's monitor thread, and
+        reload when one changed; ``0`` stops watching. The same as
+        ``watch_interval`` in ``[certgate]`` (and starts the monitor, see
+        :meth:`start_monitor`)."""
+        reloader = self._reloading()
+        reloader.set_watch(interval)
+        reloader.start()
+
+    def reload_on_signal(self, signum: int | None = None) -> None:
+        """Reload on ``signum`` (default ``SIGHUP``): the handler only queues
+        the reload, certgate's monitor thread does it. Only from the main
+        thread (Python's rule for signal handlers); see the README for
+        uvicorn's and gunicorn's own use of SIGHUP."""
+        self._reloading().on_signal(signum)
+
+    def check_expiry(self) -> TrustExpiryEvent:
+        """Check every tenant CA against ``expiry_warning_days`` and
+        ``expiry_critical_days`` and every CRL against its nextUpdate now
+        (see :func:`certgate.reload.check_expiry`), hand the result to the
+        observers (certgate logs each one not ``ok``) and return it. Needs a
+        registry that lists its tenants (``tenants()``)."""
+        from .reload import check_expiry  # noqa: PLC0415
+
+        return check_expiry(self.snapshot, "call", self._handle._config_name())
+
+    def _config_name(self) -> str:
+        reloader = self._reloader
+        return "" if reloader is None else str(reloader.path)
+
+    def close(self) -> None:
+        """Stop watching and the registry's CRL refresher (if any)."""
+        reloader = self._handle._reloader
+        if reloader is not None:
+            reloader.close()
+        close = getattr(self.snapshot.registry, "close", None)
+        if callable(close):
+            close()
+
+    # -- the parts (of the current snapshot) ----------------------------
+
+    @property
+    def registry(self) -> TrustRegistry | AsyncTrustRegistry:
+        return self.snapshot.registry
+
+    @property
+    def registry_timeout(self) -> float:
+        return self.snapshot.registry_timeout
+
+    @property
+    def trust(self) -> HeaderTrust:
+        """Header trust (:class:`~certgate.trust.HeaderTrust`)."""
+        return self.snapshot.trust
+
+    @property
+    def rollout(self) -> Rollout:
+        """Paths and modes (:class:`~certgate.rollout.Rollout`)."""
+        return self.snapshot.rollout
+
+    @property
+    def policy(self) -> Policy | None:
+        """The default policy of tenants without their own."""
+        return self.snapshot.policy
+
+    @policy.setter
+    def policy(self, value: Policy | None) -> None:
+        self._replace(policy=value)
+
+    @property
+    def tenant_resolver(self) -> TenantResolver | None:
+        return self.snapshot.tenant_resolver
+
+    @tenant_resolver.setter
+    def tenant_resolver(self, value: TenantResolver | None) -> None:
+        self._replace(tenant_resolver=value)
+
+    @property
+    def verification(self) -> CachedVerification:
+        """Cached verification (:class:`~certgate.verification.CachedVerification`)."""
+        return self.snapshot.verification
+
+    @verification.setter
+    def verification(self, value: CachedVerification) -> None:
+        self._replace(verification=value)
+
+    def _replace(self, **changes: Any) -> None:
+        """Swap in the current snapshot with ``changes`` (kept across reloads)."""
+        if self._handle is not self:
+            raise AttributeError("a gate pinned to a snapshot is read-only: change the gate")
+        reloader = self._reloader
+        if reloader is None:
+            self.snapshot = self.snapshot.derive(**changes)
+        else:
+            reloader.override(**changes)  # under the reload lock: never lost to a reload
+
+    @property
+    def clock(self) -> Clock:
+        return self.snapshot.clock
+
+    @property
+    def expiry_warning_days(self) -> float:
+        return self.snapshot.expiry_warning_days
+
+    @property
+    def expiry_critical_days(self) -> float:
+        return self.snapshot.expiry_critical_days
+
+    @property
+    def crl_warning_days(self) -> float:
+        return self.snapshot.crl_warning_days
+
+    @property
+    def crl_critical_days(self) -> float:
+        return self.snapshot.crl_critical_days
+
+    @property
+    def refusal(self) -> Callable[[Reason], RefusalResponse]:
+        """Renders a refusal (status, headers, body) in the gate's format."""
+        return self.snapshot.refusal
+
+    @property
+    def cache(self) -> ValidationCache[ClientIdentity]:
+        """The verification cache (successes)."""
+        return self.snapshot.verification.cache
+
+    @property
+    def refusals(self) -> ValidationCache[Refusal]:
+        """The verification cache of remembered refusals."""
+        return self.snapshot.verification.refusals
+
+    @property
+    def verifier(self) -> ChainVerifier:
+        return self.snapshot.verification.verifier
+
+    @property
+    def _memo(self) -> dict[_RecallKey, _Recall | None] | None:
+        return self.snapshot._memo
+
+    # -- deciding (with the current snapshot) ---------------------------
+
+    def decide(self, facts: RequestFacts, *, memo_key: Hashable | None = None) -> Decision:
+        """See :meth:`GateSnapshot.decide`."""
+        return self.snapshot.decide(facts, memo_key=memo_key)
+
+    async def adecide(self, facts: RequestFacts, *, memo_key: Hashable | None = None) -> Decision:
+        """See :meth:`GateSnapshot.adecide`."""
+        return await self.snapshot.adecide(facts, memo_key=memo_key)
+
+    def remembers(self) -> bool:
+        """Whether this gate keeps a decision memo (see :meth:`recall`)."""
+        return self.snapshot.remembers()
+
+    def recall(self, memo_key: Hashable, path: str) -> Decision | None:
+        """See :meth:`GateSnapshot.recall`."""
+        return self.snapshot.recall(memo_key, path)
+
+    def observes_allows(self) -> bool:
+        """See :meth:`GateSnapshot.observes_allows`."""
+        return self.snapshot.observes_allows()
+
+    def authorize_route(
+        self,
+        decision: Decision | None,
+        policy: Policy | None = None,
+        *,
+        path: str,
+        host: str | None = None,
+        peer: str | None = None,
+    ) -> Decision:
+        """See :meth:`GateSnapshot.authorize_route`."""
+        return self.snapshot.authorize_route(decision, policy, path=path, host=host, peer=peer)
+
+    def check(
+        self,
+        host: str,
+        ders: Sequence[bytes],
+        *,
+        at: datetime | None = None,
+        source: str = "cli",
+    ) -> Decision:
+        """See :meth:`GateSnapshot.check`."""
+        return self.snapshot.check(host, ders, at=at, source=source)
+
+    def conclude(self, decision: Decision, facts: RequestFacts) -> Decision:
+        """See :meth:`GateSnapshot.conclude`."""
+        return self.snapshot.conclude(decision, facts)
+
+    def log_decision(
+        self, decision: Decision, facts: RequestFacts, level: int | None = None
+    ) -> Decision:
+        """See :meth:`GateSnapshot.log_decision`."""
+        return self.snapshot.log_decision(decision, facts, level)

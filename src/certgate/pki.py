@@ -36,7 +36,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,13 +184,16 @@ def issue_client(
 
 
 def _create(path: Path, data: bytes, mode: int, *, force: bool) -> None:
-    """Write ``data`` to a new file created with ``mode`` (refusing to
-    replace an existing one unless ``force``)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    if not force:
-        flags |= os.O_EXCL
+    """Write ``data`` to a new file created with ``mode``, refusing to
+    replace an existing one (a symlink included) unless ``force``. With
+    ``force`` the file is written under a temporary name and renamed over
+    ``path``: an existing ``path`` - a symlink, or a hard link to a file
+    someone else can read - is replaced, never written through."""
+    if force:
+        _write_atomically(path, data, mode)
+        return
     try:
-        fd = os.open(path, flags, mode)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         raise ConfigError(f"{path} exists: not overwriting it (use --force)") from None
     with os.fdopen(fd, "wb") as handle:
@@ -289,13 +292,13 @@ def read_revocations(path: Path, ca: CA) -> dict[str, Any]:
     return db
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (mode 0644) so that a reader sees the
-    old or the new content, never a part."""
+def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` (in a new file with ``mode``) so that
+    a reader sees the old or the new content, never a part."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -304,6 +307,30 @@ def _write_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the revocation database ``path`` (``flock``
+    on a ``.NAME.lock`` file beside it) for a read-modify-write: two
+    ``pki revoke`` / ``pki crl`` at once then run one after the other,
+    instead of the later write dropping the earlier one's revocation (or
+    both CRLs having one number). Not a lock on systems without ``fcntl``."""
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"{lock}: cannot open the lock file ({exc.strerror})") from None
+    try:
+        try:
+            import fcntl  # noqa: PLC0415 - POSIX only
+        except ImportError:  # pragma: no cover - not POSIX
+            pass
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_revocations(path: Path, db: dict[str, Any]) -> None:
@@ -355,6 +382,15 @@ def make_crl(
     CRL Number (``db["crl_number"]`` is incremented: write ``db`` back)."""
     if not 1 <= days <= MAX_CRL_DAYS:
         raise ConfigError(f"crl: --days must be between 1 and {MAX_CRL_DAYS}, not {days}")
+    try:
+        usage = ca.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and not usage.crl_sign:
+        raise ConfigError(
+            f"{ca.cert.subject.rfc4514_string()!r} may not sign CRLs (Key Usage without "
+            "cRLSign): a tenant would refuse its CRL - sign CRLs with a CA that has cRLSign"
+        )
     now = now or _now()
     number = int(db["crl_number"]) + 1
     revoked = []

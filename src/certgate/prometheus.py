@@ -24,6 +24,21 @@ Metrics (with the default ``namespace="certgate"``):
     One per :class:`~certgate.events.ExpiryEvent`: a verified client
     certificate expiring within the gate's warning window (counted once per
     verification, not per request served from the verification cache).
+``certgate_trust_expiry_seconds`` (gauge), labels ``tenant``, ``kind``, ``fingerprint``
+    Seconds until each tenant CA's notAfter (or CRL's nextUpdate), computed
+    when scraped;
+    negative once expired. Set from each
+    :class:`~certgate.events.TrustExpiryEvent` (load, reload, periodic
+    check); a CA no longer configured loses its series at the next one.
+    ``kind``: ``root``, ``intermediate``, ``crl``, ``other`` for
+    anything else; ``fingerprint``: the SHA-256 of the certificate (or CRL),
+    64 hex digits - configured objects, so the series are as many as the
+    configuration's CAs.
+``certgate_config_reloads_total`` (counter), label ``outcome``
+    One per load or reload of a gate's TOML file: ``ok`` (the first load
+    included) or ``failed`` (the gate kept its configuration).
+``certgate_config_last_reload_success_timestamp_seconds`` (gauge)
+    POSIX time of the last successful load or reload.
 
 Label values - every one from a small fixed set or from configuration,
 never from free text:
@@ -79,17 +94,26 @@ still correct, a little slower).
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Sequence
 from typing import Final, Generic, TypeVar
 
 try:
-    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 except ImportError as exc:  # tested with the import blocked
     raise ImportError(
         "certgate.prometheus needs prometheus-client: pip install 'certgate[prometheus]'"
     ) from exc
 
-from .events import STAGE_REQUEST, STAGE_ROUTE, DecisionEvent, ExpiryEvent
+from .events import (
+    STAGE_REQUEST,
+    STAGE_ROUTE,
+    DecisionEvent,
+    ExpiryEvent,
+    ReloadEvent,
+    TrustExpiryEvent,
+)
 from .reasons import Reason
 
 __all__ = [
@@ -141,6 +165,10 @@ _STAGES: Final = frozenset({STAGE_REQUEST, STAGE_ROUTE})
 _TENANT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 """The tenant id grammar (:data:`certgate.tenant.TENANT_ID_RULE`)."""
 _SOURCE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+_KIND: Final = re.compile(r"[a-z][a-z_]{0,31}")
+_FINGERPRINT: Final = re.compile(r"[0-9a-f]{64}")
+
+_Series = tuple[str, str, str]
 
 
 def _reason_label(event: DecisionEvent) -> str:
@@ -185,7 +213,17 @@ class PrometheusObserver:
     docs for every value.
     """
 
-    __slots__ = ("_decisions", "_expiring", "_latency", "_tenant_label")
+    __slots__ = (
+        "_decisions",
+        "_expiring",
+        "_expiry_lock",
+        "_expiry_series",
+        "_last_reload",
+        "_latency",
+        "_reloads",
+        "_tenant_label",
+        "_trust_expiry",
+    )
 
     def __init__(
         self,
@@ -224,6 +262,29 @@ class PrometheusObserver:
         self._decisions = _Bound(decisions)
         self._latency = _Bound(latency)
         self._expiring = _Bound(expiring)
+        self._trust_expiry = Gauge(
+            "trust_expiry_seconds",
+            "Seconds until each tenant CA's notAfter (or CRL's nextUpdate), by tenant, kind "
+            "and SHA-256 fingerprint; negative once expired",
+            ("tenant", "kind", "fingerprint"),
+            namespace=namespace,
+            registry=reg,
+        )
+        self._reloads = Counter(
+            "config_reloads",
+            "Loads and reloads of certgate's TOML configuration, by outcome (ok, failed)",
+            ("outcome",),
+            namespace=namespace,
+            registry=reg,
+        )
+        self._last_reload = Gauge(
+            "config_last_reload_success_timestamp_seconds",
+            "POSIX time of the last successful load or reload of certgate's configuration",
+            namespace=namespace,
+            registry=reg,
+        )
+        self._expiry_series: dict[str, dict[_Series, float]] = {}
+        self._expiry_lock = threading.Lock()
 
     def on_decision(self, event: DecisionEvent) -> None:
         """Count the decision and (unless exempt) time it."""
@@ -258,6 +319,38 @@ class PrometheusObserver:
             counter = self._expiring.bind(key, (self._tenant(event.tenant),))
         counter.inc()
 
+    def on_reload(self, event: ReloadEvent) -> None:
+        """Count the load or reload; note the time of a successful one."""
+        self._reloads.labels("ok" if event.ok else "failed").inc()
+        if event.ok:
+            self._last_reload.set(event.at)
+
+    def on_trust_expiry(self, event: TrustExpiryEvent) -> None:
+        """Set a live seconds-until-expiry series per CA (and CRL) of the
+        event; drop the series of the same configuration no longer listed."""
+        series: dict[_Series, float] = {}
+        for item in event.items:
+            labels = (
+                self._tenant(item.tenant),
+                item.kind if _KIND.fullmatch(item.kind) else OTHER,
+                item.fingerprint if _FINGERPRINT.fullmatch(item.fingerprint) else OTHER,
+            )
+            known = series.get(labels)
+            series[labels] = item.not_after_ts if known is None else min(known, item.not_after_ts)
+        with self._expiry_lock:
+            previous = self._expiry_series.get(event.config, {})
+            others = {
+                labels
+                for config, kept in self._expiry_series.items()
+                if config != event.config
+                for labels in kept
+            }
+            for labels in previous.keys() - series.keys() - others:
+                self._trust_expiry.remove(*labels)
+            for labels, not_after in series.items():
+                self._trust_expiry.labels(*labels).set_function(_SecondsUntil(not_after))
+            self._expiry_series[event.config] = series
+
     def _tenant(self, tenant: str | None) -> str:
         return _tenant_label(tenant) if self._tenant_label else ALL_TENANTS
 
@@ -269,6 +362,18 @@ class PrometheusObserver:
             event.stage if event.stage in _STAGES else OTHER,
             _source_label(event.source),
         )
+
+
+class _SecondsUntil:
+    """A gauge's value, computed when scraped: seconds until ``moment``."""
+
+    __slots__ = ("moment",)
+
+    def __init__(self, moment: float) -> None:
+        self.moment = moment
+
+    def __call__(self) -> float:
+        return self.moment - time.time()
 
 
 _M = TypeVar("_M", Counter, Histogram)

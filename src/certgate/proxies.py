@@ -33,12 +33,13 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .config import MAX_PEM_FILE_BYTES, read_regular_file
 from .errors import ConfigError, Rejected
 from .facts import Presented
-from .tenant import Tenant, load_pem_certificates
+from .tenant import Tenant, load_pem_certificates, name_key
 from .verifier import ChainVerifier
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -177,10 +178,13 @@ class ProxyAuthenticator:
     Verdicts are remembered per SHA-256 of the presented chain (bounded; a
     valid one until the chain's earliest notAfter, a failed one for
     :data:`_RECHECK_FAILED_S` seconds).
+
+    The proxy CA must be nobody's client CA: :meth:`check_separate` refuses
+    one that is a tenant's root or intermediate, or issued one.
     """
 
     def __init__(self, ca: ProxyCA, names: Iterable[str] = ()) -> None:
-        certs = _load_proxy_ca(ca)
+        certs = load_proxy_ca(ca)
         self.roots: tuple[x509.Certificate, ...] = tuple(certs)
         self._tenant = Tenant(_PROXY_TENANT, (), self.roots)
         self._verifier = ChainVerifier()
@@ -190,6 +194,29 @@ class ProxyAuthenticator:
                 raise ConfigError("proxy_names must be non-empty strings")
         self.names: frozenset[str] = frozenset(allowed)
         self._verdicts: dict[bytes, ProxyVerdict] = {}
+
+    def check_separate(self, tenants: Iterable[Tenant]) -> None:
+        """Raise :class:`ConfigError` when a proxy CA certificate is also a
+        CA of one of ``tenants`` - the same certificate, or the same subject
+        and public key, as one of its roots or intermediates - or directly
+        issued one of them (a shared vendor root above tenants anchored at
+        their issuing CAs). Every device of that tenant would then verify as
+        a proxy and could forward the public certificate of any device of
+        any tenant in a header; ``proxy_names`` does not help, as the
+        tenant's CA puts whatever names it likes in its certificates.
+
+        A configuration check, made when the gate is built, over the tenants
+        the registry lists then: not path validation, and tenants added
+        later are not checked."""
+        proxy_keys = {name_key(root): root for root in self.roots}
+        for tenant in tenants:
+            for cert, identity in tenant.ca_name_keys:
+                same = proxy_keys.get(identity)
+                if same is not None:
+                    raise ConfigError(_overlap_message(tenant, cert, "is"))
+                for root in self.roots:
+                    if cert.issuer == root.subject and _directly_issued(cert, root):
+                        raise ConfigError(_overlap_message(tenant, cert, "was issued by"))
 
     def check(self, presented: Presented | None) -> ProxyVerdict:
         """The verdict on the TLS transport certificate of a peer."""
@@ -231,7 +258,26 @@ class ProxyAuthenticator:
         return ProxyVerdict(True, "", fingerprint, min(identity.expires_at, now + 86400.0))
 
 
-def _load_proxy_ca(ca: ProxyCA) -> list[x509.Certificate]:
+def _overlap_message(tenant: Tenant, cert: x509.Certificate, how: str) -> str:
+    return (
+        f"proxy_ca: the CA {cert.subject.rfc4514_string()!r} of tenant {tenant.id!r} {how} a "
+        "proxy CA certificate, so every device of that tenant would be trusted as a proxy "
+        "and could forward any other device's certificate in a header. Use a CA made only "
+        "for your proxies (see the README's 'Header trust')."
+    )
+
+
+def _directly_issued(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def load_proxy_ca(ca: ProxyCA) -> list[x509.Certificate]:
+    """The certificates of a ``proxy_ca`` setting (a PEM file's path, PEM
+    bytes or certificates); :class:`ConfigError` when there are none."""
     if isinstance(ca, bytes):
         return load_pem_certificates(ca, "proxy_ca")
     if isinstance(ca, str | os.PathLike):

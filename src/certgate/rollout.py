@@ -18,7 +18,10 @@ as usual, but refused requests go through - with the identity attached when
 the certificate itself was valid). Chosen globally, per tenant and per path
 prefix; the most specific setting wins: path, then tenant, then global.
 Every setting can change at run time (:meth:`Rollout.set_mode`) without a
-restart; a request sees one consistent snapshot.
+restart; a request sees one consistent snapshot. When a gate reloads its
+TOML file with changed ``[certgate]`` settings, the new rollout is the
+file's with the run-time changes made so far applied again on top
+(:meth:`Rollout.replay`), so routes set in code survive reloads.
 
 Paths are matched as exact paths (``/healthz``, which also matches
 ``/healthz/``) or prefixes written with a trailing ``/*`` (``/public/*``
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import ConfigError
@@ -228,6 +231,8 @@ class Rollout:
         tenant_modes: Mapping[str, Mode | str] | None = None,
     ) -> None:
         self._lock = threading.Lock()
+        self._changes: list[Callable[[Rollout], None]] = []
+        """The run-time changes made so far, in order (see :meth:`replay`)."""
         self._routes: dict[str, Route] = {}
         for route in routes:
             if route.path in self._routes:
@@ -355,23 +360,28 @@ class Rollout:
             raise ConfigError("set_mode: give tenant or path, not both")
         parsed = None if mode is None else parse_mode(mode, "set_mode")
         with self._lock:
-            snap = self._snap
-            tenant_modes = dict(snap.tenant_modes)
-            global_mode = snap.mode
-            if path is not None:
-                check_pattern(path)
-                old = self._routes.get(path) or Route(path)
-                self._routes[path] = Route(path, old.access, parsed, old.policy)
-            elif tenant is not None:
-                if parsed is None:
-                    tenant_modes.pop(tenant, None)
-                else:
-                    tenant_modes[tenant] = parsed
+            self._set_mode(parsed, tenant, path)
+            self._note(lambda rollout: rollout.set_mode(parsed, tenant=tenant, path=path))
+
+    def _set_mode(self, parsed: Mode | None, tenant: str | None, path: str | None) -> None:
+        """Change a mode (the caller holds ``self._lock``)."""
+        snap = self._snap
+        tenant_modes = dict(snap.tenant_modes)
+        global_mode = snap.mode
+        if path is not None:
+            check_pattern(path)
+            old = self._routes.get(path) or Route(path)
+            self._routes[path] = Route(path, old.access, parsed, old.policy)
+        elif tenant is not None:
+            if parsed is None:
+                tenant_modes.pop(tenant, None)
             else:
-                if parsed is None:
-                    raise ConfigError("set_mode: the global mode cannot be None")
-                global_mode = parsed
-            self._snap = self._build(snap.default, global_mode, tenant_modes)
+                tenant_modes[tenant] = parsed
+        else:
+            if parsed is None:
+                raise ConfigError("set_mode: the global mode cannot be None")
+            global_mode = parsed
+        self._snap = self._build(snap.default, global_mode, tenant_modes)
 
     def set_route(self, route: Route) -> None:
         """Add or replace the rule for ``route.path`` at run time."""
@@ -379,6 +389,7 @@ class Rollout:
             self._routes[route.path] = route
             snap = self._snap
             self._snap = self._build(snap.default, snap.mode, snap.tenant_modes)
+            self._note(lambda rollout: rollout.set_route(route))
 
     def remove_route(self, path: str) -> None:
         """Remove the rule for ``path`` (no error when there is none)."""
@@ -386,6 +397,25 @@ class Rollout:
             self._routes.pop(path, None)
             snap = self._snap
             self._snap = self._build(snap.default, snap.mode, snap.tenant_modes)
+            self._note(lambda rollout: rollout.remove_route(path))
+
+    _MAX_CHANGES = 10_000
+
+    def _note(self, change: Callable[[Rollout], None]) -> None:
+        """Record a run-time change for :meth:`replay` (bounded: a program
+        flipping modes in a loop keeps the latest changes only)."""
+        self._changes.append(change)
+        if len(self._changes) > self._MAX_CHANGES:
+            del self._changes[: len(self._changes) - self._MAX_CHANGES]
+
+    def replay(self, earlier: Rollout) -> None:
+        """Apply again the run-time changes made on ``earlier`` (routes and
+        modes set in code, in their order) to this rollout - a reloaded
+        configuration's: the file gives the base, code changes stay on top."""
+        with earlier._lock:
+            changes = list(earlier._changes)
+        for change in changes:
+            change(self)
 
     def routes(self) -> tuple[Route, ...]:
         """The current rules."""

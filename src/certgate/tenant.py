@@ -32,6 +32,7 @@ from .crl import STALE_MODES, Revocation, load_crls, vet_crl
 from .errors import ConfigError
 from .hosts import normalize_pattern
 from .rollout import parse_mode
+from .vetting import Finding, check_ca_expired, check_cas, quiet
 
 if TYPE_CHECKING:
     from .policy import Policy
@@ -50,10 +51,11 @@ _PREVETTED: ContextVar[bool] = ContextVar("certgate_prevetted", default=False)
 def prevetted() -> Iterator[None]:
     """Build tenants whose CA certificates were vetted when they were stored.
 
-    Inside this block, :class:`Tenant` skips :func:`vet_ca_certificate` and
-    takes ``hosts`` as already normalised. Only for a tenant store
-    (:mod:`certgate.stores`) rebuilding tenants it vetted at write time: a CA
-    that has expired since is then refused by the verifier, per request, not
+    Inside this block, :class:`Tenant` skips the CA vetting of
+    :mod:`certgate.vetting` (no ``ca_warnings``) and takes ``hosts`` as
+    already normalised. Only for a tenant store (:mod:`certgate.stores`)
+    rebuilding tenants it vetted at write time: a CA that has expired since
+    is then refused by the verifier, per request (``untrusted_chain``), not
     by a failing lookup. CRLs are still checked and indexed (that finds
     their issuers)."""
     token = _PREVETTED.set(True)
@@ -121,34 +123,6 @@ def check_tenant_id(tenant_id: object) -> str:
     return tenant_id
 
 
-def vet_ca_certificate(cert: x509.Certificate, role: str, tenant_id: str) -> None:
-    """Refuse a certificate that is not a CA as a root or intermediate.
-
-    A leaf registered as a "root" would otherwise be accepted as a client
-    certificate on its own (the verifier treats anything in the store as a
-    trust anchor). Checked: Basic Constraints present with ``cA=TRUE``, and
-    Key Usage, when present, includes ``keyCertSign``.
-    """
-    subject = cert.subject.rfc4514_string()
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        bc = None
-    if bc is None or not bc.ca:
-        raise ConfigError(
-            f"tenant {tenant_id!r}: {role} {subject!r} is not a CA certificate "
-            "(Basic Constraints cA=TRUE is required)"
-        )
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if not ku.key_cert_sign:
-        raise ConfigError(
-            f"tenant {tenant_id!r}: {role} {subject!r} has Key Usage without keyCertSign"
-        )
-
-
 @dataclass(frozen=True, eq=False)
 class Tenant:
     """One customer: an id, the hosts it answers on and the CAs it trusts.
@@ -157,7 +131,14 @@ class Tenant:
     ``hosts`` are exact names or ``*.example.com`` patterns (one label);
     ``roots`` are the trust anchors (several during a rotation);
     ``intermediates`` are optional CA certificates used to build paths when
-    clients do not send them. Every root and intermediate is vetted as a CA.
+    clients do not send them. Every root and intermediate is vetted when the
+    tenant is built (:mod:`certgate.vetting`: CA flags, signature algorithm,
+    key, dates, intermediates chaining to the roots): a failure is a
+    :class:`~certgate.vetting.CaVettingError` (a :class:`ConfigError`), a
+    warning is logged. ``ca_expired``: ``"fail"`` (default) refuses an
+    expired or not-yet-valid root or intermediate, ``"warn"`` logs it and
+    builds the tenant. ``ca_sources``: optional names of where each of
+    ``roots`` then ``intermediates`` came from (files), for messages.
 
     ``shared_anchors=True`` declares that this tenant knowingly shares a
     trust anchor with other tenants (devices of one PKI valid on several
@@ -202,12 +183,16 @@ class Tenant:
     crl_stale: str = "fail"
     require_crl: bool = False
     crl_labels: tuple[str, ...] = field(default=(), repr=False)
+    ca_expired: str = "fail"
+    ca_sources: tuple[str, ...] = field(default=(), repr=False)
     fetched_crls: tuple[tuple[str, x509.CertificateRevocationList], ...] = field(
         default=(), repr=False
     )
     trust_id: bytes = field(init=False, repr=False)
     revocation: Revocation | None = field(init=False, repr=False)
     """The vetted, indexed CRLs (``None``: the tenant checks no revocation)."""
+    ca_warnings: tuple[Finding, ...] = field(init=False, repr=False)
+    """The warnings of CA vetting (:mod:`certgate.vetting`), logged once."""
 
     def __post_init__(self) -> None:
         check_tenant_id(self.id)
@@ -222,11 +207,20 @@ class Tenant:
         object.__setattr__(self, "hosts", hosts)
         object.__setattr__(self, "roots", tuple(self.roots))
         object.__setattr__(self, "intermediates", tuple(self.intermediates))
-        if not vetted:
-            for root in self.roots:
-                vet_ca_certificate(root, "root", self.id)
-            for inter in self.intermediates:
-                vet_ca_certificate(inter, "intermediate", self.id)
+        object.__setattr__(self, "ca_sources", tuple(self.ca_sources))
+        check_ca_expired(self.ca_expired, f"tenant {self.id!r}")
+        warnings = (
+            []
+            if vetted
+            else check_cas(
+                self.id,
+                self.roots,
+                self.intermediates,
+                ca_expired=self.ca_expired,
+                sources=self.ca_sources,
+            )
+        )
+        object.__setattr__(self, "ca_warnings", tuple(warnings))
         digest = hashlib.sha256(_TRUST_ID_VERSION)
         digest.update(self.id.encode())
         for group in (self.roots, self.intermediates):
@@ -307,8 +301,10 @@ class Tenant:
         self, fetched: Iterable[tuple[str, x509.CertificateRevocationList]]
     ) -> Tenant:
         """This tenant with ``fetched`` as the CRLs of its ``crl_urls``
-        (vetted again: :class:`ConfigError` if one fails)."""
-        return dataclasses.replace(self, fetched_crls=tuple(fetched))
+        (vetted again: :class:`ConfigError` if one fails; the CA warnings
+        already logged for this tenant are not logged again)."""
+        with quiet():
+            return dataclasses.replace(self, fetched_crls=tuple(fetched))
 
     @classmethod
     def from_pem(
@@ -326,10 +322,11 @@ class Tenant:
         crl_refresh: float = 3600.0,
         crl_stale: str = "fail",
         require_crl: bool = False,
+        ca_expired: str = "fail",
     ) -> Tenant:
         """Build a tenant from PEM text (one string may hold several
         certificates). ``crls``: CRLs as PEM or DER bytes (one item may hold
-        several PEM CRLs); the other CRL settings as on the class."""
+        several PEM CRLs); the other settings as on the class."""
         loaded = [
             crl
             for position, data in enumerate(crls, 1)
@@ -348,6 +345,7 @@ class Tenant:
             crl_refresh=crl_refresh,
             crl_stale=crl_stale,
             require_crl=require_crl,
+            ca_expired=ca_expired,
         )
 
     @functools.cached_property

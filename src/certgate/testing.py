@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .devpki import CA, IssuedCert
-from .events import DecisionEvent, ExpiryEvent
+from .events import DecisionEvent, ExpiryEvent, ReloadEvent, TrustExpiryEvent
 from .gate import CertGate
 from .identity import ClientIdentity
 from .registry import InMemoryRegistry
@@ -206,11 +206,20 @@ class RecordingObserver:
     r"""An observer (see :mod:`certgate.events`) that keeps every event, for
     asserting in tests what certgate decided:
     ``CertGate(..., observers=[recorder])``, then ``recorder.decisions``
-    (``DecisionEvent``\ s, in order) and ``recorder.expiring``."""
+    (``DecisionEvent``\ s, in order), ``recorder.expiring``, and for a gate
+    loaded from TOML ``recorder.reloads`` and ``recorder.trust_expiry``."""
 
     def __init__(self) -> None:
         self.decisions: list[DecisionEvent] = []
         self.expiring: list[ExpiryEvent] = []
+        self.reloads: list[ReloadEvent] = []
+        self.trust_expiry: list[TrustExpiryEvent] = []
+
+    def on_reload(self, event: ReloadEvent) -> None:
+        self.reloads.append(event)
+
+    def on_trust_expiry(self, event: TrustExpiryEvent) -> None:
+        self.trust_expiry.append(event)
 
     def on_decision(self, event: DecisionEvent) -> None:
         self.decisions.append(event)

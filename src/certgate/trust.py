@@ -149,6 +149,8 @@ class HeaderTrust:
             return self.peer_is_trusted(peer)
         if self.proxies and not self.peer_is_trusted(peer):
             return False
+        if peer == UNIX_PEER and transport is None:
+            self._note_unix_peer()  # proxy_ca alone: no TLS, so never a proxy
         return auth.check(transport).ok
 
     def judge(
@@ -206,6 +208,18 @@ class HeaderTrust:
 
     def _note_unix_peer(self) -> None:
         if not self.header_sources:
+            return
+        if self.proxy_auth is not None:
+            self._warn_once(
+                "unix",
+                "certgate: a request arrived over a unix socket, and proxy_ca is set: a peer "
+                "is a trusted proxy only when its connection presents a proxy certificate "
+                "(and, with trusted_proxies or trust_unix_socket, has a trusted address too), "
+                "so forwarded certificate headers without one are removed and never "
+                "believed. For a proxy on a plain unix socket that only it can connect to "
+                "(check the socket file's owner and mode), remove proxy_ca and set "
+                "trust_unix_socket = true in [certgate].",
+            )
             return
         self._warn_once(
             "unix",

@@ -51,13 +51,14 @@ from typing import Any, Protocol
 from . import sni
 from .decision import Decision
 from .facts import RequestFacts
-from .gate import CertGate
+from .gate import CertGate, GateSnapshot
 from .identity import ClientIdentity
 from .proxies import UNIX_PEER
 from .reasons import Reason
 from .rollout import Access
 from .servers import gunicorn
 from .sources import wsgi_environ
+from .trust import HeaderTrust
 
 Environ = MutableMapping[str, Any]
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
@@ -188,30 +189,58 @@ def werkzeug_drops_underscore_headers() -> bool:
         return False
 
 
+class _EnvironKeys:
+    """The environ keys of one :class:`~certgate.trust.HeaderTrust` (a
+    snapshot's): the certificate headers read and those stripped."""
+
+    __slots__ = ("keys", "read_keys", "strip_keys", "trust")
+
+    def __init__(self, trust: HeaderTrust) -> None:
+        self.trust = trust
+        self.keys = tuple((name, environ_key(name)) for name in trust.header_names)
+        self.read_keys = frozenset(key for _, key in self.keys)
+        self.strip_keys = frozenset(environ_key(name) for name in trust.strip_names)
+
+
 class CertGateWSGIMiddleware:
-    """WSGI middleware around :class:`~certgate.gate.CertGate`."""
+    """WSGI middleware around :class:`~certgate.gate.CertGate`.
+
+    Each request reads the gate's snapshot once (:attr:`CertGate.snapshot
+    <certgate.gate.CertGate.snapshot>`) and is decided with it alone; the
+    environ's ``certgate.gate`` is the gate pinned to that snapshot."""
 
     def __init__(self, app: WSGIApp, gate: CertGate) -> None:
         self.app = app
         self.gate = gate
-        self._trust = gate.trust
-        self._keys = tuple((name, environ_key(name)) for name in gate.trust.header_names)
-        self._read_keys = frozenset(key for _, key in self._keys)
-        self._strip_keys = frozenset(environ_key(name) for name in gate.trust.strip_names)
-        self._gunicorn_verdict: tuple[gunicorn.HeaderHandling, str | None] | None = None
+        gate.start_monitor()  # a gate loaded from TOML: expiry checks, file watch
+        self._environ_keys = _EnvironKeys(gate.trust)
+        self._view = (gate.snapshot, gate.snapshot.view())
+        self._gunicorn_verdict: tuple[gunicorn.HeaderHandling, HeaderTrust, str | None] | None = (
+            None
+        )
+
+    def _keys_for(self, trust: HeaderTrust) -> _EnvironKeys:
+        keys = self._environ_keys
+        if keys.trust is not trust:
+            keys = self._environ_keys = _EnvironKeys(trust)
+        return keys
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        facts, ambiguous = self._collect(environ)
-        if ambiguous is not None and self.gate.rollout.rule(facts.path).access is not Access.EXEMPT:
-            decision = self._refuse_ambiguous(facts, ambiguous)
+        snapshot = self.gate.snapshot  # read once: this request's configuration
+        facts, ambiguous = self._collect(environ, snapshot.trust)
+        if ambiguous is not None and snapshot.rollout.rule(facts.path).access is not Access.EXEMPT:
+            decision = self._refuse_ambiguous(snapshot, facts, ambiguous)
         else:
-            decision = self.gate.decide(facts)
+            decision = snapshot.decide(facts)
         if decision.blocks:
-            refusal = self.gate.refusal(decision.reason)  # type: ignore[arg-type]
+            refusal = snapshot.refusal(decision.reason)  # type: ignore[arg-type]
             start_response(refusal.status_line, list(refusal.headers))
             return [refusal.body]
         environ[DECISION_KEY] = decision
-        environ[GATE_KEY] = self.gate
+        view = self._view
+        if view[0] is not snapshot:
+            view = self._view = (snapshot, snapshot.view())
+        environ[GATE_KEY] = view[1]
         if decision.identity is not None:
             environ[IDENTITY_KEY] = decision.identity
         else:  # no identity: never let one set upstream through
@@ -220,12 +249,12 @@ class CertGateWSGIMiddleware:
 
     def facts(self, environ: Environ) -> RequestFacts:
         """Collect the request facts (and strip forged headers) from ``environ``."""
-        return self._collect(environ)[0]
+        return self._collect(environ, self.gate.trust)[0]
 
-    def _collect(self, environ: Environ) -> tuple[RequestFacts, str | None]:
+    def _collect(self, environ: Environ, trust: HeaderTrust) -> tuple[RequestFacts, str | None]:
         """The facts, and why the certificate headers of a trusted proxy's
         request had to be deleted unread (``None`` when they did not)."""
-        trust = self._trust
+        keys = self._keys_for(trust)
         peer = socket_peer(environ, trust_reported=trust.trust_reported_peer)
         if peer is None and not any(k in environ for k in wsgi_environ.SOCKET_KEYS):
             trust.note_unknown_peer("no server socket in the WSGI environ")
@@ -235,20 +264,20 @@ class CertGateWSGIMiddleware:
         if trusted:
             risk = None
             if "gunicorn.socket" in environ or "werkzeug.socket" in environ:
-                risk = self.alias_risk(environ)
+                risk = self._alias_risk(environ, trust)
             if risk is None:
-                for name, key in self._keys:
+                for name, key in keys.keys:
                     value = environ.get(key)
                     if isinstance(value, str):
                         headers[name] = [value]
-            elif any(key in self._read_keys for key in self._strip(environ)):
+            elif any(key in keys.read_keys for key in self._strip(environ, keys)):
                 ambiguous = risk
         else:
-            stripped = self._strip(environ)
+            stripped = self._strip(environ, keys)
             if stripped:
                 trust.note_stripped(peer, stripped, trust.untrusted_why(peer, transport))
             if transport is None and trust.transport:
-                self._note_missing_tls(environ)
+                self._note_missing_tls(environ, trust)
         host = environ.get("HTTP_HOST")
         facts = RequestFacts(
             host=host if isinstance(host, str) else None,
@@ -261,7 +290,7 @@ class CertGateWSGIMiddleware:
         )
         return facts, ambiguous
 
-    def _note_missing_tls(self, environ: Environ) -> None:
+    def _note_missing_tls(self, environ: Environ, trust: HeaderTrust) -> None:
         """Say once, loudly, when no client certificate can ever arrive: an
         https request with neither a TLS server socket nor any ``SSL_*``
         variable of the server, or a TLS socket whose context does not ask
@@ -269,7 +298,7 @@ class CertGateWSGIMiddleware:
         sock = wsgi_environ.tls_socket(environ)
         if sock is not None:
             if sock.context.verify_mode == ssl.CERT_NONE:
-                self._trust.note_not_requested(
+                trust.note_not_requested(
                     "the WSGI server's TLS context has verify_mode CERT_NONE", _NOT_REQUESTED_FIX
                 )
             return
@@ -277,14 +306,14 @@ class CertGateWSGIMiddleware:
             return
         if any(key.startswith("SSL_") for key in environ):
             return  # Apache mod_wsgi and the like export SSL_* variables
-        self._trust.note_no_tls_info(
+        trust.note_no_tls_info(
             "wsgi.url_scheme is https, but there is no TLS server socket and no SSL_* variable",
             _NO_TLS_FIX,
         )
 
-    def _strip(self, environ: Environ) -> list[str]:
+    def _strip(self, environ: Environ, keys: _EnvironKeys) -> list[str]:
         """Delete every certificate header from ``environ``; the keys deleted."""
-        removed = [key for key in environ if key in self._strip_keys]
+        removed = [key for key in environ if key in keys.strip_keys]
         for key in removed:
             del environ[key]
         return removed
@@ -293,6 +322,9 @@ class CertGateWSGIMiddleware:
         """Why a certificate header in this environ might be the underscore
         spelling of its name, or ``None`` when the server rules that out (or
         certgate cannot see the server: see the module docstring)."""
+        return self._alias_risk(environ, self.gate.trust)
+
+    def _alias_risk(self, environ: Environ, trust: HeaderTrust) -> str | None:
         if "gunicorn.socket" in environ:
             handling = gunicorn.checked_header_handling()
             if handling is None:
@@ -302,20 +334,20 @@ class CertGateWSGIMiddleware:
                     "gunicorn.conf.py"
                 )
             verdict = self._gunicorn_verdict
-            if verdict is None or verdict[0] is not handling:
-                problems = handling.problems(self._trust.strip_names)
-                verdict = (handling, "; ".join(problems) or None)
+            if verdict is None or verdict[0] is not handling or verdict[1] is not trust:
+                problems = handling.problems(trust.strip_names)
+                verdict = (handling, trust, "; ".join(problems) or None)
                 self._gunicorn_verdict = verdict
-            return verdict[1]
+            return verdict[2]
         if "werkzeug.socket" in environ and not werkzeug_drops_underscore_headers():
             return "this Werkzeug (< 2.3) maps underscore-spelled headers into the environ"
         return None
 
-    def _refuse_ambiguous(self, facts: RequestFacts, why: str) -> Decision:
+    def _refuse_ambiguous(self, snapshot: GateSnapshot, facts: RequestFacts, why: str) -> Decision:
         """Refuse a request whose certificate header may be an underscore
         alias (``malformed_header``), and log why."""
         decision = Decision(
             reason=Reason.MALFORMED_HEADER,
             detail=f"cannot tell the certificate header from its underscore spelling: {why}",
         )
-        return self.gate.conclude(decision, facts)
+        return snapshot.conclude(decision, facts)

@@ -74,7 +74,10 @@ class PerTenantSSLContext:
     the first time the hook runs), a synchronous registry or a ``CertGate``.
     gunicorn's ``certfile``/``keyfile`` are loaded into every per-tenant
     context; gunicorn's ``ca_certs`` (optional) is what the ``"listener"``
-    rule for an unknown SNI trusts.
+    rule for an unknown SNI trusts (unset, gunicorn's default context loads
+    the system's CA store instead, which only that rule would use). The
+    listener context is still gunicorn's, built for every connection: leave
+    ``ca_certs`` unset unless the ``"listener"`` rule needs it.
     """
 
     def __init__(
@@ -98,8 +101,21 @@ class PerTenantSSLContext:
                 config.keyfile,
                 max_contexts=self.max_contexts,
                 unknown_sni=self.unknown_sni,
+                alpn_protocols=_alpn_protocols(config),
             )
         return self.contexts.install(context)
+
+
+def _alpn_protocols(config: Any) -> list[str]:
+    """The ALPN protocols gunicorn sets on its listener for ``config``
+    (``http_protocols`` with ``h2``); none for a gunicorn without HTTP/2."""
+    if not getattr(config, "http_protocols", None):
+        return []
+    try:
+        from gunicorn.sock import _get_alpn_protocols  # noqa: PLC0415 - gunicorn's own
+    except ImportError:
+        return []
+    return list(_get_alpn_protocols(config))
 
 
 # -- underscore aliases of certificate headers (header_map) -----------------

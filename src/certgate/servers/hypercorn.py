@@ -118,6 +118,7 @@ class CertgateConfig(_Config):  # type: ignore[misc, valid-type, unused-ignore]
                 password=self.keyfile_password,
                 max_contexts=self.per_tenant_max_contexts,
                 unknown_sni=self.per_tenant_unknown_sni,
+                alpn_protocols=self.alpn_protocols,
             )
         return self.tenant_contexts.install(context)
 

@@ -12,13 +12,22 @@ certgate still verifies every request against the tenant of its Host (the
 handshake decides nothing on its own).
 
 What each per-tenant context holds: the server certificate and key (loaded
-from ``certfile``/``keyfile``) and the tenant's roots and intermediates. The
-verify mode, verify flags (``VERIFY_X509_PARTIAL_CHAIN``, deferred time
-checks), the session-ticket setting and the cipher list are those of the
-*listener* context: OpenSSL keeps them on the connection when the context is
-switched, so :meth:`TenantContexts.install` prepares the listener with
+from ``certfile``/``keyfile``), the tenant's roots and intermediates, and the
+ALPN protocols (``alpn_protocols``). The verify mode, verify flags
+(``VERIFY_X509_PARTIAL_CHAIN``, deferred time checks), the session-ticket
+setting and the cipher list are those of the *listener* context: OpenSSL
+keeps them on the connection when the context is switched, so
+:meth:`TenantContexts.install` prepares the listener with
 :func:`~certgate.servers.tls.prepare_server_context` (and the per-tenant
-contexts get the same settings, for consistency).
+contexts get the same settings, for consistency). ALPN is not kept: OpenSSL
+asks the context switched to, so a server that offers HTTP/2 (hypercorn,
+gunicorn's ``http_protocols``) must name its protocols here, or every
+connection falls back to HTTP/1.1 (the ``ssl`` module cannot read them back
+from the listener; the hypercorn and gunicorn adapters pass them).
+
+The registry is read through its source: with a ``CertGate`` (or a TOML
+path, loaded into one), the gate's current registry, so tenants a reload
+added or changed are found on their next handshake.
 
 Contexts are built on first use and kept in a bounded LRU
 (``max_contexts``), keyed by tenant id; an entry is rebuilt when the
@@ -26,11 +35,22 @@ tenant's :attr:`~certgate.tenant.Tenant.trust_id` (its id, roots and
 intermediates) differs from the one it was built for, so a tenant whose
 anchors changed gets a fresh context on its next handshake.
 
+**Authenticated proxies** (``proxy_ca``): the proxy's own client
+certificate must pass the handshake before certgate can check it, so the
+proxy CA (``proxy_cas``; by default the ``proxy_ca`` of the ``CertGate`` or
+certgate TOML file given as source) is loaded into every per-tenant context
+and the no-anchors one: a proxy connects whatever SNI it sends (nginx sends
+none unless ``proxy_ssl_server_name on``). Only certificates of that CA
+gain from it, and only as proxies: as a client identity certgate verifies
+them against the addressed tenant, which never trusts the proxy CA (the
+gate refuses such a configuration).
+
 **Unknown or missing SNI** (``unknown_sni``; also a name that is not a valid
 host name):
 
 * ``"no_anchors"`` (default): the connection switches to a context that
-  trusts no CA. A client that sends no certificate completes the handshake
+  trusts no CA (but the proxy CA, see above). A client that sends no
+  certificate completes the handshake
   and reaches certgate (403 ``unknown_tenant`` / ``no_certificate``, and
   exempt paths such as health checks still answer); a client that sends one
   fails the handshake (``unknown_ca``), since no tenant was chosen.
@@ -65,7 +85,11 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import sni
 from ..errors import Rejected, ServerSetupError
@@ -106,6 +130,14 @@ def registry_of(source: Any) -> TrustRegistry:
     return registry  # type: ignore[no-any-return]
 
 
+def proxy_cas_of(source: Any) -> tuple[x509.Certificate, ...]:
+    """The proxy CA certificates of ``source``: a ``CertGate`` with
+    ``proxy_ca`` (its ``trust.proxy_auth.roots``); none for anything else."""
+    auth = getattr(getattr(source, "trust", None), "proxy_auth", None)
+    roots = getattr(auth, "roots", ())
+    return tuple(c for c in roots if isinstance(c, x509.Certificate))
+
+
 class _TenantSNI:
     """The ``sni_callback`` of a listener context (records the SNI too)."""
 
@@ -136,6 +168,12 @@ class TenantContexts:
     ``require_certificate`` makes the handshake refuse clients without a
     certificate (``CERT_REQUIRED``; default ``CERT_OPTIONAL``, certgate
     answers 403). ``defer_time`` leaves validity times to certgate.
+    ``alpn_protocols``: the listener's ALPN protocols (``["h2",
+    "http/1.1"]``), set on every per-tenant context (see the module
+    docstring). ``proxy_cas``: the authenticated proxies' CA, trusted by
+    every context (``None``: the ``proxy_ca`` of ``registry`` when it is a
+    ``CertGate``, as it is when the contexts are made - a reload of the gate
+    that changes ``proxy_ca`` does not reach them).
     """
 
     def __init__(
@@ -151,6 +189,8 @@ class TenantContexts:
         defer_time: bool = True,
         max_hosts: int = 16384,
         host_ttl: float = 60.0,
+        alpn_protocols: Iterable[str] = (),
+        proxy_cas: Iterable[x509.Certificate] | None = None,
     ) -> None:
         if unknown_sni not in UNKNOWN_SNI_RULES:
             raise ServerSetupError(
@@ -158,7 +198,10 @@ class TenantContexts:
             )
         if max_contexts < 1 or max_hosts < 1:
             raise ServerSetupError("max_contexts and max_hosts must be at least 1")
-        self.registry = registry_of(registry)
+        registry_of(registry)  # refuse an async registry now
+        self.source = registry
+        """What the registry is taken from: a registry, or a gate (whose
+        current registry is used, so tenants a reload added are found)."""
         self.certfile = certfile
         self.keyfile = keyfile
         self.password = password
@@ -168,6 +211,10 @@ class TenantContexts:
         self.unknown_sni: UnknownSNIRule = unknown_sni
         self.verify_mode = ssl.CERT_REQUIRED if require_certificate else ssl.CERT_OPTIONAL
         self.defer_time = defer_time
+        self.alpn_protocols: tuple[str, ...] = tuple(alpn_protocols)
+        cas = proxy_cas_of(registry) if proxy_cas is None else tuple(proxy_cas)
+        self.proxy_cas_pem = "".join(c.public_bytes(Encoding.PEM).decode() for c in cas)
+        """PEM of the proxy CA loaded into every context (empty: none)."""
         self.built = 0
         """How many per-tenant contexts were built (a rebuild counts again)."""
         self._lock = threading.Lock()
@@ -175,6 +222,12 @@ class TenantContexts:
         self._hosts: OrderedDict[str, tuple[object, float, Tenant | None]] = OrderedDict()
         self._no_anchors: ssl.SSLContext | None = None
         self._failing = False
+
+    @property
+    def registry(self) -> TrustRegistry:
+        """The registry looked up now (a gate's current one: it changes
+        with each reload of the gate)."""
+        return getattr(self.source, "registry", self.source)  # type: ignore[no-any-return]
 
     # -- contexts ---------------------------------------------------------
 
@@ -186,6 +239,10 @@ class TenantContexts:
         if self.defer_time:
             defer_time_checks(context)
         accept_intermediate_anchors(context)
+        if self.alpn_protocols:
+            context.set_alpn_protocols(list(self.alpn_protocols))
+        if self.proxy_cas_pem:
+            context.load_verify_locations(cadata=self.proxy_cas_pem)
         return disable_stateless_resumption(context)
 
     def server_context(self) -> ssl.SSLContext:
@@ -204,14 +261,19 @@ class TenantContexts:
         password: str | None = None,
         max_contexts: int = 1024,
         unknown_sni: UnknownSNIRule = "no_anchors",
+        alpn_protocols: Iterable[str] = (),
     ) -> TenantContexts:
         """The contexts for a server whose listening context is ``listener``
         (its ``CERT_REQUIRED`` carries over). ``source``: a registry, a
-        ``CertGate``, or the path of a certgate TOML file (loaded here)."""
+        ``CertGate``, or the path of a certgate TOML file (loaded here into a
+        gate that is reloaded when the file changes, if its ``[certgate]``
+        sets ``watch_interval``: see :func:`certgate.reload.handshake_gate`;
+        its ``proxy_ca`` is the proxy CA). ``alpn_protocols``: those the
+        server set on ``listener``."""
         if isinstance(source, str | os.PathLike):
-            from ..config import load_config  # noqa: PLC0415 - only for this form
+            from ..reload import handshake_gate  # noqa: PLC0415 - only for this form
 
-            source = load_config(source).registry
+            source = handshake_gate(source)
         return cls(
             source,
             certfile,
@@ -220,6 +282,7 @@ class TenantContexts:
             max_contexts=max_contexts,
             unknown_sni=unknown_sni,
             require_certificate=listener.verify_mode == ssl.CERT_REQUIRED,
+            alpn_protocols=alpn_protocols,
         )
 
     def install(self, context: ssl.SSLContext) -> ssl.SSLContext:

@@ -30,8 +30,7 @@ from ..errors import Rejected
 from ..facts import Presented
 from ..reasons import Reason
 from .base import bool_option, header_option, list_value, one_line, register, single_value
-from .decode import material
-from .rfc9440 import leaf_and_chain
+from .rfc9440 import presented
 
 
 class GcpSource:
@@ -81,14 +80,7 @@ class GcpSource:
             refusal = self._refusal(headers, leaf is not None)
             if refusal is not None:
                 return refusal
-        if leaf is None:
-            return None
-        name = self.name
-        return Presented(
-            source=name,
-            material=material(leaf, chain),
-            decode=lambda: leaf_and_chain(leaf, chain, name),
-        )
+        return presented(self.name, leaf, chain)
 
 
 register(GcpSource.name, GcpSource)

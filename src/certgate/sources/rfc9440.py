@@ -35,6 +35,18 @@ def leaf_and_chain(leaf: str, chain: str | None, what: str) -> list[bytes]:
     return ders
 
 
+def presented(name: str, leaf: str | None, chain: str | None) -> Presented | None:
+    """What an RFC 9440-form leaf and chain present (``None``: no leaf),
+    decoded only when the gate needs the certificates."""
+    if leaf is None:
+        return None
+    return Presented(
+        source=name,
+        material=material(leaf, chain),
+        decode=lambda: leaf_and_chain(leaf, chain, name),
+    )
+
+
 class RFC9440Source:
     """Header source for RFC 9440 ``Client-Cert`` / ``Client-Cert-Chain``."""
 
@@ -52,14 +64,7 @@ class RFC9440Source:
     def extract(self, headers: Mapping[str, Sequence[str]]) -> Presented | None:
         leaf = single_value(headers, self.cert_header)
         chain = list_value(headers, self.chain_header) if self.chain_header else None
-        if leaf is None:
-            return None
-        name = self.name
-        return Presented(
-            source=name,
-            material=material(leaf, chain),
-            decode=lambda: leaf_and_chain(leaf, chain, name),
-        )
+        return presented(self.name, leaf, chain)
 
 
 register(RFC9440Source.name, RFC9440Source)

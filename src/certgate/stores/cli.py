@@ -1,25 +1,27 @@
-"""``tenants`` commands against a registry URL (``sqlite:///path``).
+"""``certgate tenants`` commands against a registry URL (``sqlite:///path``).
 
-    python -m certgate.stores tenants import --from SOURCE --to URL [--batch N] [--quiet]
+    certgate tenants import --from SOURCE --to URL [--batch N] [--quiet]
         SOURCE: a TOML configuration (every tenant is loaded and checked as
         certgate would load it), a JSON-lines export (``-``: standard input)
         or another registry URL. Tenants are written in batched
         transactions; a progress bar goes to standard error.
-    python -m certgate.stores tenants export --from URL [--out FILE]
+    certgate tenants export --from URL [--out FILE]
         One JSON object per line (certificates and CRLs as PEM), in id order.
-    python -m certgate.stores tenants add ID --registry URL --host H... --root PEM...
-        [--intermediate PEM]... [--crl FILE]... [--mode M] [--shared-anchors] [--policy JSON]
-    python -m certgate.stores tenants remove ID --registry URL
-    python -m certgate.stores tenants list --registry URL [--json] [--after ID] [--limit N]
-    python -m certgate.stores tenants show ID --registry URL [--json]
-    python -m certgate.stores tenants migrate URL
-    python -m certgate.stores tenants backup URL FILE
+    certgate tenants add ID --registry URL --host H... --root PEM... [--intermediate PEM]...
+        [--crl FILE]... [--mode M] [--shared-anchors] [--policy JSON] [--ca-expired warn]
+    certgate tenants remove ID --registry URL
+    certgate tenants list --registry URL [--json] [--after ID] [--limit N]
+    certgate tenants show ID --registry URL [--json]
+    certgate tenants migrate URL
+    certgate tenants backup URL FILE
 
-Every write vets the tenant (its CAs and CRLs, the anchor-sharing rule,
-hosts unique) before anything is stored; ``import``, ``add`` and
-``migrate`` create the store and bring its schema up to date when needed.
-Exit status 0 on success, 2 on bad usage or a refused tenant (the message
-names it and the rule).
+Every write vets the tenant (its CAs - :mod:`certgate.vetting` - and CRLs,
+the anchor-sharing rule, hosts unique) before anything is stored;
+``import``, ``add`` and ``migrate`` create the store and bring its schema up
+to date when needed. Exit status 0 on success, 2 on bad usage or a refused
+tenant (the message names it and the rule). ``add``, ``list`` and
+``remove`` with ``--config TOML`` work on a TOML file instead
+(:mod:`certgate.cli`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -50,12 +52,17 @@ MAX_EXPORT_LINE = 16 * 1024 * 1024
 """Longest JSON line an import reads (one tenant)."""
 
 
-def add_parsers(sub: Any) -> None:
-    """The ``tenants`` sub-commands on registry URLs (``sub``: the
-    ``tenants`` parser's sub-parsers)."""
+STORE_COMMANDS = frozenset({"import", "export", "show", "migrate", "backup"})
+"""``tenants`` sub-commands that only exist for registry URLs."""
+
+
+def store_parsers(sub: Any) -> None:
+    """Add the registry-URL-only ``tenants`` sub-commands (``sub``: the
+    ``tenants`` parser's sub-parsers; ``add``, ``list`` and ``remove`` are
+    :mod:`certgate.cli`'s, with ``--registry``)."""
     imp = sub.add_parser("import", help="import tenants into a registry URL")
     imp.add_argument(
-        "--from", dest="source", required=True, help="TOML file, .jsonl file, -, or URL"
+        "--from", dest="source", required=True, help="TOML file, .jsonl file, -, or registry URL"
     )
     imp.add_argument("--to", dest="target", required=True, help="registry URL (sqlite:///path)")
     imp.add_argument("--batch", type=int, default=500, help="tenants per transaction (500)")
@@ -63,26 +70,6 @@ def add_parsers(sub: Any) -> None:
     exp = sub.add_parser("export", help="export a registry's tenants as JSON lines")
     exp.add_argument("--from", dest="source", required=True, help="registry URL")
     exp.add_argument("--out", help="file to write (default: standard output)")
-    add = sub.add_parser("add", help="add or replace a tenant in a registry URL")
-    add.add_argument("id", help="the tenant id")
-    add.add_argument("--registry", required=True, help="registry URL (sqlite:///path)")
-    add.add_argument("--host", action="append", required=True, help="host or *.pattern")
-    add.add_argument("--root", action="append", required=True, help="root CA PEM file")
-    add.add_argument("--intermediate", action="append", default=[], help="intermediate PEM")
-    add.add_argument("--crl", action="append", default=[], help="CRL file (PEM or DER)")
-    add.add_argument("--mode", choices=["enforce", "report"], help="this tenant's mode")
-    add.add_argument("--shared-anchors", action="store_true", help="shared_anchors = true")
-    add.add_argument(
-        "--policy", metavar="JSON", help='default policy, e.g. \'{"common_name": ["a"]}\''
-    )
-    remove = sub.add_parser("remove", help="remove a tenant from a registry URL")
-    remove.add_argument("id", help="the tenant id")
-    remove.add_argument("--registry", required=True, help="registry URL")
-    listing = sub.add_parser("list", help="list the tenants of a registry URL")
-    listing.add_argument("--registry", required=True, help="registry URL")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.add_argument("--after", help="only ids after this one (paging)")
-    listing.add_argument("--limit", type=int, help="at most this many tenants")
     show = sub.add_parser("show", help="show one tenant of a registry URL")
     show.add_argument("id", help="the tenant id")
     show.add_argument("--registry", required=True, help="registry URL")
@@ -92,25 +79,6 @@ def add_parsers(sub: Any) -> None:
     backup = sub.add_parser("backup", help="write a consistent copy of a SQLite store")
     backup.add_argument("url", help="registry URL (sqlite:///path)")
     backup.add_argument("file", help="the copy to write (must not exist)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m certgate.stores",
-        description="tenant stores (registry URLs such as sqlite:///path)",
-    )
-    top = parser.add_subparsers(dest="command", required=True)
-    tenants = top.add_parser("tenants", help="tenants of a registry URL")
-    add_parsers(tenants.add_subparsers(dest="tenants_command", required=True))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:
-        return EXIT_USAGE if exc.code not in (0, None) else 0
-    return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -264,18 +232,34 @@ def _add(args: argparse.Namespace) -> int:
         if not isinstance(policy, dict):
             raise ConfigError("--policy must be a JSON object")
     where = f"tenant {safe_text(args.id)!r}"
+    refresh = getattr(args, "crl_refresh", None)
+    roots: list[bytes] = []
+    inters: list[bytes] = []
+    sources: list[str] = []  # roots, then intermediates: one name per certificate
+    for names, found, role in (
+        (args.root, roots, "root"),
+        (args.intermediate, inters, "intermediate"),
+    ):
+        for name in names:
+            ders = _pem_file(name, f"{where}: {role}")
+            found.extend(ders)
+            sources.extend([name] * len(ders))
     record = TenantRecord(
         id=args.id,
         hosts=tuple(args.host),
-        roots=tuple(der for name in args.root for der in _pem_file(name, f"{where}: root")),
-        intermediates=tuple(
-            der for name in args.intermediate for der in _pem_file(name, f"{where}: intermediate")
-        ),
+        roots=tuple(roots),
+        intermediates=tuple(inters),
         crls=tuple(_crl_file(name, where) for name in args.crl),
         crl_labels=tuple(f"{where}: CRL file {safe_text(name, 200)}" for name in args.crl),
         shared_anchors=args.shared_anchors,
         mode=args.mode,
         policy=policy,
+        crl_urls=tuple(getattr(args, "crl_url", None) or ()),
+        crl_refresh=3600.0 if refresh is None else refresh,
+        crl_stale=getattr(args, "crl_stale", None) or "fail",
+        require_crl=bool(getattr(args, "require_crl", False)),
+        ca_expired=getattr(args, "ca_expired", None) or "fail",
+        ca_sources=tuple(sources),
     )
     store = open_store(args.registry, create=True)
     version = store.put(record)

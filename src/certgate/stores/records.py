@@ -47,6 +47,7 @@ EXPORT_KEYS = frozenset(
         "crl_refresh",
         "crl_stale",
         "require_crl",
+        "ca_expired",
         "version",
         "created",
         "updated",
@@ -66,8 +67,11 @@ class TenantRecord:
     """A tenant as data (see the module docstring).
 
     ``roots``, ``intermediates`` and ``crls`` are DER; ``crl_labels`` name
-    the CRLs in error messages (a file name, say); ``policy`` is the
-    TOML/JSON form of the tenant's policy or ``None``. ``version``,
+    the CRLs and ``ca_sources`` the roots then intermediates in error
+    messages (file names, say; neither is stored); ``policy`` is the
+    TOML/JSON form of the tenant's policy or ``None``; ``ca_expired`` as on
+    :class:`~certgate.tenant.Tenant` (it decides whether the record is
+    accepted when written, never how it is read back). ``version``,
     ``created`` and ``updated`` are set by a store (``0``/``None`` otherwise).
     """
 
@@ -84,6 +88,8 @@ class TenantRecord:
     crl_refresh: float = 3600.0
     crl_stale: str = "fail"
     require_crl: bool = False
+    ca_expired: str = "fail"
+    ca_sources: tuple[str, ...] = field(default=(), compare=False)
     version: int = field(default=0, compare=False)
     created: str | None = field(default=None, compare=False)
     updated: str | None = field(default=None, compare=False)
@@ -115,6 +121,8 @@ class TenantRecord:
             crl_refresh=tenant.crl_refresh,
             crl_stale=tenant.crl_stale,
             require_crl=tenant.require_crl,
+            ca_expired=tenant.ca_expired,
+            ca_sources=tenant.ca_sources,
         )
 
     def build(self, *, vetted: bool = False) -> Tenant:
@@ -154,6 +162,8 @@ class TenantRecord:
             "crl_refresh": self.crl_refresh,
             "crl_stale": self.crl_stale,
             "require_crl": self.require_crl,
+            "ca_expired": self.ca_expired,
+            "ca_sources": tuple(self.ca_sources),
         }
         if vetted:
             with prevetted():
@@ -170,6 +180,7 @@ class TenantRecord:
             "crl_refresh": self.crl_refresh,
             "crl_stale": self.crl_stale,
             "require_crl": self.require_crl,
+            "ca_expired": self.ca_expired,
         }
 
     def settings_json(self) -> str:
@@ -246,6 +257,7 @@ class TenantRecord:
             crl_refresh=float(data.get("crl_refresh", 3600.0)),
             crl_stale=str(data.get("crl_stale", "fail")),
             require_crl=bool(data.get("require_crl", False)),
+            ca_expired=str(data.get("ca_expired", "fail")),
             version=int(version),
             created=created,
             updated=updated,
@@ -276,6 +288,8 @@ class TenantRecord:
             out["crl_stale"] = self.crl_stale
         if self.require_crl:
             out["require_crl"] = True
+        if self.ca_expired != "fail":
+            out["ca_expired"] = self.ca_expired
         if self.version:
             out["version"] = self.version
         if self.created:
@@ -322,6 +336,9 @@ class TenantRecord:
         stale = data.get("crl_stale", "fail")
         if not isinstance(stale, str):
             raise ConfigError(f"{where}: 'crl_stale' must be a string")
+        ca_expired = data.get("ca_expired", "fail")
+        if not isinstance(ca_expired, str):
+            raise ConfigError(f"{where}: 'ca_expired' must be a string")
         flags = {}
         for key in ("shared_anchors", "require_crl"):
             value = data.get(key, False)
@@ -341,6 +358,7 @@ class TenantRecord:
             crl_refresh=float(refresh),
             crl_stale=stale,
             require_crl=flags["require_crl"],
+            ca_expired=ca_expired,
         )
 
 

@@ -184,9 +184,13 @@ class SqlTenantStore:
             if progress is not None:
                 progress(read)
 
+        source = iter(items)
         with self._bulk():
-            for item in items:
+            while True:
                 try:
+                    item = next(source, None)  # a reader of a file may raise here
+                    if item is None:
+                        break
                     pending.append(_prepare(item, None))
                 except ConfigError as exc:
                     if pending:

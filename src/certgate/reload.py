@@ -1,0 +1,574 @@
+"""Reloading a gate's TOML file without a restart, and watching CA expiry.
+
+A gate made by :meth:`CertGate.from_toml <certgate.gate.CertGate.from_toml>`
+has a :class:`Reloader`. A reload
+
+1. reads the TOML file and every file it names (CA and CRL files, the proxy
+   CA) into a new :class:`~certgate.config.TomlRegistry` and new
+   :class:`~certgate.gate.GateSettings`;
+2. builds a new :class:`~certgate.gate.GateSnapshot` from them - every
+   check of a first load runs again (unknown keys, CA and CRL vetting,
+   shared anchors, header-trust combinations, routes, ...);
+3. swaps it in with one assignment. A request reads its gate's snapshot
+   once, so it is decided wholly under the old configuration or wholly
+   under the new one. The CRL refresher moves to the new registry with the
+   CRLs it fetched.
+
+Any failure in 1-2 leaves the gate as it was: the error is logged
+(``ERROR``), observed as a :class:`~certgate.events.ReloadEvent` with
+``ok=False``, and raised by :meth:`CertGate.reload
+<certgate.gate.CertGate.reload>` (never by the file watch or a signal).
+
+**What is kept across a reload.** When ``[certgate]`` is unchanged (the
+table as parsed, and no ``proxy_ca`` file whose contents could have
+changed), the settings' parts are kept as they are - header trust, rollout
+(with its run-time changes), policy, refusal format and the verification
+cache, whose entries are keyed by each tenant's ``trust_id`` (its CAs, CRLs
+and CRL settings) and so never answer for changed trust. When it changed,
+every part is new, the verification cache starts empty, and the run-time
+changes made on the old rollout (``gate.rollout.set_route(...)``) are
+applied again on top of the file's routes. The decision memo is per
+snapshot: it always starts empty. Overrides passed to ``from_toml`` and
+values assigned on the gate (``gate.policy = ...``) stay in force.
+
+**When.** :meth:`Reloader.reload` on request (``gate.reload()``); a file
+watch (``watch_interval``): every interval certgate's monitor thread
+compares the size, mtime and inode of the TOML file and every file it named
+at the last good load, and reloads when one differs (a set of files that
+failed to load is not tried again until it changes once more); a signal
+(``gate.reload_on_signal()``, main thread only): the handler only queues
+the reload for the monitor thread. The monitor thread - one per process, a
+daemon, started by the first gate that needs it and again in a child after
+``fork()`` - also checks tenant CA and CRL expiry every
+``expiry_check_interval`` seconds (and at every load and reload) with
+:func:`certgate.expiry.ca_expiry`, handing a
+:class:`~certgate.events.TrustExpiryEvent` to the gate's observers. No file
+check, watched or signalled reload or periodic expiry check runs on a
+request or the event loop (``gate.reload()`` runs where it is called:
+``await gate.areload()`` from a coroutine; the first expiry check runs when
+a middleware is built, at start-up); each process (gunicorn or uvicorn
+worker) watches for itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import queue
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from . import config as _config
+from .config import TomlRegistry
+from .errors import ConfigError
+from .events import ReloadEvent, TrustExpiry, TrustExpiryEvent
+from .expiry import ExpiryItem, ca_expiry
+
+if TYPE_CHECKING:
+    from .gate import CertGate, GateSnapshot
+
+logger = logging.getLogger("certgate")
+
+DEFAULT_EXPIRY_CHECK_INTERVAL = 86400.0
+"""Seconds between periodic CA and CRL expiry checks (a day)."""
+
+MIN_INTERVAL = 0.1
+MAX_INTERVAL = 31 * 86400.0
+
+INTERVAL_KEYS = ("watch_interval", "expiry_check_interval")
+"""``[certgate]`` keys the reloader reads (not settings of a snapshot)."""
+
+_NOT_COMPARED = frozenset(
+    {*INTERVAL_KEYS, "expiry_critical_days", "crl_warning_days", "crl_critical_days"}
+)
+"""``[certgate]`` keys whose change keeps the settings' parts (see the module docs)."""
+
+_MAX_EXPIRY_DAYS = 36500.0
+
+Stamp = tuple[int, int, int, int] | tuple[str]
+"""A file's (device, inode, size, mtime in ns), or ``(error name,)``."""
+
+
+def file_stamps(paths: Iterable[Path]) -> dict[Path, Stamp]:
+    """The :data:`Stamp` of each of ``paths`` (``os.stat``, symbolic links
+    followed: a ConfigMap's swapped ``..data`` link changes the inode)."""
+    stamps: dict[Path, Stamp] = {}
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            stamps[path] = (type(exc).__name__,)
+        else:
+            stamps[path] = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    return stamps
+
+
+def check_interval(name: str, value: object) -> float:
+    """``value`` as seconds: 0 (off) or from 0.1 to 31 days, else
+    :class:`ConfigError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r:.40}")
+    seconds = float(value)
+    if seconds != 0 and not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
+        raise ConfigError(
+            f"{name} must be 0 (off) or from {MIN_INTERVAL:g} to {MAX_INTERVAL:.0f} seconds, "
+            f"not {value!r:.40}"
+        )
+    return seconds
+
+
+def _pop_intervals(kwargs: dict[str, Any], where: str) -> tuple[float, float]:
+    watch = check_interval(f"{where}watch_interval", kwargs.pop("watch_interval", 0))
+    expiry = check_interval(
+        f"{where}expiry_check_interval",
+        kwargs.pop("expiry_check_interval", DEFAULT_EXPIRY_CHECK_INTERVAL),
+    )
+    return watch, expiry
+
+
+def _compared(section: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k not in _NOT_COMPARED}
+
+
+def _trust_expiry(item: ExpiryItem) -> TrustExpiry:
+    return TrustExpiry(
+        tenant=item.tenant_id,
+        kind=item.kind,
+        subject=item.subject,
+        fingerprint=item.fingerprint_sha256,
+        not_after=item.not_after.isoformat(),
+        not_after_ts=item.not_after.timestamp(),
+        days_left=round(item.days_left, 2),
+        level=item.level,
+    )
+
+
+def check_expiry(snapshot: GateSnapshot, trigger: str, config: str = "") -> TrustExpiryEvent:
+    """Check every CA of ``snapshot``'s tenants with
+    :func:`~certgate.expiry.ca_expiry` at the levels of its
+    ``expiry_warning_days`` and ``expiry_critical_days``, and every CRL's
+    nextUpdate at ``crl_warning_days`` and ``crl_critical_days``; observe
+    and return the result. Needs a registry with ``tenants()``
+    (:class:`ConfigError` otherwise)."""
+    tenants = getattr(snapshot.registry, "tenants", None)
+    if not callable(tenants):
+        raise ConfigError(
+            "check_expiry needs a registry that lists its tenants (tenants()); "
+            f"{type(snapshot.registry).__name__} does not"
+        )
+    warning = min(snapshot.expiry_warning_days, _MAX_EXPIRY_DAYS)
+    critical = min(snapshot.expiry_critical_days, warning)
+    listed = list(tenants())
+    items = ca_expiry(
+        listed,
+        warning_days=warning,
+        critical_days=critical,
+        crl_warning_days=snapshot.crl_warning_days,
+        crl_critical_days=snapshot.crl_critical_days,
+    )
+    items.sort(key=lambda item: (item.not_after, item.tenant_id, item.kind))
+    event = TrustExpiryEvent(
+        items=tuple(_trust_expiry(item) for item in items),
+        warning_days=warning,
+        critical_days=critical,
+        trigger=trigger,
+        config=config,
+        at=time.time(),
+    )
+    snapshot.observers.trust_expiry(event)
+    return event
+
+
+class Reloader:
+    """Reloads one gate from its TOML file (see the module docstring).
+
+    Made by :meth:`load` (what ``CertGate.from_toml`` calls); reached
+    through the gate (``gate.reload()``, ``gate.watch()``,
+    ``gate.reload_on_signal()``, ``gate.close()``).
+    """
+
+    def __init__(  # noqa: PLR0917 - made by load() only
+        self,
+        gate: CertGate,
+        path: Path,
+        overrides: Mapping[str, Any],
+        files: Iterable[Path],
+        section: Mapping[str, Any],
+        stamps: Mapping[Path, Stamp],
+        intervals: tuple[float, float],
+    ) -> None:
+        self.gate = gate
+        self.path = path
+        self.overrides = {k: v for k, v in overrides.items() if k != "observers"}
+        """What ``from_toml`` was given (and what was assigned on the gate
+        since), applied over every reloaded file."""
+        self.files: tuple[Path, ...] = tuple(files)
+        self._section = _compared(section)
+        self._proxy_ca = "proxy_ca" in section
+        self._stamps = dict(stamps)
+        self._failed: dict[Path, Stamp] | None = None
+        self._lock = threading.RLock()  # an observer of a reload may call reload()
+        self.watch_interval, self.expiry_interval = intervals
+        now = time.monotonic()
+        self._next_watch = now + self.watch_interval
+        self._next_expiry = now + self.expiry_interval
+        self._closed = False
+        self._started = False
+
+    @classmethod
+    def load(
+        cls, gate_class: type[CertGate], path: str | os.PathLike[str], overrides: Mapping[str, Any]
+    ) -> CertGate:
+        """Load ``path`` into a new gate of ``gate_class`` with its reloader,
+        and observe the load. Monitoring starts with :meth:`start`."""
+        start = time.perf_counter()
+        file = Path(path)
+        before = file_stamps((file,))
+        config = _config.load_config(file)
+        kwargs: dict[str, Any] = {**config.gate_kwargs, **overrides}
+        try:
+            intervals = _pop_intervals(kwargs, f"{file}: [certgate].")
+            gate = gate_class(config.registry, **kwargs)
+        except BaseException:
+            config.registry.close()
+            raise
+        stamps = {**file_stamps(config.files), **before}
+        reloader = cls(gate, file, overrides, config.files, config.section, stamps, intervals)
+        gate._reloader = reloader
+        reloader._observe(True, "load", None, True, start)
+        return gate
+
+    def start(self, *, expiry: bool = True) -> None:
+        """Start monitoring (once; later calls do nothing): check expiry now
+        (with ``expiry``; else never) and hand the file watch and periodic
+        expiry checks to the monitor thread. certgate's middlewares call it
+        (through :meth:`CertGate.start_monitor
+        <certgate.gate.CertGate.start_monitor>`) when they are built around
+        the gate, so tools that only load a file start no thread."""
+        if self._started:
+            return
+        self._started = True
+        if not expiry:
+            self._expiry_on = False
+            self.expiry_interval = 0.0
+        else:
+            self._check_expiry("load")
+        self._next_watch = time.monotonic() + self.watch_interval
+        self._next_expiry = time.monotonic() + self.expiry_interval
+        if self.watch_interval or self.expiry_interval:
+            MONITOR.add(self)
+
+    # -- reloading --------------------------------------------------------
+
+    def reload(self, trigger: str) -> ReloadEvent:
+        """Reload now (see the module docstring); raises
+        :class:`ConfigError` when the files do not load."""
+        with self._lock:
+            start = time.perf_counter()
+            before = file_stamps(self.files)
+            try:
+                snapshot, files, section, changed = self._build()
+            except Exception as exc:  # any failure keeps the last good state
+                self._failed = before
+                why = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, ConfigError):
+                    logger.error("certgate: reload of %s raised", self.path, exc_info=exc)
+                self._observe(False, trigger, why[:2000], False, start)
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(f"{self.path}: reload failed: {why}") from exc
+            old = self.gate.snapshot
+            self.gate.snapshot = snapshot  # the swap: the next request reads the new snapshot
+            if isinstance(snapshot.registry, TomlRegistry) and isinstance(
+                old.registry, TomlRegistry
+            ):
+                snapshot.registry.adopt(old.registry)
+            self.files = files
+            self._section = _compared(section)
+            self._proxy_ca = "proxy_ca" in section
+            self._stamps = {**file_stamps(files), **{p: s for p, s in before.items() if p in files}}
+            self._failed = None
+            event = self._observe(True, trigger, None, changed, start)
+        if self._expiry_wanted:
+            self._check_expiry("reload")
+        return event
+
+    @property
+    def _expiry_wanted(self) -> bool:
+        """Whether this gate reports expiry (started, and not a handshake gate)."""
+        return self._started and self._expiry_on
+
+    _expiry_on = True
+
+    def _build(self) -> tuple[GateSnapshot, tuple[Path, ...], Mapping[str, Any], bool]:
+        """The new snapshot (not yet swapped in), the files it was read from,
+        its ``[certgate]`` table, and whether the settings changed."""
+        from .gate import GateSettings, GateSnapshot  # noqa: PLC0415 - gate imports this module
+
+        old = self.gate.snapshot
+        previous = old.registry if isinstance(old.registry, TomlRegistry) else None
+        config = _config.load_config(self.path, successor_of=previous)
+        try:
+            kwargs: dict[str, Any] = {**config.gate_kwargs, **self.overrides}
+            intervals = _pop_intervals(kwargs, f"{self.path}: [certgate].")
+            verification = kwargs.pop("verification", None)
+            settings = GateSettings(**kwargs)
+            changed = self._proxy_ca or _compared(config.section) != self._section
+            snapshot = GateSnapshot(
+                config.registry,
+                settings,
+                observers=self.gate.observers,
+                observed_allows=old._observed_allows,
+                version=old.version + 1,
+                reuse=None if changed else old,
+                handle=self.gate,
+            )
+            if changed:
+                snapshot.rollout.replay(old.rollout)
+            if verification is not None:
+                snapshot.verification = verification
+        except BaseException:
+            config.registry.close()
+            raise
+        self.set_watch(intervals[0])
+        if self._expiry_on:
+            self._set_expiry_interval(intervals[1])
+        return snapshot, config.files, config.section, changed
+
+    def override(self, **changes: Any) -> None:
+        """Apply ``changes`` (assigned on the gate) to its current snapshot,
+        and keep them over every reloaded file."""
+        with self._lock:
+            self.overrides.update(changes)
+            self.gate.snapshot = self.gate.snapshot.derive(**changes)
+
+    def _observe(
+        self, ok: bool, trigger: str, error: str | None, changed: bool, start: float
+    ) -> ReloadEvent:
+        state = self.gate.snapshot
+        tenants = getattr(state.registry, "tenants", None)
+        event = ReloadEvent(
+            ok=ok,
+            trigger=trigger,
+            config=str(self.path),
+            version=state.version,
+            error=error,
+            settings_changed=changed,
+            tenants=len(tenants()) if callable(tenants) else 0,
+            duration_s=time.perf_counter() - start,
+            at=time.time(),
+        )
+        state.observers.reloaded(event)
+        return event
+
+    def _check_expiry(self, trigger: str) -> None:
+        try:
+            check_expiry(self.gate.snapshot, trigger, str(self.path))
+        except Exception as exc:  # monitoring never breaks a load
+            logger.error("certgate: CA expiry check failed: %r", exc, exc_info=exc)
+
+    # -- watching ---------------------------------------------------------
+
+    def set_watch(self, interval: float) -> None:
+        """Check the files every ``interval`` seconds (0: stop)."""
+        seconds = check_interval("watch_interval", interval)
+        if seconds != self.watch_interval:
+            self.watch_interval = seconds
+            self._next_watch = time.monotonic() + seconds
+            self._schedule()
+
+    def _set_expiry_interval(self, interval: float) -> None:
+        if interval != self.expiry_interval:
+            self.expiry_interval = interval
+            self._next_expiry = time.monotonic() + interval
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._started and not self._closed and (self.watch_interval or self.expiry_interval):
+            MONITOR.add(self)
+        else:
+            MONITOR.wake()
+
+    def changed(self) -> bool:
+        """Whether a watched file differs from the last good load (and from
+        the last set that failed to load)."""
+        now = file_stamps(self.files)
+        return now not in (self._stamps, self._failed)
+
+    def due(self) -> float:
+        """When :meth:`tick` has work next (``math.inf``: never)."""
+        due = math.inf
+        if self.watch_interval:
+            due = self._next_watch
+        if self.expiry_interval:
+            due = min(due, self._next_expiry)
+        return due
+
+    def tick(self, now: float) -> None:
+        """The monitor thread's turn: check the files and expiry when due."""
+        if self._closed:
+            return
+        if self.watch_interval and now >= self._next_watch:
+            self._next_watch = now + self.watch_interval
+            if self.changed():
+                self.reload_quietly("watch")
+        if self.expiry_interval and now >= self._next_expiry:
+            self._next_expiry = now + self.expiry_interval
+            self._check_expiry("periodic")
+
+    def reload_quietly(self, trigger: str) -> None:
+        """:meth:`reload`, a failure only logged and observed (the monitor's way)."""
+        with contextlib.suppress(ConfigError):  # logged and observed by reload()
+            self.reload(trigger)
+
+    def on_signal(self, signum: int | None) -> None:
+        """Reload on ``signum`` (default ``SIGHUP``); see
+        :meth:`CertGate.reload_on_signal <certgate.gate.CertGate.reload_on_signal>`."""
+        number = signum if signum is not None else getattr(signal, "SIGHUP", None)
+        if number is None:
+            raise ConfigError("this platform has no SIGHUP: pass another signal number")
+        if threading.current_thread() is not threading.main_thread():
+            raise ConfigError(
+                "reload_on_signal must be called from the main thread (Python installs "
+                "signal handlers there only); under a server that loads the app elsewhere, "
+                "use the file watch (watch_interval) instead"
+            )
+        previous = signal.getsignal(number)
+        ref = weakref.ref(self)
+
+        def handler(sig: int, frame: FrameType | None) -> None:
+            MONITOR.request(ref)  # reentrant-safe: the reload runs in the monitor thread
+            if callable(previous):
+                previous(sig, frame)
+
+        signal.signal(number, handler)
+        MONITOR.start()
+
+    def close(self) -> None:
+        """Stop the file watch and the periodic expiry checks."""
+        self._closed = True
+        MONITOR.discard(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.RLock()
+
+
+def handshake_gate(path: str | os.PathLike[str]) -> CertGate:
+    """A gate loaded from ``path`` only for its registry - what per-tenant
+    handshakes given a TOML path use (:mod:`certgate.servers.tenant_contexts`):
+    it follows the file like the app's gate (``watch_interval``) but does
+    not check expiry (the app's gate reports that)."""
+    from .gate import CertGate  # noqa: PLC0415 - gate imports this module
+
+    gate = Reloader.load(CertGate, path, {})
+    assert gate._reloader is not None
+    gate._reloader.start(expiry=False)
+    return gate
+
+
+class _Monitor:
+    """certgate's one monitor thread per process: file watches, queued
+    signal reloads and periodic expiry checks of every :class:`Reloader`
+    that has any (held weakly: a gate that is gone is forgotten)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[weakref.ref[Reloader] | None] = queue.SimpleQueue()
+        self._items: weakref.WeakSet[Reloader] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, reloader: Reloader) -> None:
+        with self._lock:
+            self._items.add(reloader)
+        self.start()
+        self.wake()
+
+    def discard(self, reloader: Reloader) -> None:
+        with self._lock:
+            self._items.discard(reloader)
+
+    def wake(self) -> None:
+        """Have the thread look at the schedules again."""
+        self._queue.put(None)
+
+    def request(self, ref: weakref.ref[Reloader]) -> None:
+        """Queue a reload (``SimpleQueue.put`` may be called from a signal handler)."""
+        self._queue.put(ref)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="certgate-monitor", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            due = self._turn()
+            wait = None if due == math.inf else max(0.0, due - time.monotonic())
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                continue
+            self._requested(item)
+
+    def _turn(self) -> float:
+        """Run what is due; when the next task is (a function, so no
+        reloader stays referenced while the thread waits)."""
+        now = time.monotonic()
+        with self._lock:
+            items = list(self._items)
+        due = math.inf
+        for reloader in items:
+            try:
+                if reloader.due() <= now:
+                    reloader.tick(now)
+                due = min(due, reloader.due())
+            except Exception:  # a bug: log it, keep monitoring
+                logger.exception("certgate: monitor task failed")
+        return due
+
+    def _requested(self, item: weakref.ref[Reloader] | None) -> None:
+        target = item() if item is not None else None
+        if target is not None and not target._closed:
+            try:
+                target.reload_quietly("signal")
+            except Exception:  # a bug: log it, keep monitoring
+                logger.exception("certgate: signal reload failed")
+
+    def _after_fork(self) -> None:
+        """In a child: new lock, queue and thread (the parent's are not ours)."""
+        self._lock = threading.Lock()
+        self._queue = queue.SimpleQueue()
+        self._thread = None
+        for reloader in list(self._items):
+            reloader._after_fork()
+        if len(self._items):
+            self.start()
+
+
+MONITOR = _Monitor()
+"""The process's monitor (see :class:`_Monitor`)."""
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=MONITOR._after_fork)
+
+
+__all__ = [
+    "DEFAULT_EXPIRY_CHECK_INTERVAL",
+    "MONITOR",
+    "Reloader",
+    "check_expiry",
+    "check_interval",
+    "file_stamps",
+    "handshake_gate",
+]

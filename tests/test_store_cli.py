@@ -1,0 +1,219 @@
+"""``certgate tenants`` commands on registry URLs (``--registry URL``, import/export):
+TOML -> SQLite in one command, export/import round trips, add/remove/list/
+show, refusals naming the tenant and the rule, migrate and backup."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from certgate import CertGate, Reason
+from certgate.cli import main
+from certgate.devpki import CA
+from certgate.stores import open_registry, open_store
+from tests.store_helpers import leaf_facts
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> tuple[Path, dict[str, CA]]:
+    cas = {name: CA.root(f"{name} root") for name in ("acme", "globex")}
+    for name, ca in cas.items():
+        (tmp_path / f"{name}.pem").write_bytes(ca.cert_pem)
+    toml = tmp_path / "certgate.toml"
+    toml.write_text(
+        """
+[[tenants]]
+id = "acme"
+hosts = ["pay.acme.test", "*.acme.test"]
+roots = ["acme.pem"]
+policy = { common_name = ["device-1"] }
+
+[[tenants]]
+id = "globex"
+hosts = ["api.globex.test"]
+roots = ["globex.pem"]
+mode = "report"
+"""
+    )
+    return toml, cas
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["tenants", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_toml_to_sqlite_in_one_command(
+    tmp_path: Path, config: tuple[Path, dict[str, CA]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml, cas = config
+    url = f"sqlite:///{tmp_path / 'tenants.db'}"
+    code, out, err = run(capsys, "import", "--from", str(toml), "--to", url)
+    assert code == 0, err
+    assert "imported 2 tenant(s)" in out
+    assert "2 written, 0 unchanged" in out
+    assert "2/2 tenants" in err  # the progress bar's last state
+    code, out, _ = run(capsys, "import", "--from", str(toml), "--to", url, "--quiet")
+    assert "0 written, 2 unchanged" in out
+    code, out, _ = run(capsys, "list", "--registry", url, "--json")
+    listed = json.loads(out)["tenants"]
+    assert [t["id"] for t in listed] == ["acme", "globex"]
+    assert listed[1]["mode"] == "report"
+    code, out, _ = run(capsys, "show", "acme", "--registry", url, "--json")
+    shown = json.loads(out)
+    assert shown["policy"] == {"common_name": ["device-1"]}
+    assert shown["roots"][0]["subject"] == "CN=acme root,O=certgate dev"
+    # the policy is enforced through the store
+    gate = CertGate(
+        open_registry(url), trusted_proxies=["10.0.0.0/8"], header_sources=["cloudflare"]
+    )
+    assert gate.decide(leaf_facts("x.acme.test", cas["acme"].issue("device-1"))).reason is None
+    refused = gate.decide(leaf_facts("x.acme.test", cas["acme"].issue("device-2")))
+    assert refused.reason is Reason.POLICY_DENIED
+
+
+def test_export_import_round_trip(
+    tmp_path: Path, config: tuple[Path, dict[str, CA]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml, _ = config
+    first, second = (f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db"))
+    assert run(capsys, "import", "--from", str(toml), "--to", first, "--quiet")[0] == 0
+    export = tmp_path / "tenants.jsonl"
+    code, _, err = run(capsys, "export", "--from", first, "--out", str(export))
+    assert code == 0
+    assert "exported 2 tenant(s)" in err
+    lines = export.read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["acme", "globex"]
+    assert run(capsys, "import", "--from", str(export), "--to", second, "--quiet")[0] == 0
+    a, b = open_store(first), open_store(second)
+    assert list(a.export()) == list(b.export())
+    third = f"sqlite:///{tmp_path / 'c.db'}"
+    assert run(capsys, "import", "--from", second, "--to", third, "--quiet")[0] == 0  # URL -> URL
+    assert open_store(third).count() == 2
+
+
+def test_add_remove_and_refusals(
+    tmp_path: Path, config: tuple[Path, dict[str, CA]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, cas = config
+    url = f"sqlite:///{tmp_path / 'tenants.db'}"
+    acme_pem = str(tmp_path / "acme.pem")
+    code, out, err = run(
+        capsys, "add", "acme", "--registry", url, "--host", "pay.acme.test", "--root", acme_pem
+    )
+    assert code == 0, err
+    assert "stored tenant acme" in out
+    code, _, err = run(
+        capsys, "add", "evil", "--registry", url, "--host", "evil.test", "--root", acme_pem
+    )
+    assert code == 2
+    assert "tenants 'acme' and 'evil' share the trust anchor" in err
+    leaf = tmp_path / "leaf.pem"
+    leaf.write_bytes(cas["globex"].issue("not-a-ca").cert_pem)
+    code, _, err = run(
+        capsys, "add", "evil", "--registry", url, "--host", "evil.test", "--root", str(leaf)
+    )
+    assert code == 2
+    assert "is not a CA certificate" in err
+    code, _, err = run(
+        capsys,
+        "add",
+        "evil",
+        "--registry",
+        url,
+        "--host",
+        "x",
+        "--root",
+        acme_pem,
+        "--policy",
+        "[1]",
+    )
+    assert code == 2
+    assert "--policy must be a JSON object" in err
+    assert [t.id for t in open_store(url).list()] == ["acme"]
+    assert run(capsys, "remove", "acme", "--registry", url)[0] == 0
+    code, _, err = run(capsys, "remove", "acme", "--registry", url)
+    assert code == 2
+    assert "no tenant acme" in err
+
+
+def test_a_bad_line_stops_the_import_and_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = CA.root("one root")
+    good = {"id": "one", "hosts": ["one.test"], "roots": [ca.cert_pem.decode()]}
+    lines = tmp_path / "in.jsonl"
+    lines.write_text(json.dumps(good) + "\n" + '{"id": "two", "hosts": ["two.test"]}\n')
+    url = f"sqlite:///{tmp_path / 'tenants.db'}"
+    code, _, err = run(capsys, "import", "--from", str(lines), "--to", url, "--quiet")
+    assert code == 2
+    assert "line 2: tenant 'two': 'roots' must not be empty" in err
+    assert "1 tenants stored before it" in err
+    assert open_store(url).count() == 1
+
+
+def test_toml_and_registry_options_exclude_each_other(
+    tmp_path: Path, config: tuple[Path, dict[str, CA]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml, _ = config
+    url = f"sqlite:///{tmp_path / 'tenants.db'}"
+    code, _, err = run(capsys, "list", "--config", str(toml), "--registry", url)
+    assert code == 2
+    assert "not allowed with argument" in err
+    code, _, err = run(capsys, "list", "--config", str(toml), "--limit", "1")
+    assert code == 2
+    assert "--after and --limit page a registry URL" in err
+    code, out, _ = run(capsys, "list", "--config", str(toml))  # the TOML file's own listing
+    assert code == 0
+    assert "acme" in out
+
+
+def test_migrate_backup_and_missing_store(
+    tmp_path: Path, config: tuple[Path, dict[str, CA]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml, _ = config
+    url = f"sqlite:///{tmp_path / 'tenants.db'}"
+    code, _, err = run(capsys, "list", "--registry", url)
+    assert code == 2
+    assert "no such file" in err
+    code, out, _ = run(capsys, "migrate", url)
+    assert code == 0
+    assert "0 tenant(s)" in out
+    run(capsys, "import", "--from", str(toml), "--to", url, "--quiet")
+    copy = tmp_path / "copy.db"
+    assert run(capsys, "backup", url, str(copy))[0] == 0
+    assert open_store(f"sqlite:///{copy}").count() == 2
+    code, _, err = run(capsys, "backup", url, str(copy))
+    assert code == 2
+    assert "exists" in err
+
+
+def test_the_module_runs_as_a_command(tmp_path: Path, config: tuple[Path, dict[str, CA]]) -> None:
+    toml, _ = config
+    url = f"sqlite:///{tmp_path / 'tenants.db'}"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "certgate",
+            "tenants",
+            "import",
+            "--from",
+            str(toml),
+            "--to",
+            url,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "imported 2 tenant(s)" in done.stdout
