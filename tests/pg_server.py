@@ -197,7 +197,10 @@ class PgServer:
             return "(no server log)"
 
     def initdb(self) -> None:
-        """A fresh data directory: from the template copy when there is one."""
+        """A fresh data directory: from the template copy when there is one
+        (nothing to do for a kept cluster's existing one)."""
+        if (self.data / "PG_VERSION").is_file():
+            return
         template = _template_dir(self.bindir)
         if template is not None and (template / "PG_VERSION").is_file():
             shutil.copytree(template, self.data, symlinks=True)
@@ -220,7 +223,7 @@ class PgServer:
             )
             if template is not None:
                 _save_template(self.data, template)
-        self.sockets.mkdir(mode=0o700)
+        self.sockets.mkdir(mode=0o700, exist_ok=True)
         if self.owner is not None:
             _chown_tree(self.sockets, self.owner)
 
@@ -292,9 +295,13 @@ class PgServer:
         return f"postgresql://{ROLE}:{self.password}@127.0.0.1:{self.port}/{dbname}"
 
     def create_role(self) -> None:
+        """The role ``certgate`` with this run's password (created, or given
+        the new password in a kept cluster)."""
         with self.admin() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
             conn.execute(
-                f"CREATE ROLE {ROLE} LOGIN PASSWORD '{self.password}'"  # token_urlsafe: no quote
+                f"{verb} ROLE {ROLE} LOGIN PASSWORD '{self.password}'"  # token_urlsafe: no quote
             )
 
     def create_database(self, name: str | None = None) -> str:
@@ -332,12 +339,17 @@ def _save_template(data: Path, template: Path) -> None:
 
 
 @contextlib.contextmanager
-def pg_cluster(bindir: Path | None = None) -> Iterator[PgServer]:
+def pg_cluster(bindir: Path | None = None, *, keep: Path | None = None) -> Iterator[PgServer]:
     """A started throwaway cluster with the role ``certgate``; stopped and
-    deleted on exit."""
+    deleted on exit. ``keep``: the cluster's directory, reused when it holds
+    one and left in place on exit (benchmarks keep their databases)."""
     bindir = bindir or require_postgres()
     owner = _os_user()
-    root = Path(tempfile.mkdtemp(prefix="certgate-pg-"))
+    if keep is None:
+        root = Path(tempfile.mkdtemp(prefix="certgate-pg-"))
+    else:
+        root = keep
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
     if owner is not None:
         _chown_tree(root, owner)
     server = PgServer(bindir, root, owner)
@@ -351,8 +363,9 @@ def pg_cluster(bindir: Path | None = None) -> Iterator[PgServer]:
     finally:
         with contextlib.suppress(RuntimeError, OSError):
             if server.port and server.running:
-                server.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
+                server.stop("immediate" if keep is None else "fast")
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -416,6 +416,87 @@ def test_write_time_rule_matches_the_in_memory_rule(store: PostgresRegistry) -> 
     assert outcomes[False] > 15, outcomes
 
 
+def test_import_batches_match_the_in_memory_rule(store: PostgresRegistry) -> None:
+    """Random import batches (tenants replaced, hosts moving between tenants
+    of one batch, related CAs): a batch is stored exactly when the
+    in-memory rules accept the resulting set of tenants, and then the store
+    holds exactly that set."""
+    certs = _universe()
+    rng = random.Random(20261208)
+    outcomes = {True: 0, False: 0}
+    model: dict[str, Tenant] = {}
+    for step in range(120):
+        if model and rng.random() < 0.1:
+            gone = rng.choice(sorted(model))
+            store.remove(gone)
+            del model[gone]
+            continue
+        batch: dict[str, Tenant] = {}
+        for tenant_id in rng.sample([f"t{i}" for i in range(6)], rng.choice((1, 2, 3, 4))):
+            roots = tuple(rng.sample(certs, rng.choice((1, 1, 2))))
+            inters = tuple(c for c in rng.sample(certs, rng.choice((0, 0, 1))) if c not in roots)
+            hosts = tuple(rng.sample([f"h{i}.test" for i in range(10)], rng.choice((1, 2))))
+            try:
+                batch[tenant_id] = Tenant(
+                    tenant_id,
+                    hosts,
+                    roots,  # type: ignore[arg-type]
+                    inters,  # type: ignore[arg-type]
+                    shared_anchors=rng.random() < 0.4,
+                )
+            except ConfigError:  # CA vetting: an intermediate not below the roots
+                continue
+        if not batch:
+            continue
+        candidate = {**model, **batch}
+        try:
+            HostIndex.build(candidate.values())
+        except ConfigError:
+            expected = False
+        else:
+            expected = True
+        error = ""
+        try:
+            store.import_tenants(batch.values(), batch=len(batch))
+        except ConfigError as exc:
+            accepted, error = False, str(exc)
+        else:
+            accepted = True
+        assert accepted == expected, (step, error, _describe(candidate))
+        outcomes[accepted] += 1
+        if accepted:
+            model = candidate
+        stored = {t.id: t for t in (store.tenant_by_id(i) for i in model) if t is not None}
+        assert {i: t.trust_id for i, t in stored.items()} == {
+            i: t.trust_id for i, t in model.items()
+        }
+        assert store.count() == len(model)
+    assert outcomes[True] > 20, outcomes
+    assert outcomes[False] > 20, outcomes
+
+
+def test_a_batch_moves_hosts_and_skips_unchanged_tenants(store: PostgresRegistry) -> None:
+    roots = [CA.root(f"Batch Root {i}") for i in range(3)]
+    a = Tenant("a", ("one.test", "two.test"), (roots[0].cert,))
+    b = Tenant("b", ("three.test",), (roots[1].cert,))
+    assert store.import_tenants([a, b]).written == 2
+    # b takes two.test, which a gives up in the same batch (b listed first)
+    b2 = Tenant("b", ("three.test", "two.test"), (roots[1].cert,))
+    a2 = Tenant("a", ("one.test",), (roots[2].cert,))
+    result = store.import_tenants([b2, a2, b2.__class__("c", ("four.test",), (roots[0].cert,))])
+    assert (result.read, result.written) == (3, 3)
+    found = store.tenant_for_host("two.test")
+    assert found is not None
+    assert found.id == "b"
+    assert count(store, "certificates") == 3  # a's old root now c's: kept
+    again = store.import_tenants([a2, b2])
+    assert (again.written, again.unchanged) == (0, 2)
+    assert store.changes_since(2) == (5, frozenset({"a", "b", "c"}))
+    twice = store.import_tenants([a2, Tenant("a", ("five.test",), (roots[2].cert,))])
+    assert twice.written == 1  # the same id twice in a batch: one at a time, the last wins
+    assert store.tenant_for_host("five.test") is not None
+
+
 # -- concurrency ---------------------------------------------------------------------
 
 
