@@ -33,6 +33,7 @@ import atexit
 import base64
 import contextlib
 import json
+import logging
 import os
 import random
 import statistics
@@ -72,7 +73,7 @@ class PostgresBackend:
         else:
             stack = contextlib.ExitStack()
             self.server = stack.enter_context(pg_cluster(keep=directory / "postgres"))
-            atexit.register(stack.close)
+            atexit.register(_stop, stack)
             self.admin_url = ""
 
     def _admin(self) -> psycopg.Connection[tuple[Any, ...]]:
@@ -107,6 +108,14 @@ class PostgresBackend:
                 (f"scale_{size}",),
             ).fetchone()
         return None if row is None else int(row[0])
+
+
+def _stop(stack: contextlib.ExitStack) -> None:
+    """Stop the kept cluster at exit; the registries still open in this
+    process would log its going away as an outage."""
+    for name in ("certgate", "psycopg"):
+        logging.getLogger(name).disabled = True
+    stack.close()
 
 
 # -- the async registry ------------------------------------------------------------
