@@ -378,3 +378,40 @@ def test_verifier_builders_are_evicted_one_at_a_time(roots: list[CA]) -> None:
 
 def time_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def test_a_restored_backup_is_seen_by_running_gates(tmp_path: Path, roots: list[CA]) -> None:
+    """Restored in place: the running cache notices (other history, even
+    with the same sequence numbers) and drops what it held."""
+    store = filled(tmp_path, roots, count=2)
+    cache = cache_of(store)
+    backup = tmp_path / "backup.db"
+    store.backup(backup)
+    first = cache.tenant_for_host("t0.test")
+    assert first is not None
+    store.put(Tenant("t0", ("t0.test",), (roots[6].cert,)))
+    assert wait_for(lambda: cache.peek_tenant_by_id("t0") is MISS)
+    changed = cache.tenant_for_host("t0.test")
+    assert changed is not None
+    assert changed.roots == (roots[6].cert,)
+    store.restore(backup)
+    assert wait_for(lambda: cache.peek_tenant_by_id("t0") is MISS)
+    restored = cache.tenant_for_host("t0.test")
+    assert restored is not None
+    assert restored.roots == (roots[0].cert,)
+    # another store's copy with as many changes: a different history
+    other = new_store(tmp_path, "other.db")
+    other.put(Tenant("t0", ("t0.test",), (roots[7].cert,)))
+    for i in range(1, 3):
+        other.put(Tenant(f"o{i}", (f"o{i}.test",), (roots[i + 2].cert,)))
+    store.put(Tenant("t1", ("t1.test",), (roots[5].cert,)))
+    assert other.change_position() == store.change_position()  # the same position
+    assert wait_for(lambda: cache.peek_tenant_by_id("t1") is MISS)
+    assert cache.tenant_for_host("t0.test") is restored  # cached again
+    copy = tmp_path / "other-copy.db"
+    other.backup(copy)
+    store.restore(copy)
+    assert wait_for(lambda: cache.peek_tenant_by_id("t0") is MISS)
+    replaced = cache.tenant_for_host("t0.test")
+    assert replaced is not None
+    assert replaced.roots == (roots[7].cert,)

@@ -193,6 +193,14 @@ def test_migrate_backup_and_missing_store(
     code, _, err = run(capsys, "backup", url, str(copy))
     assert code == 2
     assert "exists" in err
+    assert run(capsys, "remove", "acme", "--registry", url)[0] == 0
+    code, out, _ = run(capsys, "restore", url, str(copy))
+    assert code == 0
+    assert "2 tenant(s)" in out
+    assert open_store(url).get("acme") is not None
+    code, _, err = run(capsys, "restore", url, str(toml))
+    assert code == 2
+    assert "cannot restore" in err
 
 
 def test_the_module_runs_as_a_command(tmp_path: Path, config: tuple[Path, dict[str, CA]]) -> None:

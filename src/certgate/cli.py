@@ -46,7 +46,7 @@
 
 ``certgate tenants add|list|remove --registry URL ...``, ``certgate tenants show ID --registry URL``
 ``certgate tenants import --from SOURCE --to URL``, ``certgate tenants export --from URL``
-``certgate tenants migrate URL``, ``certgate tenants backup URL FILE``
+``certgate tenants migrate URL``, ``certgate tenants backup|restore URL FILE``
     The same against a tenant store (``sqlite:///path``), and moving
     tenants between a TOML file, a JSON-lines export and stores: see
     :mod:`certgate.stores.cli`.

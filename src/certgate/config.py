@@ -322,9 +322,9 @@ def load_config(
 
 def referenced_files(path: Path, data: Mapping[str, Any]) -> tuple[Path, ...]:
     """``path`` and every file its parsed ``data`` names (tenants' ``roots``,
-    ``intermediates`` and ``crls``, ``[certgate].proxy_ca``), resolved as
-    the loader resolves them - what a file watch looks at. Entries that are
-    not strings are skipped (the loader refuses them anyway)."""
+    ``intermediates`` and ``crls``, ``[certgate].proxy_ca``), relative to
+    ``path``'s directory and not resolved - what a file watch looks at.
+    Entries that are not strings are skipped (the loader refuses them)."""
     base = path.parent
     names: list[object] = []
     section = data.get("certgate")
@@ -340,10 +340,10 @@ def referenced_files(path: Path, data: Mapping[str, Any]) -> tuple[Path, ...]:
     files = [path]
     for name in names:
         if isinstance(name, str):
-            file = base / name
-            with contextlib.suppress(OSError, RuntimeError, ValueError):
-                file = file.resolve()
-            files.append(file)
+            # As named, not resolved: a watch stats the name (symbolic links
+            # followed), so a swapped link anywhere on the way is a change
+            # even when the file it pointed to is kept.
+            files.append(base / name)
     return tuple(dict.fromkeys(files))
 
 
@@ -416,6 +416,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def parse_toml(text: str, path: str | os.PathLike[str]) -> dict[str, Any]:
     """TOML ``text`` (of the file ``path``, for messages) parsed as the
     configuration is, with the same limits; :class:`ConfigError` if invalid."""
+    if text.startswith("\ufeff"):  # Python's parser says only "Invalid statement"
+        raise ConfigError(
+            f"{path}: invalid TOML: the file starts with a byte order mark (BOM); "
+            "save it as UTF-8 without BOM"
+        )
     if _longest_dotted_name(text) > MAX_KEY_PARTS:
         raise ConfigError(
             f"{path}: invalid TOML: a dotted key or table name of more than "

@@ -293,10 +293,24 @@ class LogObserver:
             extra={"certgate": event.as_dict()},
         )
 
+    _logged_levels: dict[tuple[str, str, str], str] | None = None
+
     def on_trust_expiry(self, event: TrustExpiryEvent) -> None:
         """A ``WARNING`` per CA or CRL inside the warning window (``ERROR``
-        once expired); nothing for the others."""
+        once expired); nothing for the others. A check made by a reload
+        (``trigger == "reload"``) logs only the items whose level differs
+        from the previous check's - a watched CRL file rewritten hourly does
+        not repeat every warning; the periodic checks (daily by default)
+        and the first one still log them all."""
+        before = self._logged_levels
+        self._logged_levels = {(i.tenant, i.kind, i.fingerprint): i.level for i in event.items}
         for item in event.late:
+            if (
+                event.trigger == "reload"
+                and before is not None
+                and before.get((item.tenant, item.kind, item.fingerprint)) == item.level
+            ):
+                continue
             logger.log(
                 logging.ERROR if item.level == "expired" else logging.WARNING,
                 "certgate: tenant %s %s %s: %.1f days left (%s): fingerprint=%s "

@@ -34,8 +34,10 @@ values assigned on the gate (``gate.policy = ...``) stay in force.
 **When.** :meth:`Reloader.reload` on request (``gate.reload()``); a file
 watch (``watch_interval``): every interval certgate's monitor thread
 compares the size, mtime and inode of the TOML file and every file it named
-at the last good load, and reloads when one differs (a set of files that
-failed to load is not tried again until it changes once more); a signal
+at the last good load (as named: symbolic links followed), and reloads when
+one differs or was modified too recently to trust its stamp
+(:data:`RACY_SECONDS`); a set of files that failed to load - with every
+file the broken TOML names - is not tried again until one changes; a signal
 (``gate.reload_on_signal()``, main thread only): the handler only queues
 the reload for the monitor thread. The monitor thread - one per process, a
 daemon, started by the first gate that needs it and again in a child after
@@ -46,8 +48,9 @@ daemon, started by the first gate that needs it and again in a child after
 check, watched or signalled reload or periodic expiry check runs on a
 request or the event loop (``gate.reload()`` runs where it is called:
 ``await gate.areload()`` from a coroutine; the first expiry check runs when
-a middleware is built, at start-up); each process (gunicorn or uvicorn
-worker) watches for itself.
+a middleware is built: at start-up, or for Starlette's ``add_middleware``
+at the app's first ASGI call - a request when there is no lifespan); each
+process (gunicorn or uvicorn worker) watches for itself.
 """
 
 from __future__ import annotations
@@ -93,6 +96,13 @@ _NOT_COMPARED = frozenset(
 
 _MAX_EXPIRY_DAYS = 36500.0
 
+RACY_SECONDS = 2.0
+"""A watched file modified less than this long before its stamp was taken
+may be rewritten in place, with the same size, within the same tick of the
+file system's timestamps (a jiffy on ext4, a second on ext3 and some NFS
+servers, two on FAT): size, mtime and inode would all stay the same. The
+watch then reloads once more when the newest file is this old."""
+
 Stamp = tuple[int, int, int, int] | tuple[str]
 """A file's (device, inode, size, mtime in ns), or ``(error name,)``."""
 
@@ -109,6 +119,17 @@ def file_stamps(paths: Iterable[Path]) -> dict[Path, Stamp]:
         else:
             stamps[path] = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
     return stamps
+
+
+def recheck_time(stamps: Mapping[Path, Stamp]) -> int | None:
+    """When (``time.time_ns()``) a watch should reload ``stamps``' files
+    once more although they look unchanged (see :data:`RACY_SECONDS`), or
+    ``None`` when none was modified that recently."""
+    newest = max((s[3] for s in stamps.values() if len(s) == 4), default=None)
+    if newest is None:
+        return None
+    at = newest + int(RACY_SECONDS * 1e9)
+    return at if time.time_ns() < at else None
 
 
 def check_interval(name: str, value: object) -> float:
@@ -215,6 +236,7 @@ class Reloader:
         self._proxy_ca = "proxy_ca" in section
         self._stamps = dict(stamps)
         self._failed: dict[Path, Stamp] | None = None
+        self._recheck_at = recheck_time(self._stamps)
         self._lock = threading.RLock()  # an observer of a reload may call reload()
         self.watch_interval, self.expiry_interval = intervals
         now = time.monotonic()
@@ -277,7 +299,8 @@ class Reloader:
             try:
                 snapshot, files, section, changed = self._build()
             except Exception as exc:  # any failure keeps the last good state
-                self._failed = before
+                self._failed = self._failed_stamps(before)
+                self._recheck_at = recheck_time(self._failed)
                 why = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, ConfigError):
                     logger.error("certgate: reload of %s raised", self.path, exc_info=exc)
@@ -296,6 +319,7 @@ class Reloader:
             self._proxy_ca = "proxy_ca" in section
             self._stamps = {**file_stamps(files), **{p: s for p, s in before.items() if p in files}}
             self._failed = None
+            self._recheck_at = recheck_time(self._stamps)
             event = self._observe(True, trigger, None, changed, start)
         if self._expiry_wanted:
             self._check_expiry("reload")
@@ -397,11 +421,29 @@ class Reloader:
         else:
             MONITOR.wake()
 
+    def _failed_stamps(self, before: Mapping[Path, Stamp]) -> dict[Path, Stamp]:
+        """The stamps of a set of files that failed to load: ``before`` (the
+        last good load's files, taken before the attempt) and every file the
+        TOML file names now - a file it names that was missing or broken is
+        watched too, so its appearing or changing triggers the next try."""
+        try:
+            named = _config.referenced_files(self.path, _config._read_toml(self.path))
+        except Exception:  # noqa: BLE001 - an unreadable TOML file names nothing
+            named = ()
+        return {**file_stamps(p for p in named if p not in before), **before}
+
     def changed(self) -> bool:
-        """Whether a watched file differs from the last good load (and from
-        the last set that failed to load)."""
-        now = file_stamps(self.files)
-        return now not in (self._stamps, self._failed)
+        """Whether a watched file differs from the last good load (after a
+        failed load: from the files that failed, the newly named ones
+        included), or was modified so shortly before it was stamped that an
+        unseen rewrite is possible (see :data:`RACY_SECONDS`)."""
+        failed = self._failed
+        if failed is not None:
+            differs = file_stamps(failed) != failed
+        else:
+            differs = file_stamps(self.files) != self._stamps
+        recheck = self._recheck_at
+        return differs or (recheck is not None and time.time_ns() >= recheck)
 
     def due(self) -> float:
         """When :meth:`tick` has work next (``math.inf``: never)."""

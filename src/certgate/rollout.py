@@ -233,6 +233,9 @@ class Rollout:
         self._lock = threading.Lock()
         self._changes: list[Callable[[Rollout], None]] = []
         """The run-time changes made so far, in order (see :meth:`replay`)."""
+        self._successor: Rollout | None = None
+        """The rollout that replayed this one's changes (a reload's): later
+        changes made here are made there too (see :meth:`replay`)."""
         self._routes: dict[str, Route] = {}
         for route in routes:
             if route.path in self._routes:
@@ -403,19 +406,26 @@ class Rollout:
 
     def _note(self, change: Callable[[Rollout], None]) -> None:
         """Record a run-time change for :meth:`replay` (bounded: a program
-        flipping modes in a loop keeps the latest changes only)."""
+        flipping modes in a loop keeps the latest changes only), and make it
+        on the successor too (the caller holds ``self._lock``, so changes
+        reach the successor in the order they were made here)."""
         self._changes.append(change)
         if len(self._changes) > self._MAX_CHANGES:
             del self._changes[: len(self._changes) - self._MAX_CHANGES]
+        if self._successor is not None:
+            change(self._successor)
 
     def replay(self, earlier: Rollout) -> None:
         """Apply again the run-time changes made on ``earlier`` (routes and
         modes set in code, in their order) to this rollout - a reloaded
-        configuration's: the file gives the base, code changes stay on top."""
-        with earlier._lock:
-            changes = list(earlier._changes)
-        for change in changes:
-            change(self)
+        configuration's: the file gives the base, code changes stay on top.
+        From then on a change made on ``earlier`` is made here too: one made
+        while the reload finishes, or through a reference to the old rollout
+        kept by the application (``rollout = gate.rollout``), is not lost."""
+        with earlier._lock:  # a change on earlier waits: none lost, none reordered
+            for change in list(earlier._changes):
+                change(self)
+            earlier._successor = self
 
     def routes(self) -> tuple[Route, ...]:
         """The current rules."""

@@ -32,7 +32,7 @@ from .crl import STALE_MODES, Revocation, load_crls, vet_crl
 from .errors import ConfigError
 from .hosts import normalize_pattern
 from .rollout import parse_mode
-from .vetting import Finding, check_ca_expired, check_cas, quiet
+from .vetting import Finding, check_ca_expired, check_cas, lenient_dates
 
 if TYPE_CHECKING:
     from .policy import Policy
@@ -301,9 +301,13 @@ class Tenant:
         self, fetched: Iterable[tuple[str, x509.CertificateRevocationList]]
     ) -> Tenant:
         """This tenant with ``fetched`` as the CRLs of its ``crl_urls``
-        (vetted again: :class:`ConfigError` if one fails; the CA warnings
-        already logged for this tenant are not logged again)."""
-        with quiet():
+        (vetted again: :class:`ConfigError` if one fails). Its CAs are the
+        ones vetted when the tenant was registered: not logged again, and a
+        CA that expired since is not a reason to stop applying new CRLs
+        (with ``ca_expired = "fail"`` that would freeze revocation until a
+        restart; the verifier refuses every chain through the expired CA
+        anyway)."""
+        with lenient_dates():
             return dataclasses.replace(self, fetched_crls=tuple(fetched))
 
     @classmethod

@@ -19,14 +19,23 @@ at load rather than turning every request into ``untrusted_chain``.
 * ``[key-usage]`` Key Usage present with ``keyCertSign``.
 * ``[extended-key-usage]`` an Extended Key Usage on a CA, if any, is
   non-critical and lists ``clientAuth`` or ``anyExtendedKeyUsage``.
+* ``[critical-extension]`` every critical extension is one the verifier
+  accepts critical on a CA (:data:`CRITICAL_OK`: Basic Constraints, Key
+  Usage, Subject Alternative Name, Name Constraints); any other (an unknown
+  one, Certificate Policies, Policy Constraints, a critical Authority or
+  Subject Key Identifier, ...) makes the verifier refuse every path
+  through the CA.
 * ``[signature-algorithm]`` the certificate's signature algorithm is on
   :data:`SIGNATURE_ALGORITHMS`: RSA PKCS#1 v1.5, RSA-PSS (MGF1 with the same
   hash, salt length = digest size) or ECDSA, each with SHA-256, SHA-384 or
   SHA-512. ``[sha1-root]`` SHA-1 (RSA or ECDSA) is accepted only on a
   self-signed root, whose own signature is never checked, and then with a
   warning. MD5, SHA-224, SHA-3, DSA, Ed25519, Ed448 and the rest are refused.
-* ``[key]`` the CA's public key is RSA of at least :data:`MIN_RSA_BITS`
-  bits or EC on P-256, P-384 or P-521 (:data:`EC_CURVES`). Ed25519 and
+* ``[key]`` the CA's public key is RSA (``rsaEncryption``, not an
+  RSA-PSS-only key) of at least :data:`MIN_RSA_BITS` bits or EC on P-256,
+  P-384 or P-521 (:data:`EC_CURVES`) named by its OID, not by explicit
+  curve parameters (``cryptography`` loads both, its verifier refuses
+  the latter as an issuer). Ed25519 and
   Ed448 CA keys are refused: ``cryptography``'s verifier (checked with
   51.0) refuses them as issuers ("Forbidden public key algorithm").
 * ``[validity]`` the CA is valid now (notBefore <= now <= notAfter). A
@@ -35,7 +44,11 @@ at load rather than turning every request into ``untrusted_chain``.
   verifies meanwhile; the verifier checks every date on every request).
 * ``[chain]`` every intermediate chains, by name and signature
   (``verify_directly_issued_by``), to one of the tenant's roots, directly
-  or through other intermediates of the tenant.
+  or through other intermediates of the tenant. Each (certificate,
+  candidate issuer) pair is checked at most once, and at most
+  :func:`chain_check_budget` signature checks may fail per tenant (many
+  CAs sharing one name): beyond that the tenant is refused rather than
+  its load taking minutes.
 * ``[parse]`` the extensions parse.
 
 What is **not** done here: path validation (only the verifier does it, per
@@ -63,7 +76,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, PublicKeyAlgorithmOID
 from cryptography.x509.oid import SignatureAlgorithmOID as Sig
 
 from .errors import ConfigError
@@ -93,6 +106,28 @@ SIGNATURE_ALGORITHMS: dict[x509.ObjectIdentifier, str] = {
 SHA1_ROOT_ALGORITHMS = frozenset({Sig.RSA_WITH_SHA1, Sig.ECDSA_WITH_SHA1})
 """SHA-1 algorithms, accepted (with a warning) on self-signed roots only."""
 
+CRITICAL_OK = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+        ExtensionOID.NAME_CONSTRAINTS,
+        ExtensionOID.EXTENDED_KEY_USAGE,  # critical: refused by [extended-key-usage]
+    }
+)
+"""Extensions that may be critical on a tenant CA (``cryptography`` 51's
+``webpki_defaults_ca`` policy; any other critical one fails every path)."""
+
+_NAMED_CURVE_IDS = (
+    bytes.fromhex("301306072a8648ce3d020106082a8648ce3d030107"),  # P-256
+    bytes.fromhex("301006072a8648ce3d020106052b81040022"),  # P-384
+    bytes.fromhex("301006072a8648ce3d020106052b81040023"),  # P-521
+)
+"""DER AlgorithmIdentifiers of an EC public key on a named curve. A CA's
+key is on a named curve when one of them is in its TBS (where its
+SubjectPublicKeyInfo is): the same bytes planted elsewhere in the TBS could
+only get past vetting a CA the verifier still refuses (fail closed)."""
+
 _CHECKABLE = frozenset(SIGNATURE_ALGORITHMS) | SHA1_ROOT_ALGORITHMS
 _PSS_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _CA_EKUS = frozenset({ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE})
@@ -101,9 +136,10 @@ RULES = {
     "basic-constraints": "Basic Constraints present, critical, cA=TRUE",
     "key-usage": "Key Usage present with keyCertSign",
     "extended-key-usage": "an EKU, if any, non-critical with clientAuth or anyExtendedKeyUsage",
+    "critical-extension": "no critical extension the verifier refuses on a CA",
     "signature-algorithm": "signed with RSA (PKCS#1 v1.5 or PSS) or ECDSA and SHA-256/384/512",
     "sha1-root": "SHA-1 only on a self-signed root (a warning)",
-    "key": f"RSA >= {MIN_RSA_BITS} bits, or EC P-256/P-384/P-521",
+    "key": f"RSA >= {MIN_RSA_BITS} bits, or EC P-256/P-384/P-521 (a named curve)",
     "validity": "valid now (ca_expired = 'warn' makes it a warning)",
     "chain": "an intermediate chains to one of the tenant's roots",
     "parse": "the extensions parse",
@@ -354,6 +390,19 @@ def _extension_problems(cert: x509.Certificate) -> list[tuple[str, str, str]]:
                     f"{_REISSUE} with the Extended Key Usage non-critical, or without it",
                 )
             )
+    for extension in extensions:
+        if extension.critical and extension.oid not in CRITICAL_OK:
+            oid = extension.oid
+            shown = getattr(oid, "_name", None) or oid.dotted_string
+            out.append(
+                (
+                    "critical-extension",
+                    f"has a critical {shown} extension ({oid.dotted_string}), which the "
+                    "verifier does not accept critical on a CA, so no chain through this one "
+                    "would verify",
+                    f"{_REISSUE} with that extension non-critical, or without it",
+                )
+            )
     return out
 
 
@@ -502,12 +551,28 @@ def _legacy_signature_valid(child: x509.Certificate, issuer: x509.Certificate) -
 def _key_problems(cert: x509.Certificate) -> list[tuple[str, str, str]]:
     fix = (
         f"re-issue the CA with an RSA key of {MIN_RSA_BITS} bits or more, or an EC key on "
-        "P-256 or P-384"
+        "P-256, P-384 or P-521"
     )
     try:
         key = cert.public_key()
     except (UnsupportedAlgorithm, ValueError) as exc:
         return [("key", f"has a public key that cannot be loaded ({exc})", fix)]
+    algorithm = cert.public_key_algorithm_oid
+    if isinstance(key, rsa.RSAPublicKey) and algorithm != PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5:
+        return [("key", "has an RSA-PSS-only key (the verifier accepts rsaEncryption keys)", fix)]
+    if (
+        isinstance(key, ec.EllipticCurvePublicKey)
+        and key.curve.name in EC_CURVES
+        and not any(named in cert.tbs_certificate_bytes for named in _NAMED_CURVE_IDS)
+    ):
+        return [
+            (
+                "key",
+                f"has an EC key on {key.curve.name} given by explicit curve parameters (the "
+                "verifier accepts only a named curve)",
+                fix,
+            )
+        ]
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             return [("key", f"has a {key.key_size}-bit RSA key (at least {MIN_RSA_BITS})", fix)]
@@ -545,6 +610,13 @@ def _date_problems(cert: x509.Certificate, now: dt.datetime) -> list[str]:
     return []
 
 
+def chain_check_budget(intermediates: int) -> int:
+    """How many signature checks of the chain rule may fail for a tenant
+    with ``intermediates`` intermediates: a failure needs two CAs of the
+    tenant with one name (a rotation), so a real tenant stays far below."""
+    return 2 * intermediates + 16
+
+
 def _chain_findings(
     tenant_id: str,
     roots: Sequence[x509.Certificate],
@@ -552,28 +624,55 @@ def _chain_findings(
     sources: Sequence[str],
 ) -> list[Finding]:
     """An error for each intermediate that does not chain to a root of the
-    tenant through the tenant's certificates (by name, then signature)."""
-    anchored = list(roots)
-    pending = list(enumerate(intermediates, len(roots)))
-    progress = True
-    while pending and progress:
-        progress = False
-        for item in list(pending):
-            cert = item[1]
-            if any(_issued_by(cert, c) for c in anchored):  # name first, then signature
-                anchored.append(cert)
-                pending.remove(item)
-                progress = True
+    tenant through the tenant's certificates (by name, then signature).
+
+    Work is bounded: candidate issuers are found by name (a dict), each
+    (certificate, candidate) pair is checked once, and after
+    :func:`chain_check_budget` failed signature checks the remaining
+    intermediates are reported unchecked."""
+    by_issuer: dict[x509.Name, list[int]] = {}
+    for position, cert in enumerate(intermediates):
+        by_issuer.setdefault(cert.issuer, []).append(position)
+    pending = set(range(len(intermediates)))
+    queue = list(roots)
+    failures_left = chain_check_budget(len(intermediates))
+    exhausted = False
+    while queue and pending and not exhausted:
+        issuer = queue.pop()
+        for position in by_issuer.get(issuer.subject, ()):
+            if position not in pending:
+                continue
+            if failures_left <= 0:
+                exhausted = True
+                break
+            if _issued_by(intermediates[position], issuer):  # the name matches: signature
+                pending.discard(position)
+                queue.append(intermediates[position])
+            else:
+                failures_left -= 1
+    if exhausted:
+        return [
+            Finding(
+                "error",
+                "chain",
+                tenant_id,
+                f"has {len(pending)} intermediate(s) left unchecked: more than "
+                f"{chain_check_budget(len(intermediates))} of its CAs' signature checks failed "
+                "(many CAs of the tenant share a name)",
+                "give the tenant only the CAs its devices chain to (distinct names), or split it",
+            )
+        ]
+    subjects = {c.subject for c in (*roots, *intermediates)}
+    pending_items = [(len(roots) + i, intermediates[i]) for i in sorted(pending)]
     findings = []
-    for position, cert in pending:
+    for position, cert in pending_items:
         if cert.signature_algorithm_oid not in _CHECKABLE:
             continue  # refused for its algorithm already; its signature cannot be checked
-        issuer = cert.issuer.rfc4514_string()
-        named = any(c.subject == cert.issuer for c in (*roots, *intermediates))
+        issuer_name = cert.issuer.rfc4514_string()
         why = (
-            f"a CA of the tenant is named {issuer!r} but none of its keys signed it"
-            if named
-            else f"no root or intermediate of the tenant is its issuer {issuer!r}"
+            f"a CA of the tenant is named {issuer_name!r} but none of its keys signed it"
+            if cert.issuer in subjects
+            else f"no root or intermediate of the tenant is its issuer {issuer_name!r}"
         )
         findings.append(
             Finding(

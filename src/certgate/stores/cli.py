@@ -14,6 +14,7 @@
     certgate tenants show ID --registry URL [--json]
     certgate tenants migrate URL
     certgate tenants backup URL FILE
+    certgate tenants restore URL FILE
 
 Every write vets the tenant (its CAs - :mod:`certgate.vetting` - and CRLs,
 the anchor-sharing rule, hosts unique) before anything is stored;
@@ -52,7 +53,7 @@ MAX_EXPORT_LINE = 16 * 1024 * 1024
 """Longest JSON line an import reads (one tenant)."""
 
 
-STORE_COMMANDS = frozenset({"import", "export", "show", "migrate", "backup"})
+STORE_COMMANDS = frozenset({"import", "export", "show", "migrate", "backup", "restore"})
 """``tenants`` sub-commands that only exist for registry URLs."""
 
 
@@ -79,6 +80,9 @@ def store_parsers(sub: Any) -> None:
     backup = sub.add_parser("backup", help="write a consistent copy of a SQLite store")
     backup.add_argument("url", help="registry URL (sqlite:///path)")
     backup.add_argument("file", help="the copy to write (must not exist)")
+    restore = sub.add_parser("restore", help="replace a SQLite store's content with a backup, live")
+    restore.add_argument("url", help="registry URL (sqlite:///path)")
+    restore.add_argument("file", help="the backup to restore")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_OK
         if command == "backup":
             return _backup(args.url, args.file)
+        if command == "restore":
+            return _restore(args.url, args.file)
     except ConfigError as exc:
         _error(f"certgate: {exc}")
         return EXIT_USAGE
@@ -403,6 +409,19 @@ def _backup(url: str, file: str) -> int:
         raise ConfigError(f"{store.where}: back up this store with its own tools")
     backup(file)
     _print(f"wrote a consistent copy of {store.where} to {safe_text(file)}")
+    return EXIT_OK
+
+
+def _restore(url: str, file: str) -> int:
+    store: SqlTenantStore = open_store(url, create=True)
+    restore = getattr(store, "restore", None)
+    if restore is None:
+        raise ConfigError(f"{store.where}: restore this store with its own tools")
+    restore(file)
+    _print(
+        f"restored {store.where} from {safe_text(file)}: {store.count()} tenant(s); running "
+        "gates drop their caches within 2 s"
+    )
     return EXIT_OK
 
 

@@ -148,6 +148,9 @@ class SqlTenantStore:
 
     def __init__(self) -> None:
         self._signatures = SignatureMemo()
+        self._marks: dict[int, tuple[object, ...] | None] = {}
+        """The change-log row of the last position handed out (see
+        :meth:`changes_since_in`)."""
 
     def session(self) -> SqlSession:
         """A session for the calling thread (subclasses)."""
@@ -581,26 +584,37 @@ class SqlTenantStore:
 
     def change_position(self) -> int:
         """The sequence number of the last change."""
-        rows = self._sql(self.session(), "SELECT seq FROM certgate_counter WHERE id = 1")
-        return int(rows[0][0])
+        session = self.session()
+        with session.snapshot():
+            current = int(self._sql(session, "SELECT seq FROM certgate_counter WHERE id = 1")[0][0])
+            self._marks = {current: self._mark(session, current)}
+        return current
 
     def changes_since(self, position: int) -> tuple[int, frozenset[str] | None]:
         """``(new position, ids of tenants changed after position)``; ``None``
         in place of the ids when that cannot be told (the log was pruned past
         ``position``, more than :data:`MAX_CHANGES_READ` changes, or the
-        store went back - a restored backup): drop everything."""
+        store's history is not the one ``position`` was read from - a
+        restored backup, another store's copy): drop everything."""
         return self.changes_since_in(self.session(), position)
 
     def changes_since_in(
         self, session: SqlSession, position: int
     ) -> tuple[int, frozenset[str] | None]:
-        """:meth:`changes_since` on ``session``."""
+        """:meth:`changes_since` on ``session``.
+
+        The log row of each position handed out is remembered (its tenant
+        and time): when it is not the same row any more, the store was
+        replaced under the reader, whatever its sequence numbers say."""
         with session.snapshot():
             current = int(self._sql(session, "SELECT seq FROM certgate_counter WHERE id = 1")[0][0])
+            known = self._marks.get(position)
+            same = known is None or self._mark(session, position) == known
+            self._marks = {current: self._mark(session, current)}
+            if not same or current < position:
+                return current, None
             if current == position:
                 return current, frozenset()
-            if current < position:
-                return current, None
             rows = self._sql(
                 session,
                 "SELECT seq, tenant_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -609,6 +623,13 @@ class SqlTenantStore:
         if not rows or int(rows[0][0]) != position + 1 or len(rows) > MAX_CHANGES_READ:
             return current, None
         return current, frozenset(str(row[1]) for row in rows if int(row[0]) <= current)
+
+    def _mark(self, session: SqlSession, seq: int) -> tuple[object, ...] | None:
+        """What identifies the log row ``seq`` (``None``: no such row)."""
+        if seq == 0:
+            return ("start",)
+        rows = self._sql(session, "SELECT tenant_id, at FROM changes WHERE seq = ?", (seq,))
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
 
 def _sha256(der: bytes) -> bytes:

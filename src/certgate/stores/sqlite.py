@@ -44,7 +44,7 @@ from typing import Any
 from ..errors import ConfigError, TrustStoreUnavailable
 from ..tenant import Tenant
 from .records import TenantRecord
-from .schema import SQLITE, Dialect, check_readable, migrate, schema_version
+from .schema import SCHEMA_VERSION, SQLITE, Dialect, check_readable, migrate, schema_version
 from .sql import SqlTenantStore
 
 logger = logging.getLogger("certgate")
@@ -367,6 +367,34 @@ class SqliteRegistry(SqlTenantStore):
                 session.execute("PRAGMA cache_size = -2000")
 
     # -- operations -------------------------------------------------------------
+
+    def restore(self, source: str | os.PathLike[str]) -> None:
+        """Replace the store's content with the backup ``source``, in place
+        and live (SQLite's backup API, through its locks): every gate sees
+        the change at its next poll and drops its cache. Never move a file
+        over a live store instead: its ``-wal`` would be paired with the
+        wrong database. Raises :class:`ConfigError` when ``source`` is not a
+        certgate store this code can read (it is migrated after the copy)."""
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such backup file")
+        src = sqlite3.connect(f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro", uri=True)
+        try:
+            version = schema_version(SqliteSession(src, 0))
+            if version == 0:
+                raise ConfigError(f"{path}: not a certgate tenant store")
+            if version > SCHEMA_VERSION:
+                check_readable(version, str(path))
+            dst = self._connect()
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{path}: cannot restore from it: {exc}") from None
+        finally:
+            src.close()
+        self._create()  # migrate a backup of an older version
 
     def backup(self, target: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the store to ``target`` (``VACUUM INTO``:
