@@ -25,6 +25,7 @@ from certgate import CertGate, Reason, Tenant
 from certgate.devpki import CA, IssuedCert
 from certgate.errors import TrustStoreUnavailable
 from certgate.stores import open_registry
+from certgate.stores.caching import CachingRegistry
 from certgate.stores.postgres import AsyncPostgresRegistry, PostgresRegistry
 from tests.conftest import PKI
 from tests.pg_server import PgServer
@@ -250,6 +251,7 @@ CHILD = textwrap.dedent(
     from certgate import CertGate
     from certgate.devpki import IssuedCert
     from certgate.stores import open_registry
+from certgate.stores.caching import CachingRegistry
     from certgate.stores.postgres import AsyncPostgresRegistry
     from tests.store_helpers import leaf_facts
 
@@ -356,3 +358,52 @@ def test_a_change_in_one_process_is_enforced_by_another(
     with capsys.disabled():
         print(f"\n[{mode}] change -> enforced in another process: ", end="")
         print(", ".join(f"{s * 1000:.0f} ms" for s in latencies))
+
+
+def test_pg_dump_and_a_live_pg_restore(pg_server: PgServer, pg_dsn: str, pki: PKI) -> None:
+    """The README's backup and restore: pg_dump while gates run, then
+    pg_restore --clean into the live database: a running cache notices the
+    change log went back and drops what it held (a tenant added after the
+    dump is unknown again)."""
+    store = PostgresRegistry(pg_dsn, create=True)
+    store.put(pki["acme"].tenant())
+    dump = pg_server.root / "certgate.dump"
+    env = {**os.environ, "PGPASSWORD": pg_server.password}
+    plain = pg_dsn.replace(f":{pg_server.password}@", "@")
+    subprocess.run(
+        [str(pg_server.bindir / "pg_dump"), "--format=custom", "--file", str(dump), plain],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    store.put(pki["globex"].tenant())
+    cache = open_registry(pg_dsn, poll_interval=0.05)
+    assert cache.tenant_for_host("api.globex.test") is not None
+    restored = subprocess.run(
+        [
+            str(pg_server.bindir / "pg_restore"),
+            "--clean",
+            "--if-exists",
+            "--single-transaction",
+            "--dbname",
+            plain,
+            str(dump),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert wait_for(lambda: _unknown(cache, "api.globex.test"))
+    assert cache.tenant_for_host("pay.acme.test") is not None
+    cache.close()
+    cache.inner.close()
+    store.close()
+
+
+def _unknown(cache: CachingRegistry, host: str) -> bool:
+    try:
+        return cache.tenant_for_host(host) is None
+    except TrustStoreUnavailable:
+        return False
