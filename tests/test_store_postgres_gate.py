@@ -236,11 +236,29 @@ def test_async_registry_is_bound_to_one_running_loop(pg_dsn: str) -> None:
     holder.start()
     assert started.wait(WAIT)
     try:
-        with pytest.raises(TrustStoreUnavailable, match="another running event loop"):
+        with pytest.raises(TrustStoreUnavailable, match="serves the event loop of its first"):
             asyncio.run(registry.tenant_for_host("a.test"))
     finally:
         release.set()
         holder.join()
+
+
+def test_async_registry_under_wsgi_is_a_503_naming_the_fix(pg_dsn: str, pki: PKI) -> None:
+    """WSGI runs a coroutine registry through async_to_sync, a new event loop
+    per lookup: the first lookup binds the registry to a loop that then
+    closes; every later one is refused (503) with the fix in the detail -
+    never a new pool per request."""
+    store = PostgresRegistry(pg_dsn, create=True)
+    acme = pki["acme"]
+    store.put(Tenant("acme", acme.hosts, (acme.roots[0].cert,), (acme.issuer.cert,)))
+    registry = AsyncPostgresRegistry(pg_dsn)
+    gate = CertGate(registry, **CLOUDFLARE)  # type: ignore[arg-type]
+    device = acme.client()
+    gate.decide(leaf_facts("pay.acme.test", device))
+    decision = gate.decide(leaf_facts("pay.acme.test", device))
+    assert decision.reason is Reason.TRUST_STORE_UNAVAILABLE
+    assert "open_registry" in decision.detail
+    store.close()
 
 
 # -- propagation across processes ------------------------------------------------------
@@ -251,7 +269,6 @@ CHILD = textwrap.dedent(
     from certgate import CertGate
     from certgate.devpki import IssuedCert
     from certgate.stores import open_registry
-from certgate.stores.caching import CachingRegistry
     from certgate.stores.postgres import AsyncPostgresRegistry
     from tests.store_helpers import leaf_facts
 
@@ -407,3 +424,25 @@ def _unknown(cache: CachingRegistry, host: str) -> bool:
         return cache.tenant_for_host(host) is None
     except TrustStoreUnavailable:
         return False
+
+
+def test_an_event_loop_with_the_async_registry_shuts_down(pg_server: PgServer) -> None:
+    """asyncio.run cancels every task when its coroutine returns, the pool's
+    included, possibly in the middle of a connection attempt (which the pool
+    swallows): the registry closes its pool then, so shutdown never hangs.
+    Five loops, each ending right after its first lookup. (A database of
+    its own, not dropped: a connection attempt cancelled half-way leaves a
+    server process waiting out authentication_timeout, 60 s, while the
+    captured log of the test holds the attempt's socket.)"""
+    pg_dsn = pg_server.create_database()
+    PostgresRegistry(pg_dsn, create=True).close()
+
+    def one() -> None:
+        registry = AsyncPostgresRegistry(pg_dsn, pool_min=2)
+        assert asyncio.run(registry.tenant_for_host("a.test")) is None
+
+    for _ in range(5):
+        runner = threading.Thread(target=one, daemon=True)
+        runner.start()
+        runner.join(WAIT)
+        assert not runner.is_alive(), "the event loop did not shut down"

@@ -905,11 +905,12 @@ class AsyncPostgresRegistry:
     seconds) ``change_token`` is a new object on every read, so the gate's
     decision memo never answers from before a change it may have missed.
 
-    The pool belongs to the event loop of the first lookup; a lookup from
-    another loop while that one runs raises
-    :class:`~certgate.errors.TrustStoreUnavailable` (use
-    :class:`PostgresRegistry` for WSGI). Writes go through
-    :class:`PostgresRegistry` (or the CLI).
+    The pool belongs to the event loop of the first lookup (until
+    :meth:`aclose`); a lookup from any other loop raises
+    :class:`~certgate.errors.TrustStoreUnavailable` - a 503 naming the fix.
+    Under WSGI every lookup of a coroutine registry runs in a new loop: use
+    :func:`~certgate.stores.open_registry` or :class:`PostgresRegistry`
+    there. Writes go through :class:`PostgresRegistry` (or the CLI).
     """
 
     def __init__(
@@ -1006,10 +1007,11 @@ class AsyncPostgresRegistry:
     async def _ready(self) -> psycopg_pool.AsyncConnectionPool[Any]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            if self._loop is not None and not self._loop.is_closed():
+            if self._loop is not None:
                 raise TrustStoreUnavailable(
-                    f"{self.where}: AsyncPostgresRegistry is bound to another running event loop "
-                    "(use PostgresRegistry for WSGI and threads)"
+                    f"{self.where}: AsyncPostgresRegistry serves the event loop of its first "
+                    "lookup, not this one (under WSGI every lookup of a coroutine registry "
+                    "runs in a new loop): use open_registry(url) or PostgresRegistry there"
                 )
             self._start(loop)
         assert self._pool is not None
@@ -1073,6 +1075,16 @@ class AsyncPostgresRegistry:
             logger.error("certgate: tenant store unavailable, requests refused (503): %s", detail)
         return TrustStoreUnavailable(detail)
 
+    async def _close_pools(self) -> None:
+        """Close the pool and any replaced one still closing (their workers
+        end); the registry stays bound to its loop."""
+        self._live = False
+        pools = [self._pool] if self._pool is not None else []
+        closing, self._closing = self._closing, set()
+        await asyncio.gather(
+            *(pool.close(timeout=2.0) for pool in pools), *closing, return_exceptions=True
+        )
+
     def _heard(self, modes: bool | None) -> None:
         self._token = object()
         self.notifications += 1
@@ -1081,7 +1093,22 @@ class AsyncPostgresRegistry:
 
 
 async def _alisten(ref: weakref.ReferenceType[AsyncPostgresRegistry]) -> None:
-    """The async registry's listener task: LISTEN, heartbeat, reconnect."""
+    """The async registry's listener task. Cancelled - :meth:`aclose`, or
+    the event loop shutting down (``asyncio.run`` cancels every task) - it
+    closes the pools first: a pool worker cancelled in the middle of a
+    connection attempt swallows the cancellation and would wait forever,
+    holding up the loop's shutdown."""
+    try:
+        await _alisten_body(ref)
+    except asyncio.CancelledError:
+        registry = ref()
+        if registry is not None:
+            await registry._close_pools()
+        raise
+
+
+async def _alisten_body(ref: weakref.ReferenceType[AsyncPostgresRegistry]) -> None:
+    """LISTEN, heartbeat, reconnect."""
     registry = ref()
     if registry is None:
         return
