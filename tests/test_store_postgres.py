@@ -821,3 +821,26 @@ def test_tenant_commands_on_a_postgresql_url(
     backup = _cli("backup", pg_dsn, str(tmp_path / "x"))
     assert backup.returncode == 2
     assert "own tools" in backup.stderr
+
+
+def test_a_store_in_another_schema(pg_server: PgServer, pg_dsn: str, pki: PKI) -> None:
+    """The README's options=-csearch_path%3Dcertgate: the tables go to that
+    schema, and changes reach a cache through its own channel."""
+    dbname = pg_dsn.rsplit("/", 1)[1]
+    with pg_server.admin(dbname) as admin:
+        admin.execute("CREATE SCHEMA certgate AUTHORIZATION certgate")
+    url = f"{pg_dsn}?options=-csearch_path%3Dcertgate"
+    store = PostgresRegistry(url, create=True)
+    assert store.channel == "certgate_changes:certgate"
+    cache = open_registry(url, poll_interval=0.05)
+    assert cache.tenant_for_host("pay.acme.test") is None
+    store.put(pki["acme"].tenant())
+    assert wait_for(lambda: cache.tenant_for_host("pay.acme.test") is not None)
+    with psycopg.connect(pg_dsn) as conn:
+        where = conn.execute(
+            "SELECT table_schema FROM information_schema.tables WHERE table_name = 'tenants'"
+        ).fetchall()
+    assert where == [("certgate",)]
+    cache.close()
+    cache.inner.close()
+    store.close()
