@@ -102,6 +102,13 @@ def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
             SqliteRegistry(store.path, create=create)
 
 
+def test_a_store_that_cannot_be_opened_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"not a database at all" * 200)
+    with pytest.raises(ConfigError, match="cannot open the tenant store: file is not a database"):
+        SqliteRegistry(path)
+
+
 def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
     conn = sqlite3.connect(path)

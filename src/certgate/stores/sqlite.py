@@ -175,9 +175,14 @@ class SqliteRegistry(SqlTenantStore):
                 f"{self.where}: no such file (create it with `certgate tenants import` or "
                 "`certgate tenants add`, or pass create=True)"
             )
-        session = self.session()
-        check_readable(schema_version(session), self.where)
-        self._identity = self._file_identity()
+        try:
+            session = self.session()
+            version = schema_version(session)
+            self._identity = self._file_identity()
+        except (sqlite3.Error, OSError) as exc:
+            self._drop_session()
+            raise ConfigError(f"{self.where}: cannot open the tenant store: {exc}") from None
+        check_readable(version, self.where)
 
     # -- connections ----------------------------------------------------------
 
