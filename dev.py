@@ -13,12 +13,13 @@ The test suite is `bash .ci/run` (set-up, ruff, mypy --strict, pytest).
 
 Set-up is a virtual environment in .venv with certgate installed in editable
 mode; it is redone when pyproject.toml changes. Debian packages the tests
-use (curl, nginx, haproxy, caddy, apache2) are installed with apt-get when
-missing and running as root.
+use (curl, nginx, haproxy, caddy, apache2, postgresql) are installed with
+apt-get when missing and running as root.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
@@ -38,6 +39,9 @@ DEBIAN_PACKAGES = {  # command -> package
     "caddy": "caddy",
     "apache2": "apache2",
 }
+POSTGRES_BINARIES = "/usr/lib/postgresql/*/bin/postgres"
+"""Where Debian's ``postgresql`` package puts the server (not on PATH): the
+tests start their own cluster with initdb (tests/pg_server.py)."""
 
 
 def sh(*cmd: str | Path, check: bool = True) -> int:
@@ -60,6 +64,8 @@ def ensure_venv(extra: str) -> None:
 def ensure_debian_packages() -> None:
     path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     missing = [pkg for cmd, pkg in DEBIAN_PACKAGES.items() if shutil.which(cmd, path=path) is None]
+    if not glob.glob(POSTGRES_BINARIES):
+        missing.append("postgresql")
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -71,8 +77,9 @@ def ensure_debian_packages() -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
     # Packages are installed for their binaries only: the tests start each proxy
-    # on loopback with a configuration of their own. policy-rc.d keeps the
-    # packages' services from starting (and taking port 80) at install time.
+    # (and PostgreSQL, in a temporary cluster) on loopback with a configuration
+    # of their own. policy-rc.d keeps the packages' services from starting (and
+    # taking port 80, or 5432 with a cluster of their own) at install time.
     policy = Path("/usr/sbin/policy-rc.d")
     placed = not policy.exists()
     if placed:

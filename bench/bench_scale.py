@@ -137,8 +137,15 @@ class SqliteBackend:
         )
 
 
+def _postgres(args: argparse.Namespace) -> Backend:
+    from scale_postgres import PostgresBackend  # noqa: PLC0415 - psycopg only when asked
+
+    return PostgresBackend(Path(args.dir))
+
+
 BACKENDS: dict[str, Callable[[argparse.Namespace], Backend]] = {
     "sqlite": lambda args: SqliteBackend(Path(args.dir)),
+    "postgresql": _postgres,
 }
 """``--store`` names; another store's helper adds its own factory here."""
 
@@ -384,7 +391,7 @@ def lookups(url: str, size: int, rng: random.Random) -> dict[str, float]:
     known = [rng.randrange(size) for _ in range(2000)]
     samples = timed(lambda: store.tenant_for_host(host(known.pop())), 2000)
     ids = [rng.randrange(size) for _ in range(2000)]
-    id_only = timed(lambda: store.tenant_id_for_host(host(ids.pop())), 2000)  # type: ignore[attr-defined]
+    id_only = timed(lambda: store.id_for_host(host(ids.pop())), 2000)
     unknown = timed(lambda: store.tenant_for_host(f"n{rng.random()}.unknown.test"), 2000)
     cache = CachingRegistry(open_store(url))
     hot = [host(rng.randrange(size)) for _ in range(HOT)]

@@ -23,6 +23,9 @@ import pytest
 from certgate import CertGate, InMemoryRegistry, Tenant
 from certgate.devpki import CA, IssuedCert
 
+# pg_server / pg_dsn / pg_private: a real PostgreSQL (tests/pg_server.py)
+pytest_plugins = ["tests.pg_server"]
+
 
 @dataclass
 class TenantPKI:

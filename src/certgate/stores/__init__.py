@@ -71,7 +71,11 @@ class ChangeFeed(Protocol):
     def changes_since(self, position: int) -> tuple[int, frozenset[str] | None]: ...
 
 
-_SCHEMES: dict[str, str] = {"sqlite": "certgate.stores.sqlite:open_url"}
+_SCHEMES: dict[str, str] = {
+    "sqlite": "certgate.stores.sqlite:open_url",
+    "postgresql": "certgate.stores.postgres:open_url",
+    "postgres": "certgate.stores.postgres:open_url",
+}
 """URL scheme -> ``module:function`` building a store from a URL."""
 
 

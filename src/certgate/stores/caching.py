@@ -23,7 +23,8 @@ on the gate's lookup threads, under ``registry_timeout``.
 
 **Changes.** A background thread (one per process; started on first use,
 again in a forked worker) polls the inner registry every
-``poll_interval`` seconds:
+``poll_interval`` seconds, and at once when an inner registry with
+``wait_for_change`` (PostgreSQL, through LISTEN) hears of a change:
 
 * a :class:`~certgate.stores.ChangeFeed` (the SQL stores): the tenants
   changed since the last position are dropped - their entry, their cached
@@ -59,6 +60,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -448,7 +450,13 @@ class CachingRegistry:
                 return
             thread = threading.Thread(
                 target=_poll_loop,
-                args=(weakref.ref(self), self.poll_interval, self._stop, self._pid),
+                args=(
+                    weakref.ref(self),
+                    self.poll_interval,
+                    self._stop,
+                    self._pid,
+                    getattr(self.inner, "wait_for_change", None),
+                ),
                 name="certgate-registry-poll",
                 daemon=True,
             )
@@ -484,11 +492,28 @@ os.register_at_fork(after_in_child=_new_start_lock)
 
 
 def _poll_loop(
-    ref: weakref.ReferenceType[CachingRegistry], interval: float, stop: threading.Event, pid: int
+    ref: weakref.ReferenceType[CachingRegistry],
+    interval: float,
+    stop: threading.Event,
+    pid: int,
+    wait_for_change: Callable[[int, float], int] | None = None,
 ) -> None:
     """Poll every ``interval`` seconds until the registry is gone, closed,
-    or this is a forked copy of the thread's process."""
-    while not stop.wait(interval):
+    or this is a forked copy of the thread's process. An inner registry
+    with ``wait_for_change(seen, timeout)`` (PostgreSQL: LISTEN) wakes the
+    poller as soon as it hears of a change."""
+    seen = 0
+    while True:
+        if wait_for_change is None:
+            if stop.wait(interval):
+                return
+        else:
+            try:
+                seen = wait_for_change(seen, interval)
+            except Exception:  # noqa: BLE001 - then poll at the interval
+                stop.wait(interval)
+            if stop.is_set():
+                return
         registry = ref()
         if registry is None or registry._pid != pid or os.getpid() != pid:
             return

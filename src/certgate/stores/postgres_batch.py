@@ -1,0 +1,277 @@
+"""Import batches of the PostgreSQL store, written and checked as a whole.
+
+Writing tenants one at a time costs a dozen round trips each (the digest,
+the hosts, the anchor rule's indexed queries), which over a network is what
+limits an import. :func:`write_batch` writes a whole batch in the caller's
+transaction with a handful of statements, then runs the same anchor-sharing
+check (:func:`certgate.stores.anchors.check_written`) for each tenant of the
+batch, through :class:`BatchQueries`: the rows every check of the batch
+will ask for first are read once, in four statements, and anything further
+(deeper issuer walks) is read when asked - every answer the one a live query
+would give, since nothing is written while the checks run.
+
+What a batch changes against one-at-a-time writes: every tenant of the batch
+is checked against the batch as written, later tenants included. The final
+state satisfies the same rules either way (each tenant is checked against
+every other); a batch in which a tenant takes a host another tenant of the
+same batch gives up is accepted whatever their order, and the tenant named
+in an error may be the other one of the pair. A batch naming a tenant twice
+is written one tenant at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+from ..tenant import Tenant
+from .anchors import SignatureMemo, StoredCert, check_written
+from .records import TenantRecord
+from .schema import utc_text
+from .sql import TenantRows
+
+if TYPE_CHECKING:
+    from .postgres import PgSession
+
+OWNERS_READ = 3
+"""Owners read per certificate: enough for every ``root_owners`` question
+(at most two owners, one tenant excluded)."""
+
+_CERTS = "SELECT sha256, subject, issuer, name_key, der FROM certificates WHERE {column} = ANY(%s)"
+_OWNERS = (
+    "SELECT s.sha, o.tenant_id FROM unnest(%s::bytea[]) AS s(sha) CROSS JOIN LATERAL "
+    "(SELECT tenant_id FROM tenant_certificates WHERE sha256 = s.sha AND role = 'root' "
+    "LIMIT %s) AS o"
+)
+_OWNERS_UNSHARED = (
+    "SELECT s.sha, o.tenant_id FROM unnest(%s::bytea[]) AS s(sha) CROSS JOIN LATERAL "
+    "(SELECT tenant_id FROM tenant_certificates WHERE sha256 = s.sha AND role = 'root' "
+    "AND shared = FALSE LIMIT %s) AS o"
+)
+
+
+def write_batch(
+    session: PgSession,
+    pending: Sequence[tuple[TenantRecord, Tenant]],
+    memo: SignatureMemo,
+) -> list[tuple[str, str]]:
+    """Write ``pending`` (distinct ids) in ``session``'s transaction; the
+    ``(id, "put")`` of the tenants that changed. :class:`ConfigError` when
+    a tenant is refused (the caller rolls the batch back)."""
+    ids = [record.id for record, _ in pending]
+    stored = {
+        str(tenant_id): bytes(digest)
+        for tenant_id, digest in session.execute(
+            "SELECT id, digest FROM tenants WHERE id = ANY(%s)", (ids,)
+        )
+    }
+    work = []
+    for record, tenant in pending:
+        digest = record.digest()
+        if stored.get(record.id) != digest:
+            work.append((record, tenant, digest))
+    if not work:
+        return []
+    replaced = [record.id for record, _, _ in work if record.id in stored]
+    old: set[bytes] = set()
+    if replaced:
+        rows = session.execute(
+            "SELECT sha256 FROM tenant_certificates WHERE tenant_id = ANY(%s)", (replaced,)
+        )
+        old = {bytes(row[0]) for row in rows}
+        for table in ("hosts", "tenant_certificates", "crls"):
+            session.execute(f"DELETE FROM {table} WHERE tenant_id = ANY(%s)", (replaced,))  # noqa: S608
+    _check_hosts(session, [(record.id, tenant) for record, tenant, _ in work])
+    now = utc_text()
+    parts = [TenantRows.of(record, tenant, digest, now) for record, tenant, digest in work]
+    _insert(session, parts)
+    fresh = {link[3] for rows in parts for link in rows.links}
+    gone = sorted(old - fresh)
+    if gone:  # certificates only the old versions referred to go before the checks
+        session.execute(
+            "DELETE FROM certificates c WHERE c.sha256 = ANY(%s) AND NOT EXISTS "
+            "(SELECT 1 FROM tenant_certificates t WHERE t.sha256 = c.sha256)",
+            (gone,),
+        )
+    queries = BatchQueries(session)
+    queries.prefetch([cert for part in parts for cert in part.own])
+    for (_, tenant, _), part in zip(work, parts, strict=True):
+        check_written(queries, tenant, memo, part.own)
+    return [(record.id, "put") for record, _, _ in work]
+
+
+def _check_hosts(session: PgSession, claims: Sequence[tuple[str, Tenant]]) -> None:
+    """Refuse a host listed twice, claimed by two tenants of the batch, or
+    held by a stored tenant (one query); the messages of one-at-a-time writes."""
+    claimed: dict[str, str] = {}
+    for tenant_id, tenant in claims:
+        hosts = tenant.hosts
+        if len(set(hosts)) != len(hosts):
+            twice = sorted({h for h in hosts if hosts.count(h) > 1})
+            raise ConfigError(f"tenant {tenant_id!r} lists the host {twice[0]!r} twice")
+        for pattern in hosts:
+            other = claimed.setdefault(pattern, tenant_id)
+            if other != tenant_id:
+                raise ConfigError(
+                    f"host {pattern!r} is claimed by tenants {other!r} and {tenant_id!r}"
+                )
+    rows = session.execute(
+        "SELECT pattern, tenant_id FROM hosts WHERE pattern = ANY(%s) LIMIT 1", (list(claimed),)
+    )
+    if rows:
+        pattern, owner = rows[0]
+        raise ConfigError(
+            f"host {pattern!r} is claimed by tenants {owner!r} and {claimed[str(pattern)]!r}"
+        )
+
+
+def _insert(session: PgSession, parts: Sequence[TenantRows]) -> None:
+    session.executemany(
+        "INSERT INTO tenants (id, mode, shared_anchors, settings, digest, created, updated) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET mode = excluded.mode, "
+        "shared_anchors = excluded.shared_anchors, settings = excluded.settings, "
+        "digest = excluded.digest, updated = excluded.updated",
+        [rows.tenant for rows in parts],
+    )
+    session.executemany(
+        "INSERT INTO hosts (pattern, tenant_id) VALUES (%s, %s)",
+        [host for rows in parts for host in rows.hosts],
+    )
+    certs = {cert[0]: cert for rows in parts for cert in rows.certs}
+    session.executemany(
+        "INSERT INTO certificates (sha256, der, subject, issuer, name_key) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (sha256) DO NOTHING",
+        list(certs.values()),
+    )
+    session.executemany(
+        "INSERT INTO tenant_certificates (tenant_id, role, position, sha256, shared) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        [link for rows in parts for link in rows.links],
+    )
+    crls = [crl for rows in parts for crl in rows.crls]
+    if crls:
+        session.executemany(
+            "INSERT INTO crls (tenant_id, position, sha256, der, label) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            crls,
+        )
+
+
+class BatchQueries:
+    """:class:`~certgate.stores.anchors.AnchorQueries` answering from rows
+    read once per batch (:meth:`prefetch`), and reading - once - whatever
+    else is asked. Valid while nothing is written (the checks only read)."""
+
+    def __init__(self, session: PgSession) -> None:
+        self._session = session
+        self._der: dict[bytes, bytes] = {}
+        self._by: dict[str, dict[bytes, list[StoredCert]]] = {
+            "subject": {},
+            "issuer": {},
+            "name_key": {},
+        }
+        self._owners: dict[tuple[bytes, bool], list[str]] = {}
+
+    # -- reading ahead ---------------------------------------------------------
+
+    def prefetch(self, own: Iterable[StoredCert]) -> None:
+        """Read what every check of the batch asks first: certificates with the
+        name keys of the batch's certificates, then those issued by them or
+        issuing them, and up to :data:`OWNERS_READ` owners of each."""
+        own = list(own)
+        self._read("name_key", {cert.name_key for cert in own})
+        seeds = own + [c for key in {c.name_key for c in own} for c in self._by["name_key"][key]]
+        self._read("issuer", {cert.subject for cert in seeds})
+        self._read("subject", {cert.issuer for cert in seeds if cert.issuer != cert.subject})
+        shas = {cert.sha256 for cert in own}
+        for table in self._by.values():
+            for certs in table.values():
+                shas.update(cert.sha256 for cert in certs)
+        self._read_owners(sorted(shas))
+
+    def _read(self, column: str, keys: set[bytes]) -> list[StoredCert]:
+        table = self._by[column]
+        wanted = sorted(key for key in keys if key not in table)
+        if not wanted:
+            return []
+        for key in wanted:
+            table[key] = []
+        rows = self._session.execute(_CERTS.format(column=column), (wanted,))
+        found = []
+        for sha, subject, issuer, name_key, der in rows:
+            cert = StoredCert(
+                bytes(sha), bytes(subject), bytes(issuer), bytes(name_key), self._load
+            )
+            self._der[cert.sha256] = bytes(der)
+            table[getattr(cert, column)].append(cert)
+            found.append(cert)
+        return found
+
+    def _read_owners(self, shas: Sequence[bytes]) -> None:
+        wanted = [sha for sha in shas if (sha, False) not in self._owners]
+        if not wanted:
+            return
+        for unshared in (False, True):
+            for sha in wanted:
+                self._owners[(sha, unshared)] = []
+            rows = self._session.execute(
+                _OWNERS_UNSHARED if unshared else _OWNERS, (list(wanted), OWNERS_READ)
+            )
+            for sha, tenant_id in rows:
+                owners = self._owners[(bytes(sha), unshared)]
+                if str(tenant_id) not in owners:
+                    owners.append(str(tenant_id))
+
+    def _load(self, sha256: bytes) -> bytes:
+        der = self._der.get(sha256)
+        if der is None:
+            rows = self._session.execute(
+                "SELECT der FROM certificates WHERE sha256 = %s", (sha256,)
+            )
+            der = self._der[sha256] = bytes(rows[0][0])
+        return der
+
+    def _certs(self, column: str, key: bytes) -> list[StoredCert]:
+        table = self._by[column]
+        if key not in table:
+            self._read(column, {key})
+        return table[key]
+
+    # -- AnchorQueries -------------------------------------------------------------
+
+    def certs_with_subject(self, subject: bytes) -> list[StoredCert]:
+        return self._certs("subject", subject)
+
+    def certs_with_issuer(self, issuer: bytes) -> list[StoredCert]:
+        return self._certs("issuer", issuer)
+
+    def certs_with_name_key(self, name_key: bytes) -> list[StoredCert]:
+        return self._certs("name_key", name_key)
+
+    def root_owners(
+        self,
+        *,
+        sha256: bytes | None = None,
+        name_key: bytes | None = None,
+        unshared_only: bool = False,
+        exclude: str | None = None,
+        limit: int = 2,
+    ) -> list[str]:
+        if limit > OWNERS_READ - 1:
+            raise ValueError(f"root_owners reads at most {OWNERS_READ} owners per certificate")
+        if sha256 is not None:
+            shas = [sha256]
+        elif name_key is not None:
+            shas = [cert.sha256 for cert in self.certs_with_name_key(name_key)]
+        else:
+            raise ValueError("root_owners needs sha256 or name_key")
+        self._read_owners(shas)
+        owners: list[str] = []
+        for sha in shas:
+            for owner in self._owners[(sha, unshared_only)]:
+                if owner != exclude and owner not in owners:
+                    owners.append(owner)
+                    if len(owners) >= limit:
+                        return owners
+        return owners

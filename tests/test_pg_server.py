@@ -1,0 +1,47 @@
+"""The real-PostgreSQL harness itself (tests/pg_server.py): the role's
+password is required over TCP, databases are separate, and a stopped server
+refuses connections until it is started again."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.pg_server import PgServer
+
+
+def test_dsn_connects_with_password_over_tcp(pg_server: PgServer, pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute("SELECT current_user, inet_server_addr()::text").fetchone()
+    assert row == ("certgate", "127.0.0.1/32")
+    assert pg_server.startup_seconds > 0
+
+
+def test_wrong_password_is_refused(pg_server: PgServer, pg_dsn: str) -> None:
+    wrong = pg_dsn.replace(pg_server.password, "not-the-password")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(wrong, connect_timeout=5)
+
+
+def test_databases_are_separate(pg_server: PgServer, pg_dsn: str) -> None:
+    other = pg_server.create_database()
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("CREATE TABLE mark (x int)")
+    with psycopg.connect(other) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'mark'").fetchone()
+    assert tables == (0,)
+    pg_server.drop_database(other.rsplit("/", 1)[1])
+
+
+def test_private_server_stops_and_starts(pg_private: PgServer) -> None:
+    dsn = pg_private.create_database("outage")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE kept (x int)")
+        conn.execute("INSERT INTO kept VALUES (7)")
+    pg_private.stop()
+    assert not pg_private.running
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=2)
+    pg_private.start()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT x FROM kept").fetchone() == (7,)
