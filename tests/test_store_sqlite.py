@@ -150,6 +150,10 @@ def test_sqlite_urls(tmp_path: Path) -> None:
             path_of_url(bad)
     with pytest.raises(ConfigError, match="unknown registry URL"):
         open_store("mysql://x")
+    with pytest.raises(ConfigError) as raised:  # a misspelt scheme never shows the password
+        open_store("postgressql://app:s3cret-pw@db.internal/certgate")
+    assert "s3cret-pw" not in str(raised.value)
+    assert "postgressql" in str(raised.value)
 
 
 # -- the writer API -----------------------------------------------------------

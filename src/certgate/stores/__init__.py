@@ -46,6 +46,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
+from ..text import safe_text
 from .records import TenantRecord
 from .schema import SCHEMA_VERSION, SchemaError
 from .sql import ImportResult, SqlTenantStore, TenantSummary
@@ -93,7 +94,8 @@ def _factory(url: str) -> Callable[..., SqlTenantStore]:
     target = _SCHEMES.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in sorted(_SCHEMES))
-        raise ConfigError(f"unknown registry URL {url[:100]!r} (known: {known})")
+        shown = safe_text(scheme, 40) or "(none)"  # never the rest: it may hold a password
+        raise ConfigError(f"unknown registry URL scheme {shown!r} (known: {known})")
     module, _, name = target.partition(":")
     factory: Callable[..., SqlTenantStore] = getattr(importlib.import_module(module), name)
     return factory
