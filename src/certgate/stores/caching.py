@@ -398,7 +398,12 @@ class CachingRegistry:
                 self._drop(None)  # cached before the first poll: of unknown age
                 self._position = position
             else:
-                position, ids = feed.changes_since(self._position)
+                since_at = getattr(feed, "changes_since_at", None)
+                if since_at is not None:  # an answer older than this poll (PostgreSQL's listener)
+                    position, ids, as_of = since_at(self._position)
+                    started = min(started, as_of)
+                else:
+                    position, ids = feed.changes_since(self._position)
                 if ids is None or ids:
                     self._drop(ids)
                     changed = True

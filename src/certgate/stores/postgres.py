@@ -458,11 +458,20 @@ class ChangeLog:
         """``(latest, ids changed after position)`` from what was read, or
         ``None``: not listening, no answer from the database for
         ``liveness`` seconds, or a position outside what was read."""
+        known = self.answer_at(position, now, liveness)
+        return None if known is None else known[:2]
+
+    def answer_at(
+        self, position: int, now: float, liveness: float
+    ) -> tuple[int, frozenset[str], float] | None:
+        """:meth:`answer` with the time it is true as of (``alive_at``: when
+        the read that learnt it started; a change committed later is not in
+        it)."""
         with self.lock:
             if not self.live or now - self.alive_at > liveness:
                 return None
             if position == self.latest:
-                return position, frozenset()
+                return position, frozenset(), self.alive_at
             if not self.base <= position < self.latest:
                 return None
             ids = set()
@@ -470,7 +479,7 @@ class ChangeLog:
                 if seq <= position:
                     break
                 ids.add(tenant_id)
-            return self.latest, frozenset(ids)
+            return self.latest, frozenset(ids), self.alive_at
 
 
 # -- per-process state ----------------------------------------------------------
@@ -714,17 +723,26 @@ class PostgresRegistry(SqlTenantStore):
     def changes_since(self, position: int) -> tuple[int, frozenset[str] | None]:
         """As :meth:`SqlTenantStore.changes_since`: from the listener when it
         knows (no query), else from the change log."""
+        latest, ids, _ = self.changes_since_at(position)
+        return latest, ids
+
+    def changes_since_at(self, position: int) -> tuple[int, frozenset[str] | None, float]:
+        """:meth:`changes_since` and the monotonic time the answer is true as
+        of: an answer from the listener is as old as its last read of the
+        log (up to ``liveness`` seconds on a silently dead connection), and
+        a cache must count its staleness from then, not from the poll."""
         proc = self._ensure_listener()
         if proc is not None:
-            known = proc.feed.answer(position, time.monotonic(), self.liveness)
+            known = proc.feed.answer_at(position, time.monotonic(), self.liveness)
             if known is not None:
                 return known
+        started = time.monotonic()
         try:
-            answer = self.changes_since_in(self.session(), position)
+            latest, ids = self.changes_since_in(self.session(), position)
         except psycopg.Error as exc:
             raise self._unavailable(exc) from None
         self._recovered()
-        return answer
+        return latest, ids, started
 
     def wait_for_change(self, seen: int, timeout: float) -> int:
         """Block until the listener hears something after ``seen`` (a value
@@ -817,6 +835,7 @@ def _listen(settings: PgSettings, channel: str, proc: _Process) -> None:
 
 def _read_log(conn: psycopg.Connection[tuple[Any, ...]], feed: ChangeLog) -> None:
     """Read the counter, and the change log rows after what ``feed`` holds."""
+    began = time.monotonic()  # what is read below is true at least as of now
     current = _counter(conn)
     with feed.lock:
         latest = feed.latest
@@ -827,7 +846,7 @@ def _read_log(conn: psycopg.Connection[tuple[Any, ...]], feed: ChangeLog) -> Non
             (latest, current, MAX_CHANGES_READ),
         ).fetchall()
         rows = [(int(seq), str(tenant_id)) for seq, tenant_id in fetched]
-    feed.sync(current, rows, time.monotonic())
+    feed.sync(current, rows, began)
 
 
 # -- the one-statement reads ------------------------------------------------------

@@ -1,0 +1,128 @@
+"""Adversarial review of the PostgreSQL tenant store (issue 10, reviewer rv7):
+each finding is a test against a real server that failed before its fix."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from certgate.registry import Miss
+from certgate.stores.caching import CachingRegistry
+from certgate.stores.postgres import PostgresRegistry
+from tests.conftest import PKI
+from tests.pg_server import PgServer
+
+
+class FreezingProxy:
+    """A TCP forwarder to the server that can *freeze*: stop moving bytes
+    without closing anything - a silently dead network path (no RST, no
+    FIN), as a dropped NAT entry or a partition looks to the client."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        self.stop = threading.Event()
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self.frozen.is_set():  # a new connection goes nowhere either
+                self.socks.append(client)
+                continue
+            upstream = socket.create_connection(self.target)
+            self.socks += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        peer = {a: b, b: a}
+        while not self.stop.is_set():
+            if self.frozen.is_set():
+                time.sleep(0.05)
+                continue
+            readable, _, _ = select.select([a, b], [], [], 0.05)
+            for sock in readable:
+                if self.frozen.is_set():
+                    break
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                peer[sock].sendall(data)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.fixture
+def proxy(pg_server: PgServer) -> Iterator[FreezingProxy]:
+    made = FreezingProxy(pg_server.port)
+    yield made
+    made.close()
+
+
+def _through(dsn: str, port: int) -> str:
+    head, _, tail = dsn.rpartition("@")
+    _, _, rest = tail.partition("/")
+    return f"{head}@127.0.0.1:{port}/{rest}"
+
+
+# -- finding 1: a silently dead path extends the cache past max_stale -------------
+
+
+def test_a_frozen_path_never_serves_a_change_older_than_max_stale(
+    pg_dsn: str, proxy: FreezingProxy, pki: PKI
+) -> None:
+    """The listener's last answer is as of its last counter read; a poll
+    answered from it must not count as a fresh read of the store. Before the
+    fix a poll at liveness (1.5 s) after the path died pushed the cache's
+    freshness to then + max_stale: a tenant removed just after the path
+    froze was still served ~3.5 s later (promise: 2 s)."""
+    writer = PostgresRegistry(pg_dsn, create=True)
+    writer.put(pki["acme"].tenant())
+    cache = CachingRegistry(
+        PostgresRegistry(_through(pg_dsn, proxy.port), heartbeat=0.5, pool_timeout=0.5),
+        poll_interval=0.5,
+        max_stale=2.0,
+    )
+    assert cache.tenant_for_host("pay.acme.test") is not None
+    deadline = time.monotonic() + 15
+    while cache.stats().polls < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    feed = cache.inner._process().feed
+    seen = feed.alive_at
+    while feed.alive_at == seen and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proxy.frozen.set()  # just after a listener read: the worst moment
+    writer.remove("acme")
+    committed = time.monotonic()
+    served_after = 0.0
+    while time.monotonic() < committed + 5.0:
+        asked = time.monotonic()
+        if not isinstance(cache.peek_tenant_for_host("pay.acme.test"), Miss):
+            served_after = asked - committed
+        time.sleep(0.01)
+    cache.close()
+    writer.close()
+    assert served_after < 2.0, f"removed tenant served {served_after:.2f} s later"
