@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from certgate import ConfigError
 from certgate.registry import Miss
 from certgate.stores.caching import CachingRegistry
 from certgate.stores.postgres import PostgresRegistry
@@ -126,3 +127,29 @@ def test_a_frozen_path_never_serves_a_change_older_than_max_stale(
     cache.close()
     writer.close()
     assert served_after < 2.0, f"removed tenant served {served_after:.2f} s later"
+
+
+# -- finding 2: a password with a reserved character was printed ------------------
+
+
+@pytest.mark.parametrize(
+    "userinfo",
+    [
+        "certgate:pa/ss-SECRET",
+        "certgate:pa?ss-SECRET",
+        "certgate:pa[ss-SECRET",
+        "certgate:pa]ss-SECRET",
+    ],
+)
+def test_an_unencoded_password_never_appears_in_an_error(
+    pg_server: PgServer, userinfo: str
+) -> None:
+    """Generated passwords often hold ``/`` or ``?``; left unencoded in a URL
+    they end the authority early, so the "redacted" URL in messages printed
+    the rest of the password as a path or query (or ``[`` raised a bare
+    ValueError)."""
+    url = f"postgresql://{userinfo}@127.0.0.1:{pg_server.port}/postgres"
+    with pytest.raises(ConfigError) as caught:
+        PostgresRegistry(url)
+    assert "SECRET" not in str(caught.value)
+    assert "percent-encode" in str(caught.value)

@@ -76,6 +76,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import threading
 import time
 import urllib.parse
@@ -168,11 +169,15 @@ def parse_url(url: str, overrides: Mapping[str, Any] | None = None) -> PgSetting
     ``overrides``, when not ``None``, win); :class:`ConfigError` naming the
     parameter when something is wrong. The password never appears in
     ``where`` or in an error message."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": a "[" or "]" in the user name or password
+        raise ConfigError(_RESERVED) from None
     if parts.scheme not in ("postgresql", "postgres"):
         raise ConfigError("not a postgresql:// URL")
     if parts.fragment:
         raise ConfigError("a postgresql:// URL takes no #fragment")
+    _check_authority(parts)
     where = _redacted(parts)
     ours: dict[str, str] = {}
     libpq: list[tuple[str, str]] = []
@@ -211,6 +216,22 @@ def parse_url(url: str, overrides: Mapping[str, Any] | None = None) -> PgSetting
             f"{where}: pool_min ({settings.pool_min}) is larger than pool_max ({settings.pool_max})"
         )
     return settings
+
+
+_RESERVED = (
+    "postgresql:// URL: not a valid URL; a user name or password holding / ? # [ ] @ or : "
+    "must percent-encode it (or give the password in PGPASSWORD or a passfile)"
+)
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_authority(parts: urllib.parse.SplitResult) -> None:
+    """Refuse, without echoing the URL, one whose authority ended early: a
+    ``/`` or ``?`` left unencoded in a password moves the rest of it (and the
+    ``@host``) into the path or the query, where no redaction finds it."""
+    names = (key for key, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    if "@" in parts.path or not all(_PARAMETER_NAME.fullmatch(name) for name in names):
+        raise ConfigError(_RESERVED)
 
 
 def _redacted(parts: urllib.parse.SplitResult) -> str:
