@@ -10,9 +10,11 @@ import threading
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from certgate import ConfigError
+from certgate.errors import TrustStoreUnavailable
 from certgate.registry import Miss
 from certgate.stores.caching import CachingRegistry
 from certgate.stores.postgres import PostgresRegistry
@@ -153,3 +155,34 @@ def test_an_unencoded_password_never_appears_in_an_error(
         PostgresRegistry(url)
     assert "SECRET" not in str(caught.value)
     assert "percent-encode" in str(caught.value)
+
+
+# -- checked sound: an exhausted pool is a prompt 503, not a queue ----------------
+
+
+def test_an_exhausted_pool_is_a_503_within_pool_timeout(pg_dsn: str, pki: PKI) -> None:
+    """Every pooled connection stuck behind a table lock (a migration, a
+    restore): the next lookup waits at most pool_timeout, then 503."""
+    writer = PostgresRegistry(pg_dsn, create=True)
+    writer.put(pki["acme"].tenant())
+    reader = PostgresRegistry(pg_dsn, pool_min=1, pool_max=1, pool_timeout=0.3, listen=False)
+    assert reader.tenant_for_host("pay.acme.test") is not None
+    with psycopg.connect(writer.settings.conninfo) as locker:
+        locker.execute("LOCK TABLE hosts IN ACCESS EXCLUSIVE MODE")
+        stuck = threading.Thread(target=_swallow, args=(reader, "x.acme.test"), daemon=True)
+        stuck.start()
+        time.sleep(0.3)  # the one connection is now waiting on the lock
+        started = time.monotonic()
+        with pytest.raises(TrustStoreUnavailable):
+            reader.tenant_for_host("pay.acme.test")
+        assert time.monotonic() - started < 5.0
+        locker.rollback()
+    stuck.join(10)
+    assert reader.tenant_for_host("pay.acme.test") is not None
+    reader.close()
+    writer.close()
+
+
+def _swallow(reader: PostgresRegistry, host: str) -> None:
+    with contextlib.suppress(TrustStoreUnavailable):
+        reader.tenant_for_host(host)
