@@ -186,3 +186,24 @@ def test_an_exhausted_pool_is_a_503_within_pool_timeout(pg_dsn: str, pki: PKI) -
 def _swallow(reader: PostgresRegistry, host: str) -> None:
     with contextlib.suppress(TrustStoreUnavailable):
         reader.tenant_for_host(host)
+
+
+def test_a_slow_heartbeat_does_not_starve_the_cache(pg_dsn: str, pki: PKI) -> None:
+    """heartbeat (5 s) longer than max_stale (2 s): the listener's answers
+    are too old to keep the cache fresh, so a poll reads the log instead -
+    the cache keeps answering hits (no query per request)."""
+    writer = PostgresRegistry(pg_dsn, create=True)
+    writer.put(pki["acme"].tenant())
+    cache = CachingRegistry(PostgresRegistry(pg_dsn, heartbeat=5.0), poll_interval=0.2)
+    assert cache.tenant_for_host("pay.acme.test") is not None
+    misses = 0
+    end = time.monotonic() + 6.0
+    while time.monotonic() < end:
+        if isinstance(cache.peek_tenant_for_host("pay.acme.test"), Miss):
+            misses += 1
+            assert cache.tenant_for_host("pay.acme.test") is not None
+        time.sleep(0.05)
+    cache.close()
+    cache.inner.close()
+    writer.close()
+    assert misses <= 2

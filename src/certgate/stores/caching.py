@@ -400,7 +400,11 @@ class CachingRegistry:
             else:
                 since_at = getattr(feed, "changes_since_at", None)
                 if since_at is not None:  # an answer older than this poll (PostgreSQL's listener)
-                    position, ids, as_of = since_at(self._position)
+                    # no older than keeps the cache fresh until the next poll
+                    max_age = None
+                    if self.max_stale is not None:
+                        max_age = max(self.max_stale - self.poll_interval, 0.0)
+                    position, ids, as_of = since_at(self._position, max_age)
                     started = min(started, as_of)
                 else:
                     position, ids = feed.changes_since(self._position)

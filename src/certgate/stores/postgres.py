@@ -747,14 +747,20 @@ class PostgresRegistry(SqlTenantStore):
         latest, ids, _ = self.changes_since_at(position)
         return latest, ids
 
-    def changes_since_at(self, position: int) -> tuple[int, frozenset[str] | None, float]:
+    def changes_since_at(
+        self, position: int, max_age: float | None = None
+    ) -> tuple[int, frozenset[str] | None, float]:
         """:meth:`changes_since` and the monotonic time the answer is true as
         of: an answer from the listener is as old as its last read of the
         log (up to ``liveness`` seconds on a silently dead connection), and
-        a cache must count its staleness from then, not from the poll."""
+        a cache must count its staleness from then, not from the poll.
+        ``max_age``: read the log rather than use a listener answer older
+        than this (seconds)."""
         proc = self._ensure_listener()
         if proc is not None:
-            known = proc.feed.answer_at(position, time.monotonic(), self.liveness)
+            now = time.monotonic()
+            liveness = self.liveness if max_age is None else min(self.liveness, max_age)
+            known = proc.feed.answer_at(position, now, liveness)
             if known is not None:
                 return known
         started = time.monotonic()
