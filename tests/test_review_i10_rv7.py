@@ -3,6 +3,7 @@ each finding is a test against a real server that failed before its fix."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import select
 import socket
@@ -17,7 +18,7 @@ from certgate import ConfigError
 from certgate.errors import TrustStoreUnavailable
 from certgate.registry import Miss
 from certgate.stores.caching import CachingRegistry
-from certgate.stores.postgres import PostgresRegistry
+from certgate.stores.postgres import AsyncPostgresRegistry, PostgresRegistry
 from tests.conftest import PKI
 from tests.pg_server import PgServer
 
@@ -207,3 +208,41 @@ def test_a_slow_heartbeat_does_not_starve_the_cache(pg_dsn: str, pki: PKI) -> No
     cache.inner.close()
     writer.close()
     assert misses <= 2
+
+
+# -- finding 3: any connected role could flush every async gate's memo -----------
+
+
+def test_a_forged_notification_does_not_replace_the_async_token(pg_dsn: str, pki: PKI) -> None:
+    """Any role that can connect can NOTIFY on the channel. The async
+    registry replaced its change_token on every notification, so a loop of
+    forged ones emptied the decision memo of every ASGI gate of the fleet
+    (each request a query and a verification). A notification must only
+    wake the listener; the counter says whether something changed."""
+    writer = PostgresRegistry(pg_dsn, create=True)
+    writer.put(pki["acme"].tenant())
+    registry = AsyncPostgresRegistry(pg_dsn, heartbeat=0.2)
+
+    async def run() -> tuple[int, bool]:
+        assert await registry.tenant_for_host("pay.acme.test") is not None
+        deadline = time.monotonic() + 15
+        while not registry._live and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        token = registry.change_token
+        with psycopg.connect(writer.settings.conninfo, autocommit=True) as conn:
+            for _ in range(20):
+                conn.execute("SELECT pg_notify('certgate_changes', '1 1 acme')")
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+        kept = registry.change_token is token
+        await asyncio.to_thread(writer.remove, "acme")  # a real change still replaces it
+        while registry.change_token is token and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        changed = registry.change_token is not token
+        await registry.aclose()
+        return int(kept), changed
+
+    kept, changed = asyncio.run(run())
+    writer.close()
+    assert changed
+    assert kept == 1

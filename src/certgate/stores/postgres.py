@@ -22,9 +22,10 @@ what is PostgreSQL's own:
 * :class:`AsyncPostgresRegistry` - an :class:`~certgate.registry.AsyncTrustRegistry`
   for the ASGI path over an ``AsyncConnectionPool``: lookups are awaited on
   the event loop (no thread), nothing is cached (each lookup is one
-  query), and its ``change_token`` changes on every notification and
-  every counter change its heartbeat sees, so the gate's decision memo is
-  the cache of warm requests.
+  query), and its ``change_token`` changes whenever its listener sees the
+  change counter move (read on each notification and every heartbeat; a
+  notification alone changes nothing), so the gate's decision memo is the
+  cache of warm requests.
 * **Reads** are one statement each (the tenant row with its hosts,
   certificates and CRLs as arrays): one round trip, one consistent view.
   There is no separate host -> id query (``tenant_id_for_host``, which the
@@ -946,9 +947,10 @@ class AsyncPostgresRegistry:
 
     Lookups are coroutines - one statement each, nothing cached - so changes
     are visible to the next lookup. A listener task (started by the first
-    lookup, in that event loop) replaces :attr:`change_token` on every
-    notified change; while it is not live (no heartbeat for ``liveness``
-    seconds) ``change_token`` is a new object on every read, so the gate's
+    lookup, in that event loop) replaces :attr:`change_token` whenever the
+    change counter moves (read when notified, and every heartbeat); while
+    it is not live (no heartbeat for ``liveness`` seconds) ``change_token``
+    is a new object on every read, so the gate's
     decision memo never answers from before a change it may have missed.
 
     The pool belongs to the event loop of the first lookup (until
@@ -998,13 +1000,13 @@ class AsyncPostgresRegistry:
         self._live = False
         self._outage_logged = 0.0
         self.notifications = 0
-        """Change notifications heard (for tests and metrics)."""
+        """Changes heard: the counter moved (for tests and metrics)."""
 
     # -- what the gate reads -----------------------------------------------------
 
     @property
     def change_token(self) -> object:
-        """Replaced on every notified change; a new object on every read while
+        """Replaced on every change heard; a new object on every read while
         the listener is not live."""
         if not self._live or time.monotonic() - self._alive_at > self.liveness:
             return object()
@@ -1194,19 +1196,17 @@ async def _alisten_loop(
     seq: int,
     ref: weakref.ReferenceType[AsyncPostgresRegistry],
 ) -> AsyncIterator[None]:
-    """Notifications (each replaces the token at once) and heartbeats (a
-    counter that moved without a notification counts as a change too) until
-    the registry is gone."""
+    """Read the counter on each notification (which only wakes: any role
+    that can connect may ``NOTIFY``, and replacing the token empties every
+    gate's decision memo) and every ``heartbeat`` seconds; a counter that
+    moved replaces the token. Until the registry is gone."""
     while True:
-        heard = 0
-        async for _note in conn.notifies(timeout=heartbeat):
-            heard += 1
-            if not _changed(ref, None):
-                return
+        async for _note in conn.notifies(timeout=heartbeat, stop_after=1):
+            pass
+        async for _note in conn.notifies(timeout=0):  # the rest of a burst: one read
+            pass
         now = await _acounter(conn)
-        async for _note in conn.notifies(timeout=0):
-            heard += 1
-        changed = heard > 0 or now != seq
+        changed = now != seq
         seq = now
         modes = None
         if changed:
@@ -1221,14 +1221,6 @@ async def _alisten_loop(
         registry._alive_at = time.monotonic()
         del registry
         yield
-
-
-def _changed(ref: weakref.ReferenceType[AsyncPostgresRegistry], modes: bool | None) -> bool:
-    registry = ref()
-    if registry is None:
-        return False
-    registry._heard(modes)
-    return True
 
 
 def _alive(
