@@ -333,6 +333,24 @@ def test_the_file_watch_reloads_once_per_change(files: Files) -> None:
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_reload_on_signal_twice_still_reloads_once_per_signal(files: Files) -> None:
+    files.ca("a")
+    files.toml("", tenant("a", A_HOST, "a.pem"))
+    gate = CertGate.from_toml(files.config)
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        gate.reload_on_signal()
+        gate.reload_on_signal()  # e.g. an app factory run twice: no second handler
+        os.kill(os.getpid(), signal.SIGHUP)
+        eventually(lambda: gate.version >= 1, "the SIGHUP reload")
+        time.sleep(0.5)  # a second, chained handler would have queued another reload
+        assert gate.version == 1
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        gate.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_reloads_in_the_monitor_thread(files: Files) -> None:
     files.ca("a")
     files.toml("", tenant("a", A_HOST, "a.pem"))

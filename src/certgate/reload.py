@@ -243,6 +243,7 @@ class Reloader:
         self._next_watch = now + self.watch_interval
         self._next_expiry = now + self.expiry_interval
         self._closed = False
+        self._signals = set()
         self._started = False
 
     @classmethod
@@ -471,8 +472,11 @@ class Reloader:
         with contextlib.suppress(ConfigError):  # logged and observed by reload()
             self.reload(trigger)
 
+    _signals: set[int]
+
     def on_signal(self, signum: int | None) -> None:
-        """Reload on ``signum`` (default ``SIGHUP``); see
+        """Reload on ``signum`` (default ``SIGHUP``; again for the same
+        signal: nothing more); see
         :meth:`CertGate.reload_on_signal <certgate.gate.CertGate.reload_on_signal>`."""
         number = signum if signum is not None else getattr(signal, "SIGHUP", None)
         if number is None:
@@ -483,6 +487,9 @@ class Reloader:
                 "signal handlers there only); under a server that loads the app elsewhere, "
                 "use the file watch (watch_interval) instead"
             )
+        if number in self._signals:
+            return  # already reloading on it: a second handler would reload twice
+        self._signals.add(number)
         previous = signal.getsignal(number)
         ref = weakref.ref(self)
 
