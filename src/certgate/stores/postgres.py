@@ -91,7 +91,7 @@ from ..errors import ConfigError, TrustStoreUnavailable
 from ..tenant import Tenant, check_tenant_id
 from .records import TenantRecord
 from .schema import POSTGRESQL, Dialect, SqlSession, check_readable, migrate, schema_version
-from .sql import MAX_CHANGES_READ, SqlTenantStore
+from .sql import MAX_CHANGES_READ, OUTAGE_LOG_EVERY, SqlTenantStore
 
 try:
     import psycopg
@@ -137,7 +137,6 @@ longer list of tenant ids is replaced by ``*`` (listeners read the log)."""
 FEED_KEEP = 16384
 """Changes a listener remembers (an older position reads the log)."""
 
-_OUTAGE_LOG_EVERY = 30.0
 _RECONNECT_TIMEOUT = 10.0
 """Seconds a pool keeps retrying a connection (with back-off) before it
 gives up that attempt; the next lookup starts a new one."""
@@ -608,7 +607,6 @@ class PostgresRegistry(SqlTenantStore):
         self._proc_lock = threading.Lock()
         self._proc: _Process | None = None
         self._closed = False
-        self._outage_logged = 0.0
         try:
             with psycopg.connect(self.settings.conninfo, autocommit=True) as conn:
                 session = _OneConnection(conn)
@@ -674,17 +672,7 @@ class PostgresRegistry(SqlTenantStore):
     # -- outages -----------------------------------------------------------------
 
     def _unavailable(self, exc: BaseException) -> TrustStoreUnavailable:
-        detail = f"{self.where}: {_describe(exc)}"[:500]
-        now = time.monotonic()
-        if now - self._outage_logged >= _OUTAGE_LOG_EVERY:
-            self._outage_logged = now
-            logger.error("certgate: tenant store unavailable, requests refused (503): %s", detail)
-        return TrustStoreUnavailable(detail)
-
-    def _recovered(self) -> None:
-        if self._outage_logged:
-            self._outage_logged = 0.0
-            logger.warning("certgate: tenant store %s answers again", self.where)
+        return self._outage(_describe(exc))
 
     # -- reads: one statement each ---------------------------------------------
 
@@ -848,7 +836,7 @@ def _listen(settings: PgSettings, channel: str, proc: _Process) -> None:
             feed.lost()
             failed = True
             now = time.monotonic()
-            if not stop.is_set() and now - logged >= _OUTAGE_LOG_EVERY:
+            if not stop.is_set() and now - logged >= OUTAGE_LOG_EVERY:
                 logged = now
                 logger.error(
                     "certgate: lost the tenant-change listener (%s); changes are read from the "
@@ -1118,7 +1106,7 @@ class AsyncPostgresRegistry:
     def _unavailable(self, exc: BaseException) -> TrustStoreUnavailable:
         detail = f"{self.where}: {_describe(exc)}"[:500]
         now = time.monotonic()
-        if now - self._outage_logged >= _OUTAGE_LOG_EVERY:
+        if now - self._outage_logged >= OUTAGE_LOG_EVERY:
             self._outage_logged = now
             logger.error("certgate: tenant store unavailable, requests refused (503): %s", detail)
         return TrustStoreUnavailable(detail)

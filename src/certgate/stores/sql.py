@@ -35,6 +35,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrustStoreUnavailable
 from ..hosts import parent_domain
 from ..tenant import Tenant, check_tenant_id
 from .anchors import SignatureMemo, StoredCert, check_written
@@ -60,6 +62,12 @@ _PRUNE_EVERY = 1000
 """Writers prune the change log when the sequence crosses a multiple of this."""
 
 _CERT_COLUMNS = "c.sha256, c.subject, c.issuer, c.name_key"
+
+
+logger = logging.getLogger("certgate")
+
+OUTAGE_LOG_EVERY = 30.0
+"""Seconds between two log lines of one store outage."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,27 @@ class SqlTenantStore:
     def session(self) -> SqlSession:
         """A session for the calling thread (subclasses)."""
         raise NotImplementedError
+
+    # -- outages (the registries' reads) -----------------------------------------
+
+    _outage_logged = 0.0
+    """When the current outage was last logged (0: no outage)."""
+
+    def _outage(self, detail: str) -> TrustStoreUnavailable:
+        """The 503 of a failed read (``detail``: what failed, no secrets); the
+        outage is logged at ERROR at most every 30 s."""
+        detail = f"{self.where}: {detail}"[:500]
+        now = time.monotonic()
+        if now - self._outage_logged >= OUTAGE_LOG_EVERY:
+            self._outage_logged = now
+            logger.error("certgate: tenant store unavailable, requests refused (503): %s", detail)
+        return TrustStoreUnavailable(detail)
+
+    def _recovered(self) -> None:
+        """Log, once, that the store answers again after an outage."""
+        if self._outage_logged:
+            self._outage_logged = 0.0
+            logger.warning("certgate: tenant store %s answers again", self.where)
 
     def _sql(
         self, session: SqlSession, text: str, params: tuple[Any, ...] = ()

@@ -35,7 +35,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -51,9 +50,6 @@ logger = logging.getLogger("certgate")
 
 DEFAULT_BUSY_TIMEOUT = 2.0
 """Seconds a statement waits for a lock held by another connection."""
-
-_OUTAGE_LOG_EVERY = 30.0
-"""Seconds between repeated outage log lines."""
 
 
 class SqliteSession:
@@ -184,7 +180,6 @@ class SqliteRegistry(SqlTenantStore):
         self._poll_lock = threading.Lock()
         self._data_version: int | None = None
         self._feed_position: int | None = None
-        self._outage_logged = 0.0
         if create:
             self._create()
         elif not self.path.exists():
@@ -274,17 +269,7 @@ class SqliteRegistry(SqlTenantStore):
         """The 503 of a failed read; the session is dropped (the next use
         reconnects), the outage logged at most every 30 s."""
         self._drop_session()
-        detail = f"{self.where}: {type(exc).__name__}: {exc}"[:500]
-        now = time.monotonic()
-        if now - self._outage_logged >= _OUTAGE_LOG_EVERY:
-            self._outage_logged = now
-            logger.error("certgate: tenant store unavailable, requests refused (503): %s", detail)
-        return TrustStoreUnavailable(detail)
-
-    def _recovered(self) -> None:
-        if self._outage_logged:
-            self._outage_logged = 0.0
-            logger.warning("certgate: tenant store %s answers again", self.where)
+        return self._outage(f"{type(exc).__name__}: {exc}")
 
     # -- the registry ---------------------------------------------------------
 
