@@ -86,7 +86,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,15 +351,21 @@ def start_servers(
             _wait_ready(server)
         yield running
     finally:
-        for server in running.values():
-            if server.proc.poll() is None:
-                server.proc.send_signal(signal.SIGTERM)
-        for server in running.values():
-            try:
-                server.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                server.proc.kill()
-                server.proc.wait(5)
+        stop_servers(running.values())
+
+
+def stop_servers(servers: Iterable[Running]) -> None:
+    """SIGTERM every server still running, then wait (kill after 20 s)."""
+    servers = list(servers)
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGTERM)
+    for server in servers:
+        try:
+            server.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(5)
 
 
 def _wait_ready(server: Running) -> None:

@@ -61,7 +61,6 @@ import json
 import logging
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -81,6 +80,7 @@ from bench_e2e import (
     _pin,
     _wait_ready,
     fetch_stats,
+    stop_servers,
 )
 from bench_scale import HOT, Factory, SqliteBackend, ensure_store, host
 from e2e_load import _PROXY_LINES, Material, Plan, _request_prefix, run_sample
@@ -152,15 +152,7 @@ def start_servers(urls: dict[str, str], directory: Path) -> Iterator[dict[str, R
             _wait_ready(server)
         yield running
     finally:
-        for server in running.values():
-            if server.proc.poll() is None:
-                server.proc.send_signal(signal.SIGTERM)
-        for server in running.values():
-            try:
-                server.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                server.proc.kill()
-                server.proc.wait(5)
+        stop_servers(running.values())
 
 
 def rss_mb(pid: int) -> float:
