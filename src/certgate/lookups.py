@@ -187,7 +187,9 @@ def _work(state: _PoolState) -> None:
         del future, fn  # hold nothing of a finished lookup while idle
 
 
-def _wait(future: Future[T], timeout: float) -> T:
+def wait_for(future: Future[T], timeout: float) -> T:
+    """``future``'s result, waiting at most ``timeout`` seconds
+    (:class:`RegistryTimeout` after; a future not started yet is cancelled)."""
     try:
         return future.result(timeout)
     except TimeoutError:
@@ -215,7 +217,7 @@ def bound_blocking(
             ) from None
 
     def call(key: str) -> Tenant | None:
-        return _wait(submit(key), timeout)
+        return wait_for(submit(key), timeout)
 
     async def acall(key: str) -> Tenant | None:
         return await _deadline(asyncio.wrap_future(submit(key)), timeout)
