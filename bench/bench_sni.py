@@ -76,7 +76,7 @@ class Timed:
                 self.callback.append(time.perf_counter() - start)
 
         contexts.tenant_for = timed_tenant_for  # type: ignore[method-assign]
-        contexts.select = timed_select  # type: ignore[method-assign]
+        contexts.select = timed_select  # type: ignore[method-assign,assignment]
 
     def reset(self) -> None:
         self.lookup.clear()
