@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from certgate import CertGate
+from certgate import CertGate, Tenant
 from certgate.devpki import CA
 from certgate.servers.tenant_contexts import TenantContexts
 from certgate.stores import open_registry
@@ -61,7 +61,7 @@ class Timed:
         self.callback: list[float] = []
         tenant_for, select = contexts.tenant_for, contexts.select
 
-        def timed_tenant_for(name: str) -> Any:
+        def timed_tenant_for(name: str) -> Tenant | None:
             start = time.perf_counter()
             try:
                 return tenant_for(name)
@@ -76,7 +76,7 @@ class Timed:
                 self.callback.append(time.perf_counter() - start)
 
         contexts.tenant_for = timed_tenant_for  # type: ignore[method-assign]
-        contexts.select = timed_select  # type: ignore[method-assign,assignment]
+        contexts.select = timed_select  # type: ignore[method-assign]
 
     def reset(self) -> None:
         self.lookup.clear()
