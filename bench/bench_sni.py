@@ -61,10 +61,10 @@ class Timed:
         self.callback: list[float] = []
         tenant_for, select = contexts.tenant_for, contexts.select
 
-        def timed_tenant_for(name: str) -> Tenant | None:
+        def timed_tenant_for(host: str) -> Tenant | None:
             start = time.perf_counter()
             try:
-                return tenant_for(name)
+                return tenant_for(host)
             finally:
                 self.lookup.append(time.perf_counter() - start)
 
