@@ -90,7 +90,10 @@ certgate keeps that rare and bounded:
 
 Only synchronous registries are accepted
 (:class:`~certgate.registry.TrustRegistry`): a coroutine cannot be awaited
-inside a handshake.
+inside a handshake. An asynchronous registry with a blocking view of the
+same cache (``sync_registry``: ``open_registry(url, asynchronous=True)``)
+is read through that view: hits from the shared cache, misses through the
+blocking store on the lookup threads.
 """
 
 from __future__ import annotations
@@ -139,6 +142,7 @@ def registry_of(source: Any) -> TrustRegistry:
 
     Raises :class:`ServerSetupError` for an asynchronous registry."""
     registry = getattr(source, "registry", source)
+    registry = getattr(registry, "sync_registry", None) or registry
     lookup = getattr(registry, "tenant_for_host", None)
     if lookup is None or not callable(lookup):
         raise ServerSetupError(f"{type(source).__name__} is not a trust registry or a CertGate")
@@ -255,7 +259,8 @@ class TenantContexts:
     def registry(self) -> TrustRegistry:
         """The registry looked up now (a gate's current one: it changes
         with each reload of the gate)."""
-        return getattr(self.source, "registry", self.source)  # type: ignore[no-any-return]
+        registry = getattr(self.source, "registry", self.source)
+        return getattr(registry, "sync_registry", None) or registry  # type: ignore[no-any-return]
 
     # -- contexts ---------------------------------------------------------
 
