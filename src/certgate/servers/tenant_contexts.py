@@ -117,7 +117,7 @@ from .. import sni
 from ..errors import RegistryTimeout, Rejected, ServerSetupError
 from ..hosts import normalize_host
 from ..lookups import DEFAULT_REGISTRY_TIMEOUT, LookupPool, check_timeout, wait_for
-from ..registry import CachedTrustRegistry, Miss, TrustRegistry
+from ..registry import Miss, TrustRegistry
 from ..tenant import Tenant
 from .tls import (
     SNICallback,
@@ -377,10 +377,11 @@ class TenantContexts:
         raises, :class:`~certgate.errors.RegistryTimeout` after
         ``lookup_timeout``."""
         registry = self.registry
-        if isinstance(registry, CachedTrustRegistry):
-            found = registry.peek_tenant_for_host(host)
+        peek = getattr(registry, "peek_tenant_for_host", None)  # a cache (not isinstance: slow)
+        if peek is not None:
+            found = peek(host)
             if not isinstance(found, Miss):
-                return found
+                return found  # type: ignore[no-any-return]
             return self._look_up(registry, host)
         token = getattr(registry, "change_token", _NO_TOKEN)
         now = time.monotonic()
