@@ -120,6 +120,12 @@ def open_registry(
 ) -> AsyncCachingRegistry: ...
 
 
+@overload
+def open_registry(
+    url: str, *, asynchronous: bool, **cache: Any
+) -> CachingRegistry | AsyncCachingRegistry: ...
+
+
 def open_registry(
     url: str, *, asynchronous: bool = False, **cache: Any
 ) -> CachingRegistry | AsyncCachingRegistry:
