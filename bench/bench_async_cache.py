@@ -10,7 +10,10 @@ loop through the gate's ``adecide``:
 * **miss**: a tenant not looked up before (sync: a lookup thread and a
   ``ConnectionPool``; async: awaited on an ``AsyncConnectionPool``);
 * **misses, 32 at once**: throughput of cold lookups with 32 concurrent
-  requests (sync: at most ``LOOKUP_THREADS`` = 16 in flight).
+  requests (sync: at most ``LOOKUP_THREADS`` = 16 in flight);
+* **propagation**: a cached tenant re-anchored by a writer (on a thread of
+  this process, its own connection) until ``adecide`` refuses its device,
+  10 times at random phases of the poll: p50 / max.
 
     .venv/bin/python bench/bench_async_cache.py [--tenants 5000]
 """
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -33,14 +37,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_scale import Factory, facts  # noqa: E402
+from bench_scale import Factory, _other_root, facts  # noqa: E402
 from tests.pg_server import pg_cluster  # noqa: E402
 
 from certgate import CertGate  # noqa: E402
-from certgate.stores import open_registry, open_store  # noqa: E402
+from certgate.stores import TenantRecord, open_registry, open_store  # noqa: E402
 from certgate.stores.async_caching import AsyncCachingRegistry  # noqa: E402
 
 ROUNDS = 1000
+PROPAGATIONS = 10
+URL: list[str] = []
+"""The database's URL (set by main)."""
 
 
 @contextlib.contextmanager
@@ -86,6 +93,31 @@ async def measure(gate: CertGate, factory: Factory, tenants: int, first: int) ->
         "hit_us": us(hits),
         "miss_us": us(misses),
         "misses_32_at_once_per_s": round(ROUNDS / wall),
+        "propagation_ms": await propagation(gate, factory, first, device[first]),
+    }
+
+
+async def propagation(gate: CertGate, factory: Factory, i: int, der: bytes) -> dict[str, float]:
+    store = open_store(URL[0])
+    right = factory.record(i)
+    wrong = TenantRecord(id=right.id, hosts=right.hosts, roots=(_other_root(factory, i),))
+    pause = random.Random(i)
+    latencies = []
+    try:
+        for change in range(PROPAGATIONS):
+            await asyncio.sleep(pause.uniform(0.1, 0.8))
+            record = wrong if change % 2 == 0 else right
+            await asyncio.to_thread(store.put, record)
+            written = time.monotonic()
+            while ((await gate.adecide(facts(i, der))).reason is None) != (record is right):
+                await asyncio.sleep(0.001)
+            latencies.append(time.monotonic() - written)
+    finally:
+        await asyncio.to_thread(store.put, right)
+        store.close()  # type: ignore[attr-defined]
+    return {
+        "p50": round(pct(latencies, 0.5) * 1e3, 1),
+        "max": round(max(latencies) * 1e3, 1),
     }
 
 
@@ -112,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     factory = Factory(work)
     out: dict[str, Any] = {"tenants": args.tenants}
     with database() as url:
+        URL.append(url)
         writer = open_store(url, create=True)
         started = time.perf_counter()
         writer.import_tenants(factory.records(args.tenants))

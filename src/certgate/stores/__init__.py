@@ -30,6 +30,9 @@ the PostgreSQL store builds on the same ones):
   propagation from a :class:`ChangeFeed` polled by a background thread
   (invalidating only the tenants that changed) with a ``change_token`` for
   the gate's decision memo.
+  :class:`~certgate.stores.async_caching.AsyncCachingRegistry` is that
+  same cache in front of a coroutine registry (ASGI misses awaited on the
+  loop; ``open_registry(url, asynchronous=True)``).
 * **URLs** (:func:`open_registry`, :func:`open_store`): ``sqlite:///path``
   (and ``postgresql://...`` once that store registers its scheme with
   :func:`register_scheme`).
