@@ -26,6 +26,16 @@ from tests.conftest import PKI
 from tests.pg_server import PgServer
 from tests.store_helpers import leaf_facts, reissued
 from tests.test_store_sqlite import ISOLATION_TENANTS, REQUEST_HOSTS, UNKNOWN
+from tests.test_tenant_contexts_store import (
+    HANDSHAKE_FAILED,
+    allowed,
+    get,
+    make_pki,
+    refused_in_handshake,
+    server,
+    tenant,
+    wait_until,
+)
 
 CLOUDFLARE = {"trusted_proxies": ["10.0.0.0/8"], "header_sources": ["cloudflare"]}
 WAIT = 20.0
@@ -277,3 +287,35 @@ def test_coroutine_registry_without_a_feed() -> None:
 def test_asynchronous_needs_a_postgresql_url() -> None:
     with pytest.raises(ConfigError, match=r"asynchronous=True needs a postgresql:// registry URL"):
         open_registry("sqlite:////nonexistent/tenants.db", asynchronous=True)
+
+
+# -- per-tenant handshakes and requests through uvicorn -------------------------------
+
+
+def test_uvicorn_per_tenant_handshakes_over_the_async_cache(
+    pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """One uvicorn server: requests decided by ``adecide`` over the async
+    cache, handshakes reading the same cache through its blocking view; a
+    tenant added while serving is reached, a removed one refused."""
+    keys = make_pki(tmp_path_factory.mktemp("async-handshakes"))
+    dsn = pg_server.create_database()
+    writer = PostgresRegistry(dsn, create=True)
+    writer.put(tenant(keys, 0))
+    registry = open_registry(dsn, asynchronous=True, poll_interval=0.05)
+    gate = CertGate(registry)
+    try:
+        with server(keys, gate) as (port, contexts):
+            assert allowed(keys, port, 0)
+            assert contexts.registry is registry.cache
+            assert refused_in_handshake(keys, port, 1)
+            writer.put(tenant(keys, 1))
+            assert wait_until(lambda: allowed(keys, port, 1), WAIT)
+            writer.remove("t0")
+            assert wait_until(lambda: refused_in_handshake(keys, port, 0), WAIT)
+            with pytest.raises(HANDSHAKE_FAILED):
+                get(keys, port, "t1", "t0.test")
+            assert registry.stats().tenants >= 1
+    finally:
+        registry.close()
+        writer.close()

@@ -49,9 +49,12 @@ class PKI:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return make_pki(tmp_path_factory.mktemp("store-handshakes"))
+
+
+def make_pki(directory: Path) -> PKI:
     """Four tenants t0..t3 (host tN.test, own root), a device per tenant,
-    and a server certificate for their hosts."""
-    directory = tmp_path_factory.mktemp("store-handshakes")
+    and a server certificate for their hosts, in ``directory``."""
     roots = [CA.root(f"Store Tenant {i} Root", organization=f"S{i}") for i in range(4)]
     for i, root in enumerate(roots):
         root.issue(f"device-{i}").write_files(directory, f"t{i}")
