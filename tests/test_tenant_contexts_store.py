@@ -213,7 +213,7 @@ def test_store_outage_aborts_handshakes_then_recovers(
     store.put(tenant(pki, 0))
     registry, gate = store_gate(store, max_stale=0.3)
     backup = tmp_path / "backup.db"
-    with server(pki, gate) as (port, _):
+    with server(pki, gate) as (port, contexts):
         assert allowed(pki, port, 0)
         assert not aborted(port, "t0.test")
         assert not aborted(port, "unknown.test")
@@ -224,8 +224,10 @@ def test_store_outage_aborts_handshakes_then_recovers(
             Path(f"{store.path}{suffix}").unlink(missing_ok=True)
         caplog.set_level(logging.WARNING, logger="certgate")
         assert wait_until(lambda: aborted(port, "t0.test"))
-        for _ in range(5):
-            assert aborted(port, "t0.test")
+        lookups = contexts.lookups
+        for name in ("t0.test", "t1.test", "made-up.test", "t0.test"):
+            assert aborted(port, name)
+        assert contexts.lookups == lookups, "while down, a miss does not wait for the store"
         logged = [r for r in caplog.records if "per-tenant handshake aborted" in r.message]
         assert len(logged) == 1, "one log line per outage"
         os.replace(backup, store.path)

@@ -82,7 +82,10 @@ certgate keeps that rare and bounded:
   5 s for a bare registry). A timeout aborts the handshake
   (``internal_error``) like an outage; while the lookup that timed out is
   still running (a hung store), further misses are aborted at once rather
-  than block the thread again;
+  than block the thread again, and so they are after a lookup failed with
+  the cache stale, until the cache's own poller reaches the store again
+  (each outage blocks the thread for one failed lookup, not one per
+  connection);
 * other registries' answers are remembered here (at most ``max_hosts``;
   valid while the registry's ``change_token`` is the same object, or for
   ``host_ttl`` seconds for a registry without one), and an in-memory
@@ -114,7 +117,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import sni
-from ..errors import RegistryTimeout, Rejected, ServerSetupError
+from ..errors import RegistryTimeout, Rejected, ServerSetupError, TrustStoreUnavailable
 from ..hosts import normalize_host
 from ..lookups import DEFAULT_REGISTRY_TIMEOUT, LookupPool, check_timeout, wait_for
 from ..registry import Miss, TrustRegistry
@@ -252,6 +255,7 @@ class TenantContexts:
         self.lookup_timeout = None if lookup_timeout is None else check_timeout(lookup_timeout)
         self._pool = LookupPool(name="certgate-handshake")
         self._stuck: Future[Tenant | None] | None = None
+        self._down: object | None = None
         self.lookups = 0
         """Registry lookups made off the thread of the handshake (misses)."""
 
@@ -421,6 +425,14 @@ class TenantContexts:
                     timeout, "an earlier handshake lookup that timed out is still running"
                 )
             self._stuck = None
+        fresh = getattr(registry, "is_fresh", None)  # a cache polling its store
+        if self._down is registry and callable(fresh):
+            if not fresh():
+                raise TrustStoreUnavailable(
+                    "the tenant store failed a handshake lookup and the cache has not "
+                    "reached it since"
+                )
+            self._down = None
         self.lookups += 1
         try:
             future = self._pool.submit(lambda: registry.tenant_for_host(host))
@@ -430,6 +442,10 @@ class TenantContexts:
             return wait_for(future, timeout)
         except RegistryTimeout:
             self._stuck = future
+            raise
+        except Exception:
+            if callable(fresh) and not fresh():
+                self._down = registry  # until the cache's own poller reaches the store
             raise
 
     def select(self, conn: Any) -> int | None:
