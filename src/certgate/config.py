@@ -396,6 +396,13 @@ def load_gate_config(path: str | os.PathLike[str], *, successor_of: object = Non
     )
 
 
+def store_spec(path: str | os.PathLike[str]) -> StoreSpec | None:
+    """The tenant store ``path``'s ``[certgate].registry`` names (checked,
+    not opened), or ``None`` when its tenants are its ``[[tenants]]``."""
+    file = Path(path)
+    return _parse_settings(file, _read_toml(file))[2]
+
+
 def _parse_settings(
     path: Path, data: Mapping[str, Any]
 ) -> tuple[dict[str, Any], Mapping[str, Any], StoreSpec | None]:
