@@ -467,7 +467,8 @@ def _store_spec(path: Path, section: Mapping[str, Any]) -> StoreSpec | None:
             file = path_of_url(url)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        url = sqlite_url(file if file.is_absolute() else path.parent / file)
+        # absolute: a later chdir (a daemonising server) must not move the store
+        url = sqlite_url(os.path.abspath(file if file.is_absolute() else path.parent / file))
     elif "://" not in url:
         raise ConfigError(
             f"{where} must be a URL: sqlite:///PATH (relative to this file) or postgresql://HOST/DB"
