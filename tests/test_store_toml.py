@@ -23,6 +23,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -396,6 +397,18 @@ def test_cli_expiry_and_config_check_against_a_store(
 # -- the gate's expiry check --------------------------------------------------------
 
 
+class ThreadRecorder(RecordingObserver):
+    """Also notes the thread each expiry check was observed on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def on_trust_expiry(self, event: TrustExpiryEvent) -> None:
+        self.threads.append(threading.current_thread().name)
+        super().on_trust_expiry(event)
+
+
 def test_expiry_monitor_reports_a_store_tenant_whose_ca_expires_soon(
     tmp_path: Path, store_site: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,11 +420,13 @@ def test_expiry_monitor_reports_a_store_tenant_whose_ca_expires_soon(
             "late", ["late.store.test"], roots=late.cert_pem, intermediates=issuing.cert_pem
         )
     )
-    recorder = RecordingObserver()
+    recorder = ThreadRecorder()
     gate = CertGate.from_toml(path, observers=[recorder])
     try:
-        gate.start_monitor()  # the load-time check (what the middlewares call)
-        assert len(recorder.trust_expiry) == 1
+        gate.start_monitor()  # the load-time check (what the middlewares call) ...
+        eventually(lambda: len(recorder.trust_expiry) == 1, "the load-time check", 10.0)
+        # ... made by the monitor thread, not the caller: a store may hold a million tenants
+        assert recorder.threads == ["certgate-monitor"]
         event = recorder.trust_expiry[0]
         assert event.trigger == "load"
         assert [(i.tenant, i.kind, i.level) for i in event.items] == [
@@ -439,6 +454,7 @@ def test_periodic_expiry_check_of_a_store(tmp_path: Path, cas: dict[str, CA]) ->
     gate = CertGate.from_toml(path, observers=[recorder])
     try:
         gate.start_monitor()
+        eventually(lambda: len(recorder.trust_expiry) >= 1, "the load-time check", 10.0)
         assert recorder.trust_expiry[0].items == ()  # nothing late
         put(store, "late", "late.store.test", CA.root("Late", not_after=soon(2)))
         eventually(

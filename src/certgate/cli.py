@@ -91,6 +91,7 @@ never a crash.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -107,7 +108,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import __version__, pki
 from . import pki as pki_module
-from .config import MAX_PEM_FILE_BYTES, ca_findings, load_config, read_regular_file, store_spec
+from .config import (
+    MAX_PEM_FILE_BYTES,
+    ca_findings,
+    close_registry,
+    load_config,
+    read_regular_file,
+    store_spec,
+)
 from .decision import Decision
 from .devpki import CA
 from .errors import ConfigError, Rejected
@@ -442,10 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, Rejected) as exc:
         _error(f"certgate: {exc}")
         return EXIT_USAGE
-    decision = gate.check(args.host, ders, at=at)
-    report = _report(decision, args.host)
-    if args.explain and not decision.allowed:
-        report["valid_for_tenants"] = _valid_for(gate, ders, at, decision.tenant_id)
+    with _closing(gate):
+        decision = gate.check(args.host, ders, at=at)
+        report = _report(decision, args.host)
+        if args.explain and not decision.allowed:
+            report["valid_for_tenants"] = _valid_for(gate, ders, at, decision.tenant_id)
     if args.json:
         # ensure_ascii (the default, made explicit): besides control
         # characters, U+2028/2029 and bidi overrides become \uXXXX escapes.
@@ -467,13 +476,23 @@ def _bundle(args: argparse.Namespace) -> int:
             )
         sys.stdout.write(bundle)
         return EXIT_ALLOWED
-    written = 0
-    for pem in bundle_pem(store):
-        sys.stdout.write(pem)
-        written += 1
-    if not written:
-        raise ConfigError(f"{store.where}: no tenant CA to bundle (the store has no tenants)")
+    with _closing(store):
+        written = 0
+        for pem in bundle_pem(store):
+            sys.stdout.write(pem)
+            written += 1
+        if not written:
+            raise ConfigError(f"{store.where}: no tenant CA to bundle (the store has no tenants)")
     return EXIT_ALLOWED
+
+
+@contextlib.contextmanager
+def _closing(store: object) -> Iterator[None]:
+    """Close ``store`` (its connections, a PostgreSQL pool) at the end."""
+    try:
+        yield
+    finally:
+        close_registry(store)
 
 
 def _store_of_args(args: argparse.Namespace) -> SqlTenantStore | None:
@@ -576,7 +595,8 @@ def _late_text(item: ExpiryItem) -> str:
 def _expiry(args: argparse.Namespace) -> int:
     store = _store_of_args(args)
     if store is not None:
-        return _store_expiry(args, store)
+        with _closing(store):
+            return _store_expiry(args, store)
     with lenient_dates():  # list expired CAs, even of tenants that refuse them at load
         tenants = read_tenants(args.config)
         if any(tenant.crl_urls for tenant in tenants):  # fetch them now, to list their CRLs

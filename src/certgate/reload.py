@@ -365,7 +365,7 @@ class Reloader:
             self._check_expiry("load")
         self._next_watch = time.monotonic() + self.watch_interval
         self._next_expiry = time.monotonic() + self.expiry_interval
-        if self.watch_interval or self.expiry_interval:
+        if self.watch_interval or self.expiry_interval or self._expiry_pending:
             MONITOR.add(self)
 
     # -- reloading --------------------------------------------------------
@@ -478,7 +478,18 @@ class Reloader:
         state.observers.reloaded(event)
         return event
 
-    def _check_expiry(self, trigger: str) -> None:
+    _expiry_pending: str | None = None
+    """The trigger of an expiry check of a tenant store queued for the
+    monitor thread (``None``: none)."""
+
+    def _check_expiry(self, trigger: str, *, queued: bool = False) -> None:
+        """Check expiry now - or, for a tenant store (a scan of the whole
+        store: about a minute of CPU at a million tenants), queue it for the
+        monitor thread, so that neither start-up nor a reload waits for it."""
+        if not queued and not callable(getattr(self.gate.snapshot.registry, "tenants", None)):
+            self._expiry_pending = trigger
+            MONITOR.add(self)
+            return
         try:
             check_expiry(self.gate.snapshot, trigger, str(self.path))
         except Exception as exc:  # monitoring never breaks a load
@@ -532,6 +543,8 @@ class Reloader:
 
     def due(self) -> float:
         """When :meth:`tick` has work next (``math.inf``: never)."""
+        if self._expiry_pending is not None:
+            return -math.inf
         due = math.inf
         if self.watch_interval:
             due = self._next_watch
@@ -543,13 +556,16 @@ class Reloader:
         """The monitor thread's turn: check the files and expiry when due."""
         if self._closed:
             return
+        pending, self._expiry_pending = self._expiry_pending, None
+        if pending is not None:
+            self._check_expiry(pending, queued=True)
         if self.watch_interval and now >= self._next_watch:
             self._next_watch = now + self.watch_interval
             if self.changed():
                 self.reload_quietly("watch")
         if self.expiry_interval and now >= self._next_expiry:
             self._next_expiry = now + self.expiry_interval
-            self._check_expiry("periodic")
+            self._check_expiry("periodic", queued=True)
 
     def reload_quietly(self, trigger: str) -> None:
         """:meth:`reload`, a failure only logged and observed (the monitor's way)."""

@@ -45,8 +45,9 @@ MEMO = 10_000
 """Parsed certificates (and CRLs) remembered by SHA-256 during a scan."""
 
 MAX_LATE_SET = 100_000
-"""Most late certificates a scan keeps to skip the links of the others;
-with more, each link's certificate is looked up (through the memo)."""
+"""Most late certificates (their SHA-256) a scan keeps to skip the links of
+the others; with more, each link's certificate is looked up (through the
+memo)."""
 
 _FILE_LABEL = ": CRL file "
 
@@ -68,15 +69,23 @@ def _rows(store: SqlTenantStore, sql: str, params: tuple[Any, ...]) -> list[tupl
         return store._sql(session, sql, params)
 
 
-def ca_certificates(store: SqlTenantStore, *, page: int = PAGE) -> Iterator[tuple[bytes, bytes]]:
+def ca_certificates(
+    store: SqlTenantStore, *, page: int = PAGE, used_only: bool = True
+) -> Iterator[tuple[bytes, bytes]]:
     """``(sha256, der)`` of every CA certificate some tenant uses, once
-    each, in SHA-256 order, ``page`` rows per query."""
+    each, in SHA-256 order, ``page`` rows per query. ``used_only=False``
+    skips the check that a tenant uses it (writers delete unused ones
+    anyway; one indexed probe less per certificate)."""
+    used = (
+        " AND EXISTS (SELECT 1 FROM tenant_certificates tc WHERE tc.sha256 = c.sha256)"
+        if used_only
+        else ""
+    )
     after = b""
     while True:
         rows = _rows(
             store,
-            "SELECT c.sha256, c.der FROM certificates c WHERE c.sha256 > ? AND EXISTS "
-            "(SELECT 1 FROM tenant_certificates tc WHERE tc.sha256 = c.sha256) "
+            f"SELECT c.sha256, c.der FROM certificates c WHERE c.sha256 > ?{used} "  # noqa: S608
             "ORDER BY c.sha256 LIMIT ?",
             (after, page),
         )
@@ -93,27 +102,38 @@ def bundle_pem(store: SqlTenantStore) -> Iterator[str]:
         yield x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode()
 
 
-@dataclass(frozen=True)
 class _Dates:
-    """What an expiry item needs of a certificate (or a CRL)."""
+    """What an expiry item needs of a certificate (or a CRL): its dates, and
+    its subject (a CRL's: its issuer) as text - made only when asked for
+    (formatting a name costs far more than parsing the certificate, and most
+    certificates are not late)."""
 
-    subject: str
-    start: dt.datetime
-    end: dt.datetime
+    __slots__ = ("_name", "_text", "end", "start")
+
+    def __init__(self, start: dt.datetime, end: dt.datetime, name: x509.Name) -> None:
+        self.start = start
+        self.end = end
+        self._name: x509.Name | None = name
+        self._text = ""
+
+    @property
+    def subject(self) -> str:
+        if self._name is not None:
+            self._text = self._name.rfc4514_string()
+            self._name = None
+        return self._text
 
 
 def _cert_dates(der: bytes) -> _Dates:
     cert = x509.load_der_x509_certificate(der)
-    return _Dates(
-        cert.subject.rfc4514_string(), cert.not_valid_before_utc, cert.not_valid_after_utc
-    )
+    return _Dates(cert.not_valid_before_utc, cert.not_valid_after_utc, cert.subject)
 
 
 def _crl_dates(der: bytes) -> _Dates:
     crl = x509.load_der_x509_crl(der)
     start = crl.last_update_utc
     # a CRL without nextUpdate is never stored (certgate.crl.vet_crl)
-    return _Dates(crl.issuer.rfc4514_string(), start, crl.next_update_utc or start)
+    return _Dates(start, crl.next_update_utc or start, crl.issuer)
 
 
 class _Memo:
@@ -188,15 +208,14 @@ def store_expiry(
 
 def _cert_items(store: SqlTenantStore, levels: Levels, *, every: bool) -> Iterator[ExpiryItem]:
     memo = _Memo()
-    late: dict[bytes, _Dates] | None = None  # None: not known (every, or too many)
+    late: set[bytes] | None = None  # SHA-256 of the late certificates; None: not known
     if not every:
-        late = {}
-        for sha, der in ca_certificates(store):
-            parsed = _cert_dates(der)
-            if levels.level(parsed, crl=False)[1] != "ok":
-                late[sha] = parsed
+        late = set()
+        for sha, der in ca_certificates(store, used_only=False):
+            if levels.level(_cert_dates(der), crl=False)[1] != "ok":
+                late.add(sha)
                 if len(late) > MAX_LATE_SET:
-                    late = None
+                    late = None  # too many to keep: each link's certificate is looked up
                     break
         if late is not None and not late:
             return  # the usual day: nothing late, no tenant read
@@ -210,10 +229,10 @@ def _cert_items(store: SqlTenantStore, levels: Levels, *, every: bool) -> Iterat
             (*after, PAGE),
         )
         wanted = [row for row in rows if late is None or bytes(row[3]) in late]
-        _fill(store, memo, {bytes(row[3]) for row in wanted} - set(late or ()))
+        _fill(store, memo, {bytes(row[3]) for row in wanted})
         for tenant_id, role, _position, sha in wanted:
             key = bytes(sha)
-            dates = late[key] if late is not None else memo.get(key)
+            dates = memo.get(key)
             if dates is None:
                 continue  # removed since its link was read
             days_left, level = levels.level(dates, crl=False)
