@@ -104,36 +104,41 @@ def bundle_pem(store: SqlTenantStore) -> Iterator[str]:
 
 class _Dates:
     """What an expiry item needs of a certificate (or a CRL): its dates, and
-    its subject (a CRL's: its issuer) as text - made only when asked for
-    (formatting a name costs far more than parsing the certificate, and most
-    certificates are not late)."""
+    its subject (a CRL's: its issuer) as text - for a certificate made only
+    when asked for: building the name (``cert.subject``) costs several times
+    the parse of the whole certificate, and most certificates are not late."""
 
-    __slots__ = ("_name", "_text", "end", "start")
+    __slots__ = ("_of", "_text", "end", "start")
 
-    def __init__(self, start: dt.datetime, end: dt.datetime, name: x509.Name) -> None:
+    def __init__(self, start: dt.datetime, end: dt.datetime, of: x509.Certificate | str) -> None:
         self.start = start
         self.end = end
-        self._name: x509.Name | None = name
+        self._of: x509.Certificate | None = None
         self._text = ""
+        if isinstance(of, str):
+            self._text = of
+        else:
+            self._of = of
 
     @property
     def subject(self) -> str:
-        if self._name is not None:
-            self._text = self._name.rfc4514_string()
-            self._name = None
+        if self._of is not None:
+            self._text = self._of.subject.rfc4514_string()
+            self._of = None
         return self._text
 
 
 def _cert_dates(der: bytes) -> _Dates:
     cert = x509.load_der_x509_certificate(der)
-    return _Dates(cert.not_valid_before_utc, cert.not_valid_after_utc, cert.subject)
+    return _Dates(cert.not_valid_before_utc, cert.not_valid_after_utc, cert)
 
 
 def _crl_dates(der: bytes) -> _Dates:
     crl = x509.load_der_x509_crl(der)
     start = crl.last_update_utc
-    # a CRL without nextUpdate is never stored (certgate.crl.vet_crl)
-    return _Dates(start, crl.next_update_utc or start, crl.issuer)
+    # a CRL without nextUpdate is never stored (certgate.crl.vet_crl); the
+    # issuer as text now: a memo must not keep CRLs (up to MAX_CRL_BYTES each)
+    return _Dates(start, crl.next_update_utc or start, crl.issuer.rfc4514_string())
 
 
 class _Memo:
