@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -115,6 +116,45 @@ def test_uvicorn_follows_tenants_added_and_removed_in_the_store(tmp_path: Path) 
         eventually(lambda: get(acme, port, ACME).status_code == 403, "acme refused", 2.0)
         assert get(globex, port, GLOBEX).json()["pid"] == pid  # one process, never reloaded
         assert proc.poll() is None
+
+
+def test_per_tenant_handshakes_from_a_toml_naming_a_store(tmp_path: Path) -> None:
+    """``--per-tenant certgate.toml`` with ``registry``: no bundle; a tenant
+    added to the store is reachable on a later handshake, and refused in
+    the handshake once removed."""
+    site = make_site(tmp_path, [ACME, GLOBEX])
+    for name in ("acme", "globex"):
+        site.certgate("pki", "init-ca", "--cn", f"{name} devices", "--out", f"{name}/")
+        ca = ("--ca-cert", f"{name}/ca.pem", "--ca-key", f"{name}/ca.key")
+        site.certgate("pki", "issue-client", *ca, "--cn", f"{name}-1", "--out", f"{name}/")
+    url = "sqlite:///tenants.db"
+    site.certgate("tenants", "add", "globex", "--registry", url, "--host", GLOBEX,
+                  "--root", "globex/ca.pem")  # fmt: skip
+    site.write(
+        "certgate.toml",
+        '[certgate]\nregistry = "sqlite:///tenants.db"\n'
+        "[certgate.registry_cache]\npoll_interval = 0.2\n",
+    )
+    with (
+        uvicorn(site, "--per-tenant", str(site.config)) as (port, _proc, _log),
+        site.client("acme/acme-1.pem", "acme/acme-1.key") as acme,
+        site.client("globex/globex-1.pem", "globex/globex-1.key") as globex,
+    ):
+        assert get(globex, port, GLOBEX).json()["tenant"] == "globex"
+        with pytest.raises(httpx.HTTPError):  # no tenant for that SNI: no anchors
+            get(acme, port, ACME)
+
+        def status() -> int:
+            try:
+                return get(acme, port, ACME).status_code
+            except httpx.HTTPError:
+                return 0  # refused in the handshake
+
+        site.certgate("tenants", "add", "acme", "--registry", url, "--host", ACME,
+                      "--root", "acme/ca.pem")  # fmt: skip
+        eventually(lambda: status() == 200, "acme reachable", 10.0)
+        site.certgate("tenants", "remove", "acme", "--registry", url)
+        eventually(lambda: status() in (0, 403), "acme refused", 10.0)
 
 
 # -- loading and reloading -----------------------------------------------------------
