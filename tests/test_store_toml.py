@@ -377,6 +377,11 @@ def test_cli_check_against_a_store(
     )
     assert code == 2
     assert "no such file" in err
+    before = path.read_text()
+    code, _, err = cli(capsys, "tenants", "remove", "acme", "--config", str(path))
+    assert code == 2
+    assert "use --registry URL instead of --config" in err
+    assert path.read_text() == before
 
 
 def test_cli_bundle_streams_each_ca_once(

@@ -15,6 +15,14 @@
     configuration without any tenant CA is an error (exit 2), not an empty
     bundle.
 
+``check``, ``bundle`` and ``expiry`` take ``--registry URL`` (a tenant
+store) instead of ``--config``, and a ``--config`` whose
+``[certgate].registry`` names a store works on that store: ``check`` looks
+the host up, ``bundle`` and ``expiry`` read the store a page at a time
+(:mod:`certgate.stores.scan`; ``expiry`` then lists in tenant order, not
+soonest first). ``config check`` of such a file opens the store (it must
+exist with the current schema) and reports its tenant count and late CAs.
+
 ``certgate config check TOML [--strict]``
     Load a configuration as the middleware would: exit 2 with the errors when
     it is invalid - every CA vetting error of every tenant, not only the
@@ -695,6 +703,12 @@ def _tenants(args: argparse.Namespace) -> int:
         return run_store_command(args)
     if args.tenants_command == "list" and (args.after is not None or args.limit is not None):
         raise ValueError("--after and --limit page a registry URL (--registry), not a TOML file")
+    spec = store_spec(args.config)
+    if spec is not None:  # [[tenants]] would be refused beside it
+        raise ConfigError(
+            f"{args.config}: its tenants are in the store that [certgate].registry names "
+            f"({spec.label}): use --registry URL instead of --config"
+        )
     if args.tenants_command == "list":
         return _tenants_list(args.config, as_json=args.json)
     if args.tenants_command == "remove":

@@ -5,7 +5,11 @@ has a :class:`Reloader`. A reload
 
 1. reads the TOML file and every file it names (CA and CRL files, the proxy
    CA) into a new :class:`~certgate.config.TomlRegistry` and new
-   :class:`~certgate.gate.GateSettings`;
+   :class:`~certgate.gate.GateSettings` - or, for a file whose
+   ``[certgate].registry`` names a tenant store, keeps the registry it has
+   when the URL and ``[certgate.registry_cache]`` are the same (same
+   connections, same cache), else opens the new store (the old one is
+   closed after the swap; see :func:`~certgate.config.load_gate_config`);
 2. builds a new :class:`~certgate.gate.GateSnapshot` from them - every
    check of a first load runs again (unknown keys, CA and CRL vetting,
    shared anchors, header-trust combinations, routes, ...);
@@ -50,7 +54,12 @@ request or the event loop (``gate.reload()`` runs where it is called:
 ``await gate.areload()`` from a coroutine; the first expiry check runs when
 a middleware is built: at start-up, or for Starlette's ``add_middleware``
 at the app's first ASGI call - a request when there is no lifespan); each
-process (gunicorn or uvicorn worker) watches for itself.
+process (gunicorn or uvicorn worker) watches for itself. The expiry checks
+of a tenant store (a paged scan of the whole store,
+:mod:`certgate.stores.scan`) always run in the monitor thread, the load-time
+and reload ones included: neither start-up nor a reload waits for them.
+A file watch never looks at a store's database: tenants changed there
+reach the gate through the store's change feed, without a reload.
 """
 
 from __future__ import annotations
