@@ -19,12 +19,16 @@ from cryptography.hazmat.primitives import hashes
 
 from certgate import RequestFacts, Tenant
 from certgate.devpki import CA, IssuedCert
+from certgate.stores import open_store
 from certgate.stores.sqlite import SqliteRegistry, sqlite_url
 
 PROXY_PEER = "10.20.30.40"
 CLOUDFLARE = {"trusted_proxies": ["10.0.0.0/8"], "header_sources": ["cloudflare"]}
 """The gate options under which :func:`leaf_facts` requests are trusted."""
 ROOT = Path(__file__).resolve().parent.parent
+WAIT = 20.0
+"""Seconds a test waits for an outage or a change to show (a failure means
+"never", not "slow": the figures are measured in bench/bench_scale.py)."""
 
 CA_KEY_USAGE = x509.KeyUsage(
     digital_signature=False,
@@ -37,6 +41,16 @@ CA_KEY_USAGE = x509.KeyUsage(
     encipher_only=False,
     decipher_only=False,
 )
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = WAIT) -> bool:
+    """Whether ``predicate()`` held within ``seconds`` (asked every 10 ms)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def new_store(tmp_path: Path, name: str = "tenants.db") -> SqliteRegistry:
@@ -124,6 +138,46 @@ def describe(tenants: dict[str, Tenant]) -> list[str]:
         f"inters={[c.subject.rfc4514_string() for c in t.intermediates]}"
         for t in tenants.values()
     ]
+
+
+# -- the isolation matrix's tenants ---------------------------------------------
+
+ISOLATION_TENANTS = {
+    # a wildcard tenant and an exact host under the same suffix owned by another
+    "shop": ("*.shop.test", "shop.test"),
+    "vip": ("vip.shop.test",),
+    "acme": ("pay.acme.test", "*.acme.test"),
+    "hooli": ("hooli.test", "192.0.2.10"),
+}
+REQUEST_HOSTS = {
+    "shop": ("a.shop.test", "shop.test", "VIP2.shop.test"),
+    "vip": ("vip.shop.test", "VIP.Shop.Test:443"),
+    "acme": ("pay.acme.test", "x.acme.test"),
+    "hooli": ("hooli.test", "192.0.2.10"),
+}
+UNKNOWN = ("a.vip.shop.test", "acme.test", "a.b.acme.test", "evil.test", "192.0.2.11")
+CELLS = [
+    (client, owner, host)
+    for client in ISOLATION_TENANTS
+    for owner, hosts in REQUEST_HOSTS.items()
+    for host in hosts
+]
+
+
+def isolation_store(url: str) -> dict[str, IssuedCert]:
+    """The isolation tenants written to a new store at ``url``; a device of each."""
+    store = open_store(url, create=True)
+    devices = {}
+    for tenant_id, hosts in ISOLATION_TENANTS.items():
+        root = CA.root(f"{tenant_id} root")
+        issuing = root.intermediate(f"{tenant_id} issuing")
+        store.put(Tenant(tenant_id, hosts, (root.cert,), (issuing.cert,)))
+        devices[tenant_id] = issuing.issue(f"device-of-{tenant_id}")
+    store.close()  # type: ignore[attr-defined]
+    return devices
+
+
+# -- worker processes -------------------------------------------------------------
 
 
 class Worker:

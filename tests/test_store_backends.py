@@ -19,7 +19,6 @@ import os
 import random
 import statistics
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,33 +47,18 @@ from tests.conftest import PKI
 from tests.pg_server import PgServer
 from tests.store_backends import BACKENDS, Backend, count
 from tests.store_helpers import (
+    CELLS,
     CLOUDFLARE,
+    UNKNOWN,
     Worker,
     describe,
+    isolation_store,
     leaf_facts,
     reissued,
     related_cas,
+    wait_for,
     watch_changes,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-WAIT = 20.0
-"""Seconds a test waits for an outage or a change to show (a failure means
-"never", not "slow": the figures are measured in bench/bench_scale.py)."""
-
-
-def wait_for(predicate: Callable[[], bool], seconds: float = WAIT) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def gate_over(url: str, **cache: object) -> CertGate:
-    return CertGate(open_registry(url, **cache), **CLOUDFLARE)  # type: ignore[arg-type]
-
 
 # -- schema and migrations ------------------------------------------------------------
 
@@ -263,7 +247,7 @@ def test_put_get_list_export_round_trip(backend: Backend, store: SqlTenantStore,
     assert (result.read, result.written) == (1, 1)
     assert again.get("acme") == record
     # the stored CRL and policy are enforced through the store
-    gate = gate_over(again_url)
+    gate = CertGate(backend.registry(again_url), **CLOUDFLARE)  # type: ignore[arg-type]
     good = gate.decide(leaf_facts("pay.acme.test", acme.client()))
     assert good.reason is None
     assert good.identity is not None
@@ -527,46 +511,11 @@ def test_racing_writers_one_wins(
 # -- isolation through a gate ---------------------------------------------------------------
 
 
-ISOLATION_TENANTS = {
-    # a wildcard tenant and an exact host under the same suffix owned by another
-    "shop": ("*.shop.test", "shop.test"),
-    "vip": ("vip.shop.test",),
-    "acme": ("pay.acme.test", "*.acme.test"),
-    "hooli": ("hooli.test", "192.0.2.10"),
-}
-REQUEST_HOSTS = {
-    "shop": ("a.shop.test", "shop.test", "VIP2.shop.test"),
-    "vip": ("vip.shop.test", "VIP.Shop.Test:443"),
-    "acme": ("pay.acme.test", "x.acme.test"),
-    "hooli": ("hooli.test", "192.0.2.10"),
-}
-UNKNOWN = ("a.vip.shop.test", "acme.test", "a.b.acme.test", "evil.test", "192.0.2.11")
-CELLS = [
-    (client, owner, host)
-    for client in ISOLATION_TENANTS
-    for owner, hosts in REQUEST_HOSTS.items()
-    for host in hosts
-]
-
-
 @dataclass
 class Isolation:
     url: str
     devices: dict[str, IssuedCert]
     gate: CertGate
-
-
-def isolation_store(url: str) -> dict[str, IssuedCert]:
-    """The isolation tenants written to a new store at ``url``; a device of each."""
-    store = open_store(url, create=True)
-    devices = {}
-    for tenant_id, hosts in ISOLATION_TENANTS.items():
-        root = CA.root(f"{tenant_id} root")
-        issuing = root.intermediate(f"{tenant_id} issuing")
-        store.put(Tenant(tenant_id, hosts, (root.cert,), (issuing.cert,)))
-        devices[tenant_id] = issuing.issue(f"device-of-{tenant_id}")
-    store.close()  # type: ignore[attr-defined]
-    return devices
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -582,7 +531,7 @@ def isolation(
     registry = open_registry(url)
     yield Isolation(url, devices, CertGate(registry, **CLOUDFLARE))  # type: ignore[arg-type]
     registry.close()
-    registry.inner.close()  # type: ignore[attr-defined]
+    registry.inner.close()
     backend.close()
 
 
@@ -617,7 +566,7 @@ class Outage:
 
     url: str
     begin: Callable[[CachingRegistry], None]
-    end: Callable[[], None]
+    end: Callable[[], object]
 
 
 def _file_removed(tmp_path: Path) -> Outage:
@@ -643,7 +592,7 @@ def _file_corrupted(tmp_path: Path) -> Outage:
         store.session().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         good.append(path.read_bytes())
         store.close()
-        registry.inner.close()  # type: ignore[attr-defined]
+        registry.inner.close()
         path.write_bytes(b"this is not a database" * 100)
 
     return Outage(f"sqlite:///{path}", begin, lambda: path.write_bytes(good[0]))
@@ -697,7 +646,7 @@ def test_outage_gives_503_and_recovers(outage: Outage, pki: PKI) -> None:
     assert wait_for(lambda: reason() is None)
     assert reason("x.acme.test") is None
     registry.close()
-    registry.inner.close()  # type: ignore[attr-defined]
+    registry.inner.close()
 
 
 # -- processes -------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from certgate.stores.schema import POSTGRESQL, SQLITE, ddl
 from certgate.stores.sqlite import SqliteRegistry, path_of_url
 from tests.conftest import PKI
 from tests.pg_server import chown_tree, os_user
-from tests.store_helpers import Worker, leaf_facts, new_store, url_of
+from tests.store_helpers import Worker, leaf_facts, new_store, url_of, wait_for
 
 # -- schema and migrations ----------------------------------------------------
 
@@ -81,15 +80,6 @@ def test_sqlite_urls(tmp_path: Path) -> None:
 # -- outages ---------------------------------------------------------------------
 
 
-def _wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_outage_locked_then_released(tmp_path: Path, pki: PKI) -> None:
     """Another process holds the file in exclusive locking mode (WAL
     readers wait for nothing else): 503 after the busy timeout, then
@@ -117,7 +107,7 @@ def test_outage_locked_then_released(tmp_path: Path, pki: PKI) -> None:
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert _wait_for(lambda: gate.decide(leaf_facts("pay.acme.test", device)).reason is None)
+    assert wait_for(lambda: gate.decide(leaf_facts("pay.acme.test", device)).reason is None)
 
 
 @pytest.fixture
