@@ -24,8 +24,9 @@ from certgate import CertGate, InMemoryRegistry, Tenant
 from certgate.devpki import CA, IssuedCert
 
 # pg_server / pg_dsn / pg_private: a real PostgreSQL (tests/pg_server.py);
-# backend / store_url / store: one store of each kind (tests/store_backends.py)
-pytest_plugins = ["tests.pg_server", "tests.store_backends"]
+# backend / store_url / store: one store of each kind (tests/store_backends.py);
+# files / loaded: a configuration directory and its gate (tests/reload_files.py)
+pytest_plugins = ["tests.pg_server", "tests.store_backends", "tests.reload_files"]
 
 
 @dataclass
