@@ -5,16 +5,11 @@ PostgreSQL tests skip on a developer machine and fail under CI=true."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import psycopg
 import pytest
 
-from tests.pg_server import ROOT, PgServer
+from tests import pg_server as harness
+from tests.pg_server import PgServer
 
 
 def test_dsn_connects_with_password_over_tcp(pg_server: PgServer, pg_dsn: str) -> None:
@@ -54,35 +49,16 @@ def test_private_server_stops_and_starts(pg_private: PgServer) -> None:
         assert conn.execute("SELECT x FROM kept").fetchone() == (7,)
 
 
-def _run_without_postgres(tmp_path: Path, ci: str) -> subprocess.CompletedProcess[str]:
-    """A one-test suite over ``store_url`` (both backends) on a machine
-    where no PostgreSQL is found."""
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    (tmp_path / "conftest.py").write_text(
-        "import tests.pg_server\n"
-        "tests.pg_server.find_bindir = lambda: None  # no server on this machine\n"
-        'pytest_plugins = ["tests.pg_server", "tests.store_backends"]\n'
-    )
-    (tmp_path / "test_one.py").write_text("def test_one(store_url):\n    assert store_url\n")
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "CI": ci},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def test_the_postgresql_params_fail_in_ci_without_a_server(tmp_path: Path) -> None:
-    """The shared store suite's ``postgresql`` params fail, never skip,
-    under CI=true when there is no server; a developer machine skips them
-    loudly."""
-    ci = _run_without_postgres(tmp_path, "true")
-    assert ci.returncode == 1, ci.stdout
-    assert re.search(r"\b1 passed\b.*\b1 error\b", ci.stdout), ci.stdout
-    assert "CI=true: a missing PostgreSQL is a failure, not a skip" in ci.stdout
-    dev = _run_without_postgres(tmp_path, "")
-    assert dev.returncode == 0, dev.stdout
-    assert re.search(r"\b1 passed, 1 skipped\b", dev.stdout), dev.stdout
+@pytest.mark.parametrize(("ci", "outcome"), [("true", "Failed"), ("", "Skipped")])
+def test_without_a_server_the_tests_fail_in_ci(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: str
+) -> None:
+    """No PostgreSQL on the machine: every real-PostgreSQL test (the shared
+    store suite's ``postgresql`` params included: they go through
+    ``pg_server``) fails under CI=true, and skips loudly elsewhere."""
+    monkeypatch.setattr(harness, "find_bindir", lambda: None)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises((pytest.fail.Exception, pytest.skip.Exception)) as raised:
+        harness.require_postgres()
+    assert type(raised.value).__name__ == outcome
+    assert "REAL-POSTGRESQL TESTS NOT RUN" in str(raised.value)
