@@ -68,6 +68,10 @@ SETTINGS = {
     "shared_buffers": "64MB",
     "log_min_messages": "warning",
     "log_connections": "off",
+    # A connection attempt cut off half-way (an event loop closed under a
+    # pool) leaves a server process waiting for the client to authenticate;
+    # DROP DATABASE anywhere in the cluster waits for it (60 s by default).
+    "authentication_timeout": "'5s'",
 }
 
 __all__ = [

@@ -15,7 +15,9 @@ from tests.pg_server import PgServer
 def test_dsn_connects_with_password_over_tcp(pg_server: PgServer, pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute("SELECT current_user, inet_server_addr()::text").fetchone()
+        timeout = conn.execute("SHOW authentication_timeout").fetchone()
     assert row == ("certgate", "127.0.0.1/32")
+    assert timeout == ("5s",)  # a drop never waits a minute for a half-open connection
     assert pg_server.startup_seconds > 0
 
 

@@ -175,8 +175,8 @@ def test_async_registry_under_wsgi_is_a_503_naming_the_fix(pg_server: PgServer, 
     closes; every later one is refused (503) with the fix in the detail -
     never a new pool per request. (A database of its own, not dropped: the
     pool's connection attempt cut off with the first loop leaves a server
-    process waiting out authentication_timeout, and dropping the database
-    waited for it - 60 s.)"""
+    process waiting out authentication_timeout, and a DROP DATABASE waits
+    for it: tests/pg_server.py sets 5 s, the default is 60 s.)"""
     pg_dsn = pg_server.create_database()
     store = PostgresRegistry(pg_dsn, create=True)
     acme = pki["acme"]
@@ -283,7 +283,7 @@ def test_an_event_loop_with_the_async_registry_shuts_down(pg_server: PgServer) -
     swallows): the registry closes its pool then, so shutdown never hangs.
     Five loops, each ending right after its first lookup. (A database of
     its own, not dropped: a connection attempt cancelled half-way leaves a
-    server process waiting out authentication_timeout, 60 s, while the
+    server process waiting out authentication_timeout (5 s here), while the
     captured log of the test holds the attempt's socket.)"""
     pg_dsn = pg_server.create_database()
     PostgresRegistry(pg_dsn, create=True).close()
