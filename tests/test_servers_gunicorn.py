@@ -199,13 +199,13 @@ def test_per_tenant_hook_loads_the_toml_once_per_worker(
     from certgate.servers.gunicorn import PerTenantSSLContext
 
     loads: list[object] = []
-    real = certgate.config.load_config
+    real = certgate.config.load_gate_config
 
     def counting(path: object) -> object:
         loads.append(path)
         return real(path)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(certgate.config, "load_config", counting)
+    monkeypatch.setattr(certgate.config, "load_gate_config", counting)
     hook = PerTenantSSLContext(str(env.config))
     settings = SimpleNamespace(certfile=str(env.server_cert), keyfile=str(env.server_key))
 

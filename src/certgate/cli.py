@@ -15,6 +15,14 @@
     configuration without any tenant CA is an error (exit 2), not an empty
     bundle.
 
+``check``, ``bundle`` and ``expiry`` take ``--registry URL`` (a tenant
+store) instead of ``--config``, and a ``--config`` whose
+``[certgate].registry`` names a store works on that store: ``check`` looks
+the host up, ``bundle`` and ``expiry`` read the store a page at a time
+(:mod:`certgate.stores.scan`; ``expiry`` then lists in tenant order, not
+soonest first). ``config check`` of such a file opens the store (it must
+exist with the current schema) and reports its tenant count and late CAs.
+
 ``certgate config check TOML [--strict]``
     Load a configuration as the middleware would: exit 2 with the errors when
     it is invalid - every CA vetting error of every tenant, not only the
@@ -91,12 +99,14 @@ never a crash.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -106,7 +116,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import __version__, pki
 from . import pki as pki_module
-from .config import MAX_PEM_FILE_BYTES, ca_findings, load_config, read_regular_file
+from .config import (
+    MAX_PEM_FILE_BYTES,
+    ca_findings,
+    close_registry,
+    load_config,
+    read_regular_file,
+    store_spec,
+)
 from .decision import Decision
 from .devpki import CA
 from .errors import ConfigError, Rejected
@@ -116,9 +133,12 @@ from .identity import ClientIdentity
 from .pem import load_certificate, pem_to_ders
 from .pki import CLIENT_KEY_TYPES, KEY_TYPES
 from .registry import InMemoryRegistry
+from .reload import expiry_report
 from .servers.tls import trust_bundle_pem
+from .stores import SqlTenantStore, open_store
 from .stores.cli import STORE_COMMANDS, store_parsers
 from .stores.cli import run as run_store_command
+from .stores.scan import bundle_pem, store_expiry, store_of
 from .tenant import Tenant
 from .tenantfile import add_tenant, read_tenants, remove_tenant
 from .text import safe_text
@@ -147,21 +167,21 @@ def _parser() -> argparse.ArgumentParser:
         help="intermediate certificates the client sends (repeatable)",
     )
     check.add_argument("--host", required=True, help="the Host the request is addressed to")
-    check.add_argument("--config", required=True, help="certgate TOML configuration")
+    _config_or_registry(check)
     check.add_argument("--at", help="validation time, ISO 8601 (default: now)")
     check.add_argument("--json", action="store_true", help="print JSON")
     check.add_argument(
         "--explain", action="store_true", help="on a refusal, also try every other tenant"
     )
     bundle = sub.add_parser("bundle", help="print all tenant CAs as one PEM bundle")
-    bundle.add_argument("--config", required=True, help="certgate TOML configuration")
+    _config_or_registry(bundle)
     config = sub.add_parser("config", help="work with a configuration file")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_check = config_sub.add_parser("check", help="validate a configuration")
     config_check.add_argument("config", help="certgate TOML configuration")
     config_check.add_argument("--strict", action="store_true", help="exit 1 on warnings")
     expiry = sub.add_parser("expiry", help="list tenant CAs that expire soon (exit 1 if any)")
-    expiry.add_argument("--config", required=True, help="certgate TOML configuration")
+    _config_or_registry(expiry)
     expiry.add_argument("--warning-days", type=float, default=30, help="default 30")
     expiry.add_argument("--critical-days", type=float, default=14, help="default 14")
     expiry.add_argument(
@@ -213,6 +233,14 @@ def _tenants_parsers(tenants: argparse.ArgumentParser) -> None:
     remove.add_argument("id", help="the tenant id")
     _where(remove)
     store_parsers(sub)
+
+
+def _config_or_registry(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="certgate TOML configuration")
+    where.add_argument(
+        "--registry", metavar="URL", help="a tenant store instead (sqlite:///path, postgresql://)"
+    )
 
 
 def _where(parser: argparse.ArgumentParser) -> None:
@@ -305,12 +333,9 @@ def _valid_for(
     wrong host, or a CA registered on the wrong tenant. Operator-only: the
     middleware never tries other tenants (that would tell a client who else
     trusts its certificate, and cost a verification per tenant)."""
-    tenants = getattr(gate.registry, "tenants", None)
-    if tenants is None:
-        return []
     when = at or gate.verification.now()
     found: list[str] = []
-    for tenant in list(tenants())[:EXPLAIN_MAX_TENANTS]:
+    for tenant in itertools.islice(_all_tenants(gate.registry), EXPLAIN_MAX_TENANTS):
         if tenant.id == skip:
             continue
         try:
@@ -319,6 +344,20 @@ def _valid_for(
             continue
         found.append(tenant.id)
     return found
+
+
+def _all_tenants(registry: object) -> Iterator[Tenant]:
+    """Every tenant of ``registry``: its ``tenants()``, or a store's, read a
+    page at a time (:meth:`~certgate.stores.SqlTenantStore.export`); none
+    when it can say neither."""
+    tenants = getattr(registry, "tenants", None)
+    if callable(tenants):
+        yield from tenants()
+        return
+    store = store_of(registry)
+    if store is not None:
+        for record in store.export():
+            yield record.build(vetted=True)
 
 
 def _report(decision: Decision, host: str) -> dict[str, Any]:
@@ -388,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if exc.code not in (0, None) else 0
     try:
         if args.command == "bundle":
-            return _bundle(args.config)
+            return _bundle(args)
         if args.command == "config":
             return _config_check(args.config, strict=args.strict)
         if args.command == "expiry":
@@ -402,7 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _pki(args)
             except ConfigError as exc:  # the operator's input, not a certgate config
                 raise ValueError(str(exc)) from None
-        gate = CertGate.from_toml(args.config)
+        if args.registry is not None:  # one-shot: the store itself, no cache or poller
+            gate = CertGate(open_store(args.registry))
+        else:
+            gate = CertGate.from_toml(args.config)
         refresher = getattr(gate.registry, "crl_refresher", None)
         if refresher is not None:  # crl_urls: fetch them now, not in the background
             refresher.refresh()
@@ -416,10 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, Rejected) as exc:
         _error(f"certgate: {exc}")
         return EXIT_USAGE
-    decision = gate.check(args.host, ders, at=at)
-    report = _report(decision, args.host)
-    if args.explain and not decision.allowed:
-        report["valid_for_tenants"] = _valid_for(gate, ders, at, decision.tenant_id)
+    with _closing(gate):
+        decision = gate.check(args.host, ders, at=at)
+        report = _report(decision, args.host)
+        if args.explain and not decision.allowed:
+            report["valid_for_tenants"] = _valid_for(gate, ders, at, decision.tenant_id)
     if args.json:
         # ensure_ascii (the default, made explicit): besides control
         # characters, U+2028/2029 and bidi overrides become \uXXXX escapes.
@@ -429,12 +472,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_ALLOWED if decision.allowed else EXIT_REJECTED
 
 
-def _bundle(config: str) -> int:
-    bundle = trust_bundle_pem(load_config(config).registry.tenants())
-    if not bundle.strip():
-        raise ConfigError(f"{config}: no tenant CA to bundle (the configuration has no tenants)")
-    sys.stdout.write(bundle)
+def _bundle(args: argparse.Namespace) -> int:
+    """Every tenant CA as PEM; a tenant store is streamed a page at a time."""
+    store = _store_of_args(args)
+    if store is None:
+        config = args.config
+        bundle = trust_bundle_pem(load_config(config).registry.tenants())
+        if not bundle.strip():
+            raise ConfigError(
+                f"{config}: no tenant CA to bundle (the configuration has no tenants)"
+            )
+        sys.stdout.write(bundle)
+        return EXIT_ALLOWED
+    with _closing(store):
+        written = 0
+        for pem in bundle_pem(store):
+            sys.stdout.write(pem)
+            written += 1
+        if not written:
+            raise ConfigError(f"{store.where}: no tenant CA to bundle (the store has no tenants)")
     return EXIT_ALLOWED
+
+
+@contextlib.contextmanager
+def _closing(store: object) -> Iterator[None]:
+    """Close ``store`` (its connections, a PostgreSQL pool) at the end."""
+    try:
+        yield
+    finally:
+        close_registry(store)
+
+
+def _store_of_args(args: argparse.Namespace) -> SqlTenantStore | None:
+    """The tenant store of ``--registry URL``, or the one ``--config``'s
+    ``[certgate].registry`` names (opened as it is: never created or
+    migrated); ``None`` for a configuration with ``[[tenants]]``."""
+    if args.registry is not None:
+        return open_store(args.registry)
+    spec = store_spec(args.config)
+    if spec is None:
+        return None
+    try:
+        return open_store(spec.url)
+    except ConfigError as exc:
+        raise ConfigError(f"{args.config}: [certgate].registry: {exc}") from None
 
 
 class _Collect(logging.Handler):
@@ -467,22 +548,28 @@ def _config_check(path: str, *, strict: bool) -> int:
         gate = CertGate.from_toml(path)
     finally:
         logger.removeHandler(collect)
-    tenants = list(getattr(gate.registry, "tenants", list)())
-    hosts = sum(len(t.hosts) for t in tenants)
-    cas = sum(len(t.roots) + len(t.intermediates) for t in tenants)
+    store = store_of(gate.registry)
+    if store is None:
+        tenants = list(getattr(gate.registry, "tenants", list)())
+        hosts = sum(len(t.hosts) for t in tenants)
+        cas = sum(len(t.roots) + len(t.intermediates) for t in tenants)
+        summary = f"tenants: {len(tenants)}, host patterns: {hosts}, CA certificates: {cas}"
+    else:
+        summary = f"tenants: {store.count()} in the store {store.where} (schema up to date)"
     warnings = list(collect.messages)
-    for item in ca_expiry(
-        tenants,
-        warning_days=gate.expiry_warning_days,
-        critical_days=gate.expiry_critical_days,
-        crl_warning_days=gate.crl_warning_days,
-        crl_critical_days=gate.crl_critical_days,
-    ):
-        if item.level == "ok" or (item.level == "expired" and item.kind != "crl"):
+    report = expiry_report(gate.registry, gate)
+    for item in report.items:
+        if item.level == "ok" or (item.level == "expired" and item.kind != "crl" and store is None):
             continue  # an expired CA that loaded (ca_expired = "warn") was logged above
         warnings.append(_late_text(item))
+    if report.omitted:
+        warnings.append(
+            f"{report.omitted} more late tenant CAs or CRLs (`certgate expiry --config "
+            f"{path}` lists them all)"
+        )
+    gate.close()
     _print(f"{safe_text(path)}: valid")
-    _print(f"tenants: {len(tenants)}, host patterns: {hosts}, CA certificates: {cas}")
+    _print(summary)
     for warning in warnings:
         _print(f"warning: {safe_text(warning)}")
     return EXIT_REJECTED if strict and warnings else EXIT_ALLOWED
@@ -514,6 +601,10 @@ def _late_text(item: ExpiryItem) -> str:
 
 
 def _expiry(args: argparse.Namespace) -> int:
+    store = _store_of_args(args)
+    if store is not None:
+        with _closing(store):
+            return _store_expiry(args, store)
     with lenient_dates():  # list expired CAs, even of tenants that refuse them at load
         tenants = read_tenants(args.config)
         if any(tenant.crl_urls for tenant in tenants):  # fetch them now, to list their CRLs
@@ -533,14 +624,8 @@ def _expiry(args: argparse.Namespace) -> int:
     late = [item for item in items if item.level != "ok"]
     shown = items if args.all else late
     if args.json:
-        report = {
-            "warning_days": args.warning_days,
-            "critical_days": args.critical_days,
-            "crl_warning_days": args.crl_warning_days,
-            "crl_critical_days": args.crl_critical_days,
-            "late": len(late),
-            "items": [item.as_dict() for item in shown],
-        }
+        report: dict[str, object] = {**_expiry_thresholds(args), "late": len(late)}
+        report["items"] = [item.as_dict() for item in shown]
         print(json.dumps(report, indent=2, ensure_ascii=True))
     else:
         if not shown:
@@ -556,11 +641,57 @@ def _expiry(args: argparse.Namespace) -> int:
             )
         width = max((len(safe_text(item.tenant_id)) for item in shown), default=0)
         for item in shown:
-            source = f"  {safe_text(item.source)}" if item.source else ""
+            _print(_expiry_line(item, width))
+    return EXIT_REJECTED if late else EXIT_ALLOWED
+
+
+def _expiry_thresholds(args: argparse.Namespace) -> dict[str, float]:
+    return {
+        "warning_days": args.warning_days,
+        "critical_days": args.critical_days,
+        "crl_warning_days": args.crl_warning_days,
+        "crl_critical_days": args.crl_critical_days,
+    }
+
+
+def _expiry_line(item: ExpiryItem, width: int) -> str:
+    source = f"  {safe_text(item.source)}" if item.source else ""
+    return (
+        f"{item.level:<9} {item.days_left:8.1f} days  {item.not_after:%Y-%m-%d}  "
+        f"{safe_text(item.tenant_id):<{width}}  {item.kind:<12}  "
+        f"{safe_text(item.subject)}{source}"
+    )
+
+
+def _store_expiry(args: argparse.Namespace, store: SqlTenantStore) -> int:
+    """``expiry`` over a tenant store, streamed (a page of the store at a
+    time, each item printed as found): in tenant order, CAs then CRLs, not
+    soonest first - sorting a million tenants' items would hold them all.
+    JSON: the same object as for a TOML file, ``late`` last."""
+    items = store_expiry(
+        store,
+        now=_parse_time(args.at) if args.at else None,
+        every=args.all,
+        **_expiry_thresholds(args),
+    )
+    late = 0
+    if args.json:
+        head = json.dumps(_expiry_thresholds(args), indent=2, ensure_ascii=True)
+        sys.stdout.write(head[:-2] + ',\n  "items": [')
+        for position, item in enumerate(items):
+            late += item.level != "ok"
+            text = json.dumps(item.as_dict(), ensure_ascii=True)
+            sys.stdout.write(("," if position else "") + "\n    " + text)
+        sys.stdout.write(f'\n  ],\n  "late": {late}\n}}\n')
+    else:
+        for item in items:
+            late += item.level != "ok"
+            _print(_expiry_line(item, 24))
+        if not late:
             _print(
-                f"{item.level:<9} {item.days_left:8.1f} days  {item.not_after:%Y-%m-%d}  "
-                f"{safe_text(item.tenant_id):<{width}}  {item.kind:<12}  "
-                f"{safe_text(item.subject)}{source}"
+                f"all tenant CAs of {store.where} have {args.warning_days:g} days or more "
+                f"left, and all CRLs {args.crl_warning_days:g} days or more before their "
+                "nextUpdate"
             )
     return EXIT_REJECTED if late else EXIT_ALLOWED
 
@@ -572,6 +703,12 @@ def _tenants(args: argparse.Namespace) -> int:
         return run_store_command(args)
     if args.tenants_command == "list" and (args.after is not None or args.limit is not None):
         raise ValueError("--after and --limit page a registry URL (--registry), not a TOML file")
+    spec = store_spec(args.config)
+    if spec is not None:  # [[tenants]] would be refused beside it
+        raise ConfigError(
+            f"{args.config}: its tenants are in the store that [certgate].registry names "
+            f"({spec.label}): use --registry URL instead of --config"
+        )
     if args.tenants_command == "list":
         return _tenants_list(args.config, as_json=args.json)
     if args.tenants_command == "remove":

@@ -23,8 +23,15 @@ proxy_ca        = "proxy-ca.pem" # authenticated proxies: headers only with a ce
 proxy_names     = []             # allowed proxy names (CN, DNS or URI SAN), exact; needs proxy_ca
 cache_size      = 10000          # verified chains kept (0 = no cache)
 registry_timeout = 5.0           # seconds a registry lookup may take (then 503)
+registry        = "sqlite:///tenants.db"   # optional: tenants in a store, not in [[tenants]]
 max_chain_depth = 8
 min_rsa_bits    = 2048
+
+[certgate.registry_cache]        # optional, with registry: the cache in front of the store
+max_tenants   = 10000            # tenants kept (LRU); also max_hosts, max_negative
+negative_ttl  = 5.0              # seconds an unknown host is remembered
+poll_interval = 0.5              # seconds between change polls
+max_stale     = 2.0              # no poll for this long: cached answers unused (false: keep)
 
 [[certgate.routes]]              # per path prefix; the longest match wins
 path   = "/admin/*"              # exact path, or a prefix ending in "/*"
@@ -46,6 +53,16 @@ ca_expired    = "fail"                     # or "warn": load with an expired roo
 Unknown keys are errors, not ignored: a typo such as ``trusted_proxy`` must
 not silently leave a setting at its default.
 
+``registry`` names a tenant store (:mod:`certgate.stores`) instead of
+``[[tenants]]`` (both in one file is an error): ``sqlite:///PATH`` - a
+relative ``PATH`` is relative to the TOML file, like ``proxy_ca`` - or
+``postgresql://...``. The store must exist with the current schema (a
+server never creates or migrates it: ``certgate tenants import`` /
+``certgate tenants migrate`` do). :func:`load_gate_config` opens it as a
+:class:`~certgate.stores.caching.CachingRegistry` with the options of
+``[certgate.registry_cache]``; :func:`load_config` (tenants of the file)
+refuses such a file.
+
 Files are read defensively: the TOML file and every PEM file it names must be
 regular files (a FIFO, a device such as ``/dev/zero`` or a directory is a
 :class:`ConfigError`, without blocking), of at most
@@ -62,6 +79,7 @@ import os
 import re
 import stat
 import tomllib
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +99,7 @@ from .vetting import CaVettingError, Finding, quiet
 if TYPE_CHECKING:
     from .crlfetch import CrlRefresher
     from .policy import Policy
+    from .stores.caching import CachingRegistry
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 """Largest TOML configuration file read (16 MiB: some 50,000 tenants)."""
@@ -159,7 +178,22 @@ _GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "watch_interval": (int, float),
     "routes": list,
     "policy": dict,
+    "registry": str,
+    "registry_cache": dict,
 }
+_STORE_KEYS = frozenset({"registry", "registry_cache"})
+"""``[certgate]`` keys that say where the tenants are, not gate settings."""
+
+_CACHE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "max_tenants": int,
+    "max_hosts": int,
+    "max_negative": int,
+    "negative_ttl": (int, float),
+    "poll_interval": (int, float),
+    "max_stale": (int, float, bool),
+}
+"""``[certgate.registry_cache]`` keys: the options of
+:class:`~certgate.stores.caching.CachingRegistry`."""
 _TENANT_KEYS = {
     "id",
     "hosts",
@@ -192,6 +226,37 @@ class Config:
     gate_kwargs: dict[str, Any] = field(default_factory=dict)
     section: Mapping[str, Any] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """``[certgate].registry`` and ``[certgate.registry_cache]`` as parsed:
+    the store's URL (a relative SQLite path made absolute) and the cache's
+    options. Two equal specs open the same registry (a reload keeps it)."""
+
+    url: str
+    cache: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The URL as it may be shown: a ``sqlite:///`` URL whole, any other
+        by its scheme only (it may hold a password)."""
+        if self.url.startswith("sqlite:"):
+            return safe_text(self.url, 300)
+        return f"the {safe_text(self.url.partition(':')[0], 20)}:// registry"
+
+
+@dataclass
+class GateConfig:
+    """A parsed configuration file for a gate: like :class:`Config`, but
+    the registry is either the file's ``[[tenants]]`` or the store that
+    ``[certgate].registry`` names (``store``: its spec, else ``None``)."""
+
+    registry: TomlRegistry | CachingRegistry
+    gate_kwargs: dict[str, Any] = field(default_factory=dict)
+    section: Mapping[str, Any] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
+    store: StoreSpec | None = None
 
 
 class TomlRegistry(InMemoryRegistry):
@@ -273,10 +338,76 @@ class TomlRegistry(InMemoryRegistry):
 def load_config(
     path: str | os.PathLike[str], *, successor_of: TomlRegistry | None = None
 ) -> Config:
-    """Parse ``path``; raises :class:`ConfigError` saying what to fix.
+    """Parse ``path`` and load its ``[[tenants]]``; raises
+    :class:`ConfigError` saying what to fix (also for a file whose
+    ``[certgate].registry`` names a store: see :func:`load_gate_config`).
     ``successor_of``: see :class:`TomlRegistry`."""
     path = Path(path)
     data = _read_toml(path)
+    kwargs, section, spec = _parse_settings(path, data)
+    if spec is not None:
+        raise ConfigError(
+            f"{path}: [certgate].registry names a tenant store ({spec.label}): its tenants are "
+            "there, not in this file (CertGate.from_toml opens it; `certgate tenants list "
+            "--registry URL` lists them)"
+        )
+    registry = TomlRegistry(path, data, successor_of=successor_of)
+    return Config(
+        registry=registry,
+        gate_kwargs=kwargs,
+        section=section,
+        files=referenced_files(path, data),
+    )
+
+
+def load_gate_config(path: str | os.PathLike[str], *, successor_of: object = None) -> GateConfig:
+    """Parse ``path`` for a gate: its settings, and its registry - the
+    ``[[tenants]]`` of the file, or the store ``[certgate].registry`` names,
+    opened as a :class:`~certgate.stores.caching.CachingRegistry` (the store
+    must exist with the current schema: nothing is created or migrated).
+
+    ``successor_of``: the registry this load is to replace (a reload). A
+    :class:`TomlRegistry` hands over its fetched CRLs (see
+    :class:`TomlRegistry`); a store registry opened by an earlier load with
+    the same URL and cache options is returned as it is (same object, same
+    connections and cache), never opened twice."""
+    path = Path(path)
+    data = _read_toml(path)
+    kwargs, section, spec = _parse_settings(path, data)
+    registry: TomlRegistry | CachingRegistry
+    if spec is None:
+        previous = successor_of if isinstance(successor_of, TomlRegistry) else None
+        registry = TomlRegistry(path, data, successor_of=previous)
+    else:
+        if "tenants" in data:
+            raise ConfigError(
+                f"{path}: [[tenants]] cannot be used together with [certgate].registry: the "
+                f"tenants live in the store ({spec.label}). Import them with `certgate tenants "
+                f"import --from {safe_text(path, 200)} --to URL` (from a copy of this file "
+                "without the registry key), then remove the [[tenants]] tables"
+            )
+        registry = _store_registry(path, spec, successor_of)
+    return GateConfig(
+        registry=registry,
+        gate_kwargs=kwargs,
+        section=section,
+        files=referenced_files(path, data),
+        store=spec,
+    )
+
+
+def store_spec(path: str | os.PathLike[str]) -> StoreSpec | None:
+    """The tenant store ``path``'s ``[certgate].registry`` names (checked,
+    not opened), or ``None`` when its tenants are its ``[[tenants]]``."""
+    file = Path(path)
+    return _parse_settings(file, _read_toml(file))[2]
+
+
+def _parse_settings(
+    path: Path, data: Mapping[str, Any]
+) -> tuple[dict[str, Any], Mapping[str, Any], StoreSpec | None]:
+    """The gate's keyword arguments, the ``[certgate]`` table, and the
+    store spec (``None``: tenants from ``[[tenants]]``) of parsed ``data``."""
     unknown = set(data) - {"certgate", "tenants"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {_some(unknown)}")
@@ -293,6 +424,8 @@ def load_config(
             )
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(f"{path}: [certgate].{key} has the wrong type")
+        if key in _STORE_KEYS:
+            continue
         if key == "routes" and isinstance(value, list):
             kwargs[key] = _routes(path, value)
             continue
@@ -311,13 +444,89 @@ def load_config(
     for key, check in (("access", parse_access), ("mode", parse_mode)):
         if key in kwargs:
             check(kwargs[key], f"{path}: [certgate].{key}")
-    registry = TomlRegistry(path, data, successor_of=successor_of)
-    return Config(
-        registry=registry,
-        gate_kwargs=kwargs,
-        section=section,
-        files=referenced_files(path, data),
-    )
+    return kwargs, section, _store_spec(path, section)
+
+
+def _store_spec(path: Path, section: Mapping[str, Any]) -> StoreSpec | None:
+    """``[certgate].registry`` and ``[certgate.registry_cache]``, checked;
+    a relative ``sqlite:///`` path is made relative to ``path``'s directory."""
+    url = section.get("registry")
+    cache = section.get("registry_cache")
+    if url is None:
+        if cache is not None:
+            raise ConfigError(
+                f"{path}: [certgate.registry_cache] needs [certgate].registry (a store URL)"
+            )
+        return None
+    assert isinstance(url, str)  # checked by _parse_settings
+    where = f"{path}: [certgate].registry"
+    if url.startswith("sqlite:"):
+        from .stores.sqlite import path_of_url, sqlite_url  # noqa: PLC0415 - store configs only
+
+        try:
+            file = path_of_url(url)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        # absolute: a later chdir (a daemonising server) must not move the store
+        url = sqlite_url(os.path.abspath(file if file.is_absolute() else path.parent / file))
+    elif "://" not in url:
+        raise ConfigError(
+            f"{where} must be a URL: sqlite:///PATH (relative to this file) or postgresql://HOST/DB"
+        )
+    options: dict[str, Any] = {}
+    for key, value in (cache or {}).items():
+        expected = _CACHE_KEYS.get(key)
+        if expected is None:
+            raise ConfigError(
+                f"{path}: unknown key [certgate.registry_cache].{safe_text(key, 80)} "
+                f"(known: {', '.join(sorted(_CACHE_KEYS))})"
+            )
+        wrong = not isinstance(value, expected) or (
+            isinstance(value, bool) and (key != "max_stale" or value)
+        )
+        if wrong:
+            what = "a number of seconds, or false" if key == "max_stale" else "a number"
+            raise ConfigError(f"{path}: [certgate.registry_cache].{key} must be {what}")
+        options[key] = None if value is False else value
+    return StoreSpec(url, tuple(sorted(options.items())))
+
+
+_OPENED: weakref.WeakKeyDictionary[CachingRegistry, StoreSpec] = weakref.WeakKeyDictionary()
+"""The registries :func:`load_gate_config` opened, with their spec."""
+
+
+def _store_registry(path: Path, spec: StoreSpec, successor_of: object) -> CachingRegistry:
+    """The registry of ``spec``: ``successor_of`` when it was opened with
+    the same spec, else the store opened anew (a :class:`ConfigError` naming
+    the file when it cannot be; never a password)."""
+    from .stores import open_registry  # noqa: PLC0415 - store configs only
+    from .stores.caching import CachingRegistry  # noqa: PLC0415
+
+    if isinstance(successor_of, CachingRegistry) and _OPENED.get(successor_of) == spec:
+        return successor_of
+    try:
+        registry = open_registry(spec.url, **dict(spec.cache))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [certgate].registry: {exc}") from None
+    _OPENED[registry] = spec
+    return registry
+
+
+def close_registry(registry: object) -> None:
+    """Close a registry a gate no longer uses: its ``close()`` (a CRL
+    refresher, a cache's poller), and for a store opened by
+    :func:`load_gate_config`, the store's connections too."""
+    close = getattr(registry, "close", None)
+    if callable(close):
+        close()
+    try:
+        opened = registry in _OPENED
+    except TypeError:  # not weakly referable: not one of ours
+        opened = False
+    if opened:
+        inner_close = getattr(getattr(registry, "inner", None), "close", None)
+        if callable(inner_close):
+            inner_close()
 
 
 def referenced_files(path: Path, data: Mapping[str, Any]) -> tuple[Path, ...]:

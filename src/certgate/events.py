@@ -182,7 +182,12 @@ class TrustExpiryEvent(NamedTuple):
     """The result of one expiry check of a gate's tenant CAs and CRLs:
     every item, soonest first (``ok`` ones included, so a metric can show
     them all). ``trigger``: ``"load"``, ``"reload"``, ``"periodic"`` or
-    ``"call"``. ``config``: the TOML file's path (``""`` without one)."""
+    ``"call"``. ``config``: the TOML file's path (``""`` without one).
+
+    For a tenant store only the late items are listed, at most
+    :data:`certgate.reload.MAX_STORE_EXPIRY_ITEMS` (the soonest);
+    ``omitted`` counts the late ones left out (``certgate expiry
+    --registry URL`` lists them all)."""
 
     items: tuple[TrustExpiry, ...]
     warning_days: float
@@ -190,6 +195,7 @@ class TrustExpiryEvent(NamedTuple):
     trigger: str
     config: str
     at: float
+    omitted: int = 0
 
     @property
     def late(self) -> tuple[TrustExpiry, ...]:
@@ -324,6 +330,13 @@ class LogObserver:
                 item.subject,
                 item.not_after,
                 extra={"certgate": {**item.as_dict(), "trigger": event.trigger}},
+            )
+        if event.omitted:
+            logger.warning(
+                "certgate: %d more late tenant CAs or CRLs not listed (%d shown); "
+                "`certgate expiry` lists them all",
+                event.omitted,
+                len(event.items),
             )
 
 

@@ -1209,13 +1209,15 @@ class CertGate:
         return "" if reloader is None else str(reloader.path)
 
     def close(self) -> None:
-        """Stop watching and the registry's CRL refresher (if any)."""
+        """Stop watching and the registry's CRL refresher (if any); a tenant
+        store opened from the TOML file (``[certgate].registry``) closes its
+        poller and connections too."""
+        from .config import close_registry  # noqa: PLC0415 - config imports gate's parts
+
         reloader = self._handle._reloader
         if reloader is not None:
             reloader.close()
-        close = getattr(self.snapshot.registry, "close", None)
-        if callable(close):
-            close()
+        close_registry(self.snapshot.registry)
 
     # -- the parts (of the current snapshot) ----------------------------
 

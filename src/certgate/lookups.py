@@ -18,7 +18,11 @@ that give up after ``timeout`` seconds by raising
   gate - and the caller (a WSGI thread, or the event loop through
   ``asyncio.wrap_future``) waits at most ``timeout``;
 * **coroutine registries** run under ``asyncio.timeout``: awaited directly
-  by the ASGI path, through ``asgiref``'s ``async_to_sync`` by the WSGI path.
+  by the ASGI path, through ``asgiref``'s ``async_to_sync`` by the WSGI path
+  - unless the registry offers a ``sync_registry`` (a blocking view of the
+  same data, :class:`~certgate.stores.async_caching.AsyncCachingRegistry`),
+  which the sync path then runs on a :class:`LookupPool`; cache hits of
+  either are answered inline through ``peek_*``.
 
 What a deadline cannot do is stop the lookup itself. A thread stuck in a
 blocking call stays stuck: the pool holds at most ``LOOKUP_THREADS`` of them,
@@ -187,7 +191,9 @@ def _work(state: _PoolState) -> None:
         del future, fn  # hold nothing of a finished lookup while idle
 
 
-def _wait(future: Future[T], timeout: float) -> T:
+def wait_for(future: Future[T], timeout: float) -> T:
+    """``future``'s result, waiting at most ``timeout`` seconds
+    (:class:`RegistryTimeout` after; a future not started yet is cancelled)."""
     try:
         return future.result(timeout)
     except TimeoutError:
@@ -215,7 +221,7 @@ def bound_blocking(
             ) from None
 
     def call(key: str) -> Tenant | None:
-        return _wait(submit(key), timeout)
+        return wait_for(submit(key), timeout)
 
     async def acall(key: str) -> Tenant | None:
         return await _deadline(asyncio.wrap_future(submit(key)), timeout)
@@ -258,6 +264,14 @@ def bind_registry(
     if inspect.iscoroutinefunction(by_host):
         s_host, a_host = bound_coroutine(cast("AsyncLookup", by_host), timeout)
         s_id, a_id = bound_coroutine(cast("AsyncLookup", by_id), timeout)
+        blocking = getattr(registry, "sync_registry", None)
+        if blocking is not None:  # a blocking view of the same cache (AsyncCachingRegistry)
+            threads = LookupPool()
+            s_host, _ = bound_blocking(blocking.tenant_for_host, threads, timeout)
+            s_id, _ = bound_blocking(blocking.tenant_by_id, threads, timeout)
+        if isinstance(registry, CachedTrustRegistry):
+            s_host, a_host = _peeking(registry.peek_tenant_for_host, s_host, a_host)
+            s_id, a_id = _peeking(registry.peek_tenant_by_id, s_id, a_id)
         return s_host, s_id, a_host, a_id
     if not getattr(registry, "blocking", True):
         return cast("SyncLookup", by_host), cast("SyncLookup", by_id), None, None

@@ -5,7 +5,11 @@ has a :class:`Reloader`. A reload
 
 1. reads the TOML file and every file it names (CA and CRL files, the proxy
    CA) into a new :class:`~certgate.config.TomlRegistry` and new
-   :class:`~certgate.gate.GateSettings`;
+   :class:`~certgate.gate.GateSettings` - or, for a file whose
+   ``[certgate].registry`` names a tenant store, keeps the registry it has
+   when the URL and ``[certgate.registry_cache]`` are the same (same
+   connections, same cache), else opens the new store (the old one is
+   closed after the swap; see :func:`~certgate.config.load_gate_config`);
 2. builds a new :class:`~certgate.gate.GateSnapshot` from them - every
    check of a first load runs again (unknown keys, CA and CRL vetting,
    shared anchors, header-trust combinations, routes, ...);
@@ -50,12 +54,19 @@ request or the event loop (``gate.reload()`` runs where it is called:
 ``await gate.areload()`` from a coroutine; the first expiry check runs when
 a middleware is built: at start-up, or for Starlette's ``add_middleware``
 at the app's first ASGI call - a request when there is no lifespan); each
-process (gunicorn or uvicorn worker) watches for itself.
+process (gunicorn or uvicorn worker) watches for itself. The expiry checks
+of a tenant store (a paged scan of the whole store,
+:mod:`certgate.stores.scan`) always run in the monitor thread, the load-time
+and reload ones included: neither start-up nor a reload waits for them.
+A file watch never looks at a store's database: tenants changed there
+reach the gate through the store's change feed, without a reload.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import heapq
 import logging
 import math
 import os
@@ -64,10 +75,11 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import config as _config
 from .config import TomlRegistry
@@ -90,7 +102,14 @@ INTERVAL_KEYS = ("watch_interval", "expiry_check_interval")
 """``[certgate]`` keys the reloader reads (not settings of a snapshot)."""
 
 _NOT_COMPARED = frozenset(
-    {*INTERVAL_KEYS, "expiry_critical_days", "crl_warning_days", "crl_critical_days"}
+    {
+        *INTERVAL_KEYS,
+        "expiry_critical_days",
+        "crl_warning_days",
+        "crl_critical_days",
+        "registry",  # where the tenants are, not a part of the settings
+        "registry_cache",
+    }
 )
 """``[certgate]`` keys whose change keeps the settings' parts (see the module docs)."""
 
@@ -172,37 +191,106 @@ def _trust_expiry(item: ExpiryItem) -> TrustExpiry:
     )
 
 
-def check_expiry(snapshot: GateSnapshot, trigger: str, config: str = "") -> TrustExpiryEvent:
-    """Check every CA of ``snapshot``'s tenants with
-    :func:`~certgate.expiry.ca_expiry` at the levels of its
-    ``expiry_warning_days`` and ``expiry_critical_days``, and every CRL's
-    nextUpdate at ``crl_warning_days`` and ``crl_critical_days``; observe
-    and return the result. Needs a registry with ``tenants()``
-    (:class:`ConfigError` otherwise)."""
-    tenants = getattr(snapshot.registry, "tenants", None)
-    if not callable(tenants):
+MAX_STORE_EXPIRY_ITEMS = 10_000
+"""Most late items an expiry check of a tenant store hands to the observers
+(the soonest; the rest are counted in ``omitted``): a CA shared by a
+million tenants must not make a million log lines and metric series."""
+
+
+class ExpiryLevels(Protocol):
+    """The four expiry thresholds of a gate (a :class:`~certgate.gate.CertGate`
+    or one of its snapshots)."""
+
+    @property
+    def expiry_warning_days(self) -> float: ...
+
+    @property
+    def expiry_critical_days(self) -> float: ...
+
+    @property
+    def crl_warning_days(self) -> float: ...
+
+    @property
+    def crl_critical_days(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class ExpiryReport:
+    """What :func:`expiry_report` found: ``items`` soonest first,
+    ``omitted`` late items left out, and the CA thresholds used."""
+
+    items: list[ExpiryItem]
+    omitted: int
+    warning_days: float
+    critical_days: float
+
+
+def expiry_report(
+    registry: object, levels: ExpiryLevels, *, now: dt.datetime | None = None
+) -> ExpiryReport:
+    """The CAs and CRLs of ``registry``'s tenants at ``levels``' thresholds
+    (:func:`~certgate.expiry.ca_expiry`), soonest first.
+
+    A registry that lists its tenants (``tenants()``: TOML, in memory) gives
+    every item, ``ok`` ones included. A tenant store (directly or behind a
+    :class:`~certgate.stores.caching.CachingRegistry`) is scanned in pages
+    (:func:`certgate.stores.scan.store_expiry`) and gives only the late
+    items, at most :data:`MAX_STORE_EXPIRY_ITEMS`. Any other registry:
+    :class:`ConfigError`."""
+    warning = min(levels.expiry_warning_days, _MAX_EXPIRY_DAYS)
+    critical = min(levels.expiry_critical_days, warning)
+    thresholds: dict[str, Any] = {
+        "now": now,
+        "warning_days": warning,
+        "critical_days": critical,
+        "crl_warning_days": levels.crl_warning_days,
+        "crl_critical_days": levels.crl_critical_days,
+    }
+    tenants = getattr(registry, "tenants", None)
+    if callable(tenants):
+        items = ca_expiry(list(tenants()), **thresholds)
+        return ExpiryReport(items, 0, warning, critical)
+    from .stores.scan import store_expiry, store_of  # noqa: PLC0415 - stores only
+
+    store = store_of(registry)
+    if store is None:
         raise ConfigError(
-            "check_expiry needs a registry that lists its tenants (tenants()); "
-            f"{type(snapshot.registry).__name__} does not"
+            "an expiry check needs a registry that lists its tenants (tenants()) or a tenant "
+            f"store; {type(registry).__name__} is neither"
         )
-    warning = min(snapshot.expiry_warning_days, _MAX_EXPIRY_DAYS)
-    critical = min(snapshot.expiry_critical_days, warning)
-    listed = list(tenants())
-    items = ca_expiry(
-        listed,
-        warning_days=warning,
-        critical_days=critical,
-        crl_warning_days=snapshot.crl_warning_days,
-        crl_critical_days=snapshot.crl_critical_days,
-    )
-    items.sort(key=lambda item: (item.not_after, item.tenant_id, item.kind))
+    seen = 0
+
+    def counted() -> Iterator[ExpiryItem]:
+        nonlocal seen
+        for item in store_expiry(store, **thresholds):
+            seen += 1
+            yield item
+
+    soonest = heapq.nsmallest(MAX_STORE_EXPIRY_ITEMS, counted(), key=_expiry_order)
+    return ExpiryReport(soonest, seen - len(soonest), warning, critical)
+
+
+def _expiry_order(item: ExpiryItem) -> tuple[dt.datetime, str, str]:
+    return item.not_after, item.tenant_id, item.kind
+
+
+def check_expiry(snapshot: GateSnapshot, trigger: str, config: str = "") -> TrustExpiryEvent:
+    """Check every CA of ``snapshot``'s tenants at the levels of its
+    ``expiry_warning_days`` and ``expiry_critical_days``, and every CRL's
+    nextUpdate at ``crl_warning_days`` and ``crl_critical_days``
+    (:func:`expiry_report`); observe and return the result. A tenant store
+    is scanned in pages in the calling thread (the monitor thread's, for
+    the load-time and periodic checks): see :mod:`certgate.stores.scan`."""
+    report = expiry_report(snapshot.registry, snapshot)
+    items = sorted(report.items, key=_expiry_order)
     event = TrustExpiryEvent(
         items=tuple(_trust_expiry(item) for item in items),
-        warning_days=warning,
-        critical_days=critical,
+        warning_days=report.warning_days,
+        critical_days=report.critical_days,
         trigger=trigger,
         config=config,
         at=time.time(),
+        omitted=report.omitted,
     )
     snapshot.observers.trust_expiry(event)
     return event
@@ -255,13 +343,13 @@ class Reloader:
         start = time.perf_counter()
         file = Path(path)
         before = file_stamps((file,))
-        config = _config.load_config(file)
+        config = _config.load_gate_config(file)
         kwargs: dict[str, Any] = {**config.gate_kwargs, **overrides}
         try:
             intervals = _pop_intervals(kwargs, f"{file}: [certgate].")
             gate = gate_class(config.registry, **kwargs)
         except BaseException:
-            config.registry.close()
+            _config.close_registry(config.registry)
             raise
         stamps = {**file_stamps(config.files), **before}
         reloader = cls(gate, file, overrides, config.files, config.section, stamps, intervals)
@@ -286,7 +374,7 @@ class Reloader:
             self._check_expiry("load")
         self._next_watch = time.monotonic() + self.watch_interval
         self._next_expiry = time.monotonic() + self.expiry_interval
-        if self.watch_interval or self.expiry_interval:
+        if self.watch_interval or self.expiry_interval or self._expiry_pending:
             MONITOR.add(self)
 
     # -- reloading --------------------------------------------------------
@@ -311,10 +399,15 @@ class Reloader:
                 raise ConfigError(f"{self.path}: reload failed: {why}") from exc
             old = self.gate.snapshot
             self.gate.snapshot = snapshot  # the swap: the next request reads the new snapshot
-            if isinstance(snapshot.registry, TomlRegistry) and isinstance(
-                old.registry, TomlRegistry
-            ):
-                snapshot.registry.adopt(old.registry)
+            if snapshot.registry is not old.registry:
+                if isinstance(snapshot.registry, TomlRegistry) and isinstance(
+                    old.registry, TomlRegistry
+                ):
+                    snapshot.registry.adopt(old.registry)
+                # another store (URL or cache options changed), or TOML <-> store: the
+                # old one's poller and connections go (a TOML registry's CRL refresher
+                # was adopted above, or stops here)
+                _config.close_registry(old.registry)
             self.files = files
             self._section = _compared(section)
             self._proxy_ca = "proxy_ca" in section
@@ -339,8 +432,7 @@ class Reloader:
         from .gate import GateSettings, GateSnapshot  # noqa: PLC0415 - gate imports this module
 
         old = self.gate.snapshot
-        previous = old.registry if isinstance(old.registry, TomlRegistry) else None
-        config = _config.load_config(self.path, successor_of=previous)
+        config = _config.load_gate_config(self.path, successor_of=old.registry)
         try:
             kwargs: dict[str, Any] = {**config.gate_kwargs, **self.overrides}
             intervals = _pop_intervals(kwargs, f"{self.path}: [certgate].")
@@ -361,7 +453,8 @@ class Reloader:
             if verification is not None:
                 snapshot.verification = verification
         except BaseException:
-            config.registry.close()
+            if config.registry is not old.registry:  # never the registry in use
+                _config.close_registry(config.registry)
             raise
         self.set_watch(intervals[0])
         if self._expiry_on:
@@ -394,7 +487,18 @@ class Reloader:
         state.observers.reloaded(event)
         return event
 
-    def _check_expiry(self, trigger: str) -> None:
+    _expiry_pending: str | None = None
+    """The trigger of an expiry check of a tenant store queued for the
+    monitor thread (``None``: none)."""
+
+    def _check_expiry(self, trigger: str, *, queued: bool = False) -> None:
+        """Check expiry now - or, for a tenant store (a scan of the whole
+        store: about a minute of CPU at a million tenants), queue it for the
+        monitor thread, so that neither start-up nor a reload waits for it."""
+        if not queued and not callable(getattr(self.gate.snapshot.registry, "tenants", None)):
+            self._expiry_pending = trigger
+            MONITOR.add(self)
+            return
         try:
             check_expiry(self.gate.snapshot, trigger, str(self.path))
         except Exception as exc:  # monitoring never breaks a load
@@ -448,6 +552,8 @@ class Reloader:
 
     def due(self) -> float:
         """When :meth:`tick` has work next (``math.inf``: never)."""
+        if self._expiry_pending is not None:
+            return -math.inf
         due = math.inf
         if self.watch_interval:
             due = self._next_watch
@@ -459,13 +565,16 @@ class Reloader:
         """The monitor thread's turn: check the files and expiry when due."""
         if self._closed:
             return
+        pending, self._expiry_pending = self._expiry_pending, None
+        if pending is not None:
+            self._check_expiry(pending, queued=True)
         if self.watch_interval and now >= self._next_watch:
             self._next_watch = now + self.watch_interval
             if self.changed():
                 self.reload_quietly("watch")
         if self.expiry_interval and now >= self._next_expiry:
             self._next_expiry = now + self.expiry_interval
-            self._check_expiry("periodic")
+            self._check_expiry("periodic", queued=True)
 
     def reload_quietly(self, trigger: str) -> None:
         """:meth:`reload`, a failure only logged and observed (the monitor's way)."""
@@ -614,10 +723,13 @@ if hasattr(os, "register_at_fork"):
 
 __all__ = [
     "DEFAULT_EXPIRY_CHECK_INTERVAL",
+    "MAX_STORE_EXPIRY_ITEMS",
     "MONITOR",
+    "ExpiryReport",
     "Reloader",
     "check_expiry",
     "check_interval",
+    "expiry_report",
     "file_stamps",
     "handshake_gate",
 ]

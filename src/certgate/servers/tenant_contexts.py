@@ -66,14 +66,37 @@ A registry lookup that raises (an outage) aborts the handshake with the
 **Lookups in the handshake.** ``sni_callback`` is synchronous and runs
 inside the handshake: under uvicorn and hypercorn on the event loop thread,
 under Werkzeug on the thread that accepts connections, under gunicorn in the
-worker. A registry that waits on I/O (a database) blocks that thread for
-the length of the lookup - every other connection of the event loop waits
-with it. Two memories keep that rare: the host -> tenant answers (at most
-``max_hosts``; valid while the registry's ``change_token`` is the same
-object, or for ``host_ttl`` seconds for a registry without one) and the
-contexts themselves. Only synchronous registries are accepted
+worker. It cannot await, so a lookup that waits on I/O (a database) blocks
+that thread - every other connection of the event loop waits with it.
+certgate keeps that rare and bounded:
+
+* a registry with a cache (:class:`~certgate.registry.CachedTrustRegistry`,
+  such as :func:`certgate.stores.open_registry`'s) answers from memory
+  through ``peek_tenant_for_host`` - tenants and known-unknown hosts (its
+  negative cache) alike - with no thread hop and no I/O; TenantContexts keeps
+  no host memory of its own then (the cache is the one memory, bounded by
+  its own settings, and invalidated by its change feed);
+* a miss, and every lookup of any other registry that may block, runs on a
+  small pool of lookup threads while the handshake waits at most
+  ``lookup_timeout`` seconds (default: the gate's ``registry_timeout``, or
+  5 s for a bare registry). A timeout aborts the handshake
+  (``internal_error``) like an outage; while the lookup that timed out is
+  still running (a hung store), further misses are aborted at once rather
+  than block the thread again, and so they are after a lookup failed with
+  the cache stale, until the cache's own poller reaches the store again
+  (each outage blocks the thread for one failed lookup, not one per
+  connection);
+* other registries' answers are remembered here (at most ``max_hosts``;
+  valid while the registry's ``change_token`` is the same object, or for
+  ``host_ttl`` seconds for a registry without one), and an in-memory
+  registry (``blocking = False``) is called inline.
+
+Only synchronous registries are accepted
 (:class:`~certgate.registry.TrustRegistry`): a coroutine cannot be awaited
-inside a handshake.
+inside a handshake. An asynchronous registry with a blocking view of the
+same cache (``sync_registry``: ``open_registry(url, asynchronous=True)``)
+is read through that view: hits from the shared cache, misses through the
+blocking store on the lookup threads.
 """
 
 from __future__ import annotations
@@ -81,20 +104,23 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import queue
 import ssl
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from concurrent.futures import Future
 from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import sni
-from ..errors import Rejected, ServerSetupError
+from ..errors import RegistryTimeout, Rejected, ServerSetupError, TrustStoreUnavailable
 from ..hosts import normalize_host
-from ..registry import TrustRegistry
+from ..lookups import DEFAULT_REGISTRY_TIMEOUT, LookupPool, check_timeout, wait_for
+from ..registry import Miss, TrustRegistry
 from ..tenant import Tenant
 from .tls import (
     SNICallback,
@@ -119,6 +145,7 @@ def registry_of(source: Any) -> TrustRegistry:
 
     Raises :class:`ServerSetupError` for an asynchronous registry."""
     registry = getattr(source, "registry", source)
+    registry = getattr(registry, "sync_registry", None) or registry
     lookup = getattr(registry, "tenant_for_host", None)
     if lookup is None or not callable(lookup):
         raise ServerSetupError(f"{type(source).__name__} is not a trust registry or a CertGate")
@@ -164,7 +191,9 @@ class TenantContexts:
     registry is used). ``certfile``/``keyfile``/``password``: the server's
     certificate, loaded into every context. ``max_contexts`` bounds the
     per-tenant contexts kept (least recently used dropped first);
-    ``max_hosts`` and ``host_ttl`` bound the host -> tenant memory.
+    ``max_hosts`` and ``host_ttl`` bound the host -> tenant memory (of a
+    registry without a cache). ``lookup_timeout``: seconds a handshake waits
+    for a registry lookup (``None``: the gate's ``registry_timeout``).
     ``require_certificate`` makes the handshake refuse clients without a
     certificate (``CERT_REQUIRED``; default ``CERT_OPTIONAL``, certgate
     answers 403). ``defer_time`` leaves validity times to certgate.
@@ -191,6 +220,7 @@ class TenantContexts:
         host_ttl: float = 60.0,
         alpn_protocols: Iterable[str] = (),
         proxy_cas: Iterable[x509.Certificate] | None = None,
+        lookup_timeout: float | None = None,
     ) -> None:
         if unknown_sni not in UNKNOWN_SNI_RULES:
             raise ServerSetupError(
@@ -222,12 +252,19 @@ class TenantContexts:
         self._hosts: OrderedDict[str, tuple[object, float, Tenant | None]] = OrderedDict()
         self._no_anchors: ssl.SSLContext | None = None
         self._failing = False
+        self.lookup_timeout = None if lookup_timeout is None else check_timeout(lookup_timeout)
+        self._pool = LookupPool(name="certgate-handshake")
+        self._stuck: Future[Tenant | None] | None = None
+        self._down: object | None = None
+        self.lookups = 0
+        """Registry lookups made off the thread of the handshake (misses)."""
 
     @property
     def registry(self) -> TrustRegistry:
         """The registry looked up now (a gate's current one: it changes
         with each reload of the gate)."""
-        return getattr(self.source, "registry", self.source)  # type: ignore[no-any-return]
+        registry = getattr(self.source, "registry", self.source)
+        return getattr(registry, "sync_registry", None) or registry  # type: ignore[no-any-return]
 
     # -- contexts ---------------------------------------------------------
 
@@ -338,9 +375,19 @@ class TenantContexts:
     # -- lookups ----------------------------------------------------------
 
     def tenant_for(self, host: str) -> Tenant | None:
-        """The tenant serving normalised ``host`` (remembered; see the module
-        docstring). Raises what the registry raises."""
-        token = getattr(self.registry, "change_token", _NO_TOKEN)
+        """The tenant serving normalised ``host``: from the registry's cache
+        or this object's host memory when they know, else looked up with a
+        deadline (see the module docstring). Raises what the registry
+        raises, :class:`~certgate.errors.RegistryTimeout` after
+        ``lookup_timeout``."""
+        registry = self.registry
+        peek = getattr(registry, "peek_tenant_for_host", None)  # a cache (not isinstance: slow)
+        if peek is not None:
+            found = peek(host)
+            if not isinstance(found, Miss):
+                return found  # type: ignore[no-any-return]
+            return self._look_up(registry, host)
+        token = getattr(registry, "change_token", _NO_TOKEN)
         now = time.monotonic()
         with self._lock:
             entry = self._hosts.get(host)
@@ -348,13 +395,58 @@ class TenantContexts:
             if entry is not None and fresh and entry[0] is token:
                 self._hosts.move_to_end(host)
                 return entry[2]
-        tenant = self.registry.tenant_for_host(host)
+        tenant = self._look_up(registry, host)
         with self._lock:
             self._hosts[host] = (token, now + self.host_ttl, tenant)
             self._hosts.move_to_end(host)
             while len(self._hosts) > self.max_hosts:
                 self._hosts.popitem(last=False)
         return tenant
+
+    def _timeout(self) -> float:
+        if self.lookup_timeout is not None:
+            return self.lookup_timeout
+        timeout = getattr(self.source, "registry_timeout", None)
+        return DEFAULT_REGISTRY_TIMEOUT if not isinstance(timeout, int | float) else float(timeout)
+
+    def _look_up(self, registry: TrustRegistry, host: str) -> Tenant | None:
+        """``registry.tenant_for_host(host)``: inline for a registry that
+        never blocks, else on the lookup threads, waiting at most the
+        timeout; at once :class:`RegistryTimeout` while an earlier lookup
+        that timed out is still running (a hung store must not block the
+        thread of the handshake once per connection)."""
+        if not getattr(registry, "blocking", True):
+            return registry.tenant_for_host(host)
+        timeout = self._timeout()
+        stuck = self._stuck
+        if stuck is not None:
+            if not stuck.done():
+                raise RegistryTimeout(
+                    timeout, "an earlier handshake lookup that timed out is still running"
+                )
+            self._stuck = None
+        fresh = getattr(registry, "is_fresh", None)  # a cache polling its store
+        if self._down is registry and callable(fresh):
+            if not fresh():
+                raise TrustStoreUnavailable(
+                    "the tenant store failed a handshake lookup and the cache has not "
+                    "reached it since"
+                )
+            self._down = None
+        self.lookups += 1
+        try:
+            future = self._pool.submit(lambda: registry.tenant_for_host(host))
+        except queue.Full:
+            raise RegistryTimeout(timeout, "every handshake lookup thread is busy") from None
+        try:
+            return wait_for(future, timeout)
+        except RegistryTimeout:
+            self._stuck = future
+            raise
+        except Exception:
+            if callable(fresh) and not fresh():
+                self._down = registry  # until the cache's own poller reaches the store
+            raise
 
     def select(self, conn: Any) -> int | None:
         """Switch ``conn`` (in its ``sni_callback``) to the context of the

@@ -30,6 +30,9 @@ the PostgreSQL store builds on the same ones):
   propagation from a :class:`ChangeFeed` polled by a background thread
   (invalidating only the tenants that changed) with a ``change_token`` for
   the gate's decision memo.
+  :class:`~certgate.stores.async_caching.AsyncCachingRegistry` is that
+  same cache in front of a coroutine registry (ASGI misses awaited on the
+  loop; ``open_registry(url, asynchronous=True)``).
 * **URLs** (:func:`open_registry`, :func:`open_store`): ``sqlite:///path``
   (and ``postgresql://...`` once that store registers its scheme with
   :func:`register_scheme`).
@@ -43,7 +46,7 @@ from __future__ import annotations
 import importlib
 import urllib.parse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload, runtime_checkable
 
 from ..errors import ConfigError
 from ..text import safe_text
@@ -52,6 +55,7 @@ from .schema import SCHEMA_VERSION, SchemaError
 from .sql import ImportResult, SqlTenantStore, TenantSummary
 
 if TYPE_CHECKING:
+    from .async_caching import AsyncCachingRegistry
     from .caching import CachingRegistry
 
 
@@ -107,10 +111,40 @@ def open_store(url: str, *, create: bool = False) -> SqlTenantStore:
     return _factory(url)(url, create=create)
 
 
-def open_registry(url: str, **cache: Any) -> CachingRegistry:
+@overload
+def open_registry(
+    url: str, *, asynchronous: Literal[False] = False, **cache: Any
+) -> CachingRegistry: ...
+
+
+@overload
+def open_registry(
+    url: str, *, asynchronous: Literal[True], **cache: Any
+) -> AsyncCachingRegistry: ...
+
+
+@overload
+def open_registry(
+    url: str, *, asynchronous: bool, **cache: Any
+) -> CachingRegistry | AsyncCachingRegistry: ...
+
+
+def open_registry(
+    url: str, *, asynchronous: bool = False, **cache: Any
+) -> CachingRegistry | AsyncCachingRegistry:
     """A :class:`~certgate.stores.caching.CachingRegistry` over the store at
     ``url``, ready for :class:`~certgate.CertGate`; ``cache``: its options
-    (``max_tenants``, ``negative_ttl``, ``poll_interval``, ...)."""
+    (``max_tenants``, ``negative_ttl``, ``poll_interval``, ...).
+
+    ``asynchronous=True`` (``postgresql://`` only): an
+    :class:`~certgate.stores.async_caching.AsyncCachingRegistry` - the same
+    cache, whose misses on the ASGI path are awaited on an
+    :class:`~certgate.stores.postgres.AsyncPostgresRegistry` instead of
+    waiting for a lookup thread."""
+    if asynchronous:
+        from .async_caching import open_async_registry  # noqa: PLC0415
+
+        return open_async_registry(url, **cache)
     from .caching import CachingRegistry  # noqa: PLC0415
 
     return CachingRegistry(open_store(url), **cache)

@@ -282,6 +282,37 @@ class CachingRegistry:
                     self._keep_tenant(tenant)
         return tenant
 
+    # -- for a registry that reads misses elsewhere (AsyncCachingRegistry) ------
+
+    @property
+    def epoch(self) -> int:
+        """Bumped by every drop: read it before a lookup of a miss and hand
+        it to :meth:`remember_host` / :meth:`remember_tenant`, which keep
+        nothing read before a drop (it may be the old trust)."""
+        return self._epoch
+
+    def is_fresh(self) -> bool:
+        """Whether a poll succeeded within ``max_stale`` seconds."""
+        return time.monotonic() < self._fresh_until
+
+    def ensure_fresh(self) -> None:
+        """Poll now if the cache is stale (blocking; raises
+        :class:`TrustStoreUnavailable` when the store cannot answer)."""
+        self._ensure_fresh()
+
+    def remember_host(self, host: str, tenant: Tenant | None, epoch: int) -> None:
+        """Cache what a lookup of ``host`` made elsewhere found (a tenant,
+        or ``None``: unknown), unless a drop happened since ``epoch``."""
+        self._loads += 1
+        self._remember_host(host, tenant, epoch)
+
+    def remember_tenant(self, tenant: Tenant, epoch: int) -> None:
+        """Cache a tenant found by id elsewhere (see :meth:`remember_host`)."""
+        self._loads += 1
+        with self._lock:
+            if self._epoch == epoch:
+                self._keep_tenant(tenant)
+
     # -- the cache --------------------------------------------------------------
 
     def _remember_host(self, host: str, tenant: Tenant | None, epoch: int) -> None:
