@@ -93,7 +93,7 @@ class Backend:
     def registry(self, url: str, **cache: Any) -> CachingRegistry:
         """``open_registry(url, **cache)``, closed when the test ends (its
         poller and, in PostgreSQL, its pool and listener)."""
-        made = open_registry(url, **cache)
+        made = open_registry(url, asynchronous=False, **cache)
         self.registries.append(made)
         return made
 

@@ -61,7 +61,7 @@ def _close_on_request(registry: CachingRegistry) -> None:
 def watch(url: str, host: str, leaf_path: str, changes: int, max_stale: str | None) -> None:
     logging.getLogger("certgate").setLevel(logging.CRITICAL)  # a refusal per decision otherwise
     options = {} if max_stale is None else {"poll_interval": 0.05, "max_stale": float(max_stale)}
-    registry = open_registry(url, **options)
+    registry = open_registry(url, asynchronous=False, **options)
     gate = CertGate(registry, **CLOUDFLARE)  # type: ignore[arg-type]
     _close_on_request(registry)
     facts = _facts(host, leaf_path)
