@@ -11,7 +11,6 @@ import string
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,7 @@ from certgate.stores import open_registry
 from certgate.stores.caching import CachingRegistry
 from certgate.stores.sqlite import SqliteRegistry
 from certgate.verifier import ChainVerifier
-from tests.store_helpers import leaf_facts, new_store, url_of
-
-
-def wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+from tests.store_helpers import leaf_facts, new_store, url_of, wait_for
 
 
 @pytest.fixture(scope="module")
