@@ -647,19 +647,6 @@ class PostgresRegistry(SqlTenantStore):
         if proc is not None and proc.pid == os.getpid():
             proc.close(self.settings.heartbeat + 1.0)
 
-    def _write_batch(
-        self, session: SqlSession, pending: Sequence[tuple[TenantRecord, Tenant]]
-    ) -> list[tuple[str, str]]:
-        """An import batch written and checked as a whole (see
-        :mod:`certgate.stores.postgres_batch`); one tenant at a time when
-        the batch names a tenant twice."""
-        ids = {record.id for record, _ in pending}
-        if not isinstance(session, PgSession) or len(ids) != len(pending):
-            return super()._write_batch(session, pending)
-        from .postgres_batch import write_batch  # noqa: PLC0415 - imports this module
-
-        return write_batch(session, pending, self._signatures)
-
     def _log(self, session: SqlSession, changes: list[tuple[str, str]]) -> int:
         """The change log entry of a write, remembered for the transaction's NOTIFY."""
         last = super()._log(session, changes)

@@ -29,6 +29,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .. import certmemo
 from ..crl import load_crls
 from ..errors import ConfigError
 from ..tenant import Tenant, check_crl_url, check_tenant_id, prevetted
@@ -364,7 +365,7 @@ class TenantRecord:
 
 def _certificate(der: bytes, where: str) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(der)
+        return certmemo.load_der(der)
     except ValueError as exc:
         raise ConfigError(f"{where} is not a DER certificate: {exc}") from None
 
@@ -401,11 +402,21 @@ def _pem_certs(
             raise ConfigError(f"{where}: {key}[{position}] holds no PEM certificate")
         for block in blocks:
             try:
-                cert = x509.load_pem_x509_certificate(block.encode("ascii"))
+                ders.append(_pem_der(block))
             except ValueError as exc:
                 raise ConfigError(f"{where}: {key}[{position}]: {exc}") from None
-            ders.append(cert.public_bytes(Encoding.DER))
     return ders
+
+
+def _pem_der(block: str) -> bytes:
+    """The DER of one PEM certificate block (``ValueError`` when it does not
+    parse); remembered during an import (:mod:`certgate.certmemo`)."""
+
+    def load() -> bytes:
+        return x509.load_pem_x509_certificate(block.encode("ascii")).public_bytes(Encoding.DER)
+
+    memo = certmemo.active()
+    return load() if memo is None else memo.get("pem", block, load)
 
 
 def _pem_crls(data: Mapping[str, Any], where: str) -> list[bytes]:

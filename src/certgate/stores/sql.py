@@ -42,8 +42,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
+from .. import certmemo
 from ..errors import ConfigError, TrustStoreUnavailable
 from ..hosts import parent_domain
 from ..tenant import Tenant, check_tenant_id
@@ -119,8 +118,8 @@ class TenantRows:
         position = {"root": 0, "intermediate": 0}
         roles = ["root"] * len(tenant.roots) + ["intermediate"] * len(tenant.intermediates)
         for role, (cert, key) in zip(roles, tenant.ca_name_keys, strict=True):
-            der = cert.public_bytes(Encoding.DER)
-            stored = StoredCert.of(cert, _sha256(der), key)
+            der = certmemo.der_of(cert)
+            stored = StoredCert.of(cert, certmemo.sha256_of(cert), key)
             own.append(stored)
             certs.append((stored.sha256, der, stored.subject, stored.issuer, key))
             links.append((record.id, role, position[role], stored.sha256, tenant.shared_anchors))
@@ -247,16 +246,25 @@ class SqlTenantStore:
         def flush() -> None:
             nonlocal written, committed
             session = self.session()
-            with session.transaction():
-                try:
+            try:
+                with session.transaction():
                     changed = self._write_batch(session, pending)
-                except ConfigError as exc:
-                    raise ConfigError(
-                        f"{exc} (import stopped: {committed} tenants stored before this "
-                        "batch; fix the tenant and import again)"
-                    ) from None
-                if changed:
-                    self._log(session, changed)
+                    if changed:
+                        self._log(session, changed)
+            except ConfigError:
+                # Refused as a whole: written again one tenant at a time, which
+                # either stores it (an order-dependent refusal) or names the
+                # tenant and the rule exactly as a put() of each would.
+                with session.transaction():
+                    try:
+                        changed = self._write_each(session, pending)
+                    except ConfigError as exc:
+                        raise ConfigError(
+                            f"{exc} (import stopped: {committed} tenants stored before this "
+                            "batch; fix the tenant and import again)"
+                        ) from None
+                    if changed:
+                        self._log(session, changed)
             written += len(changed)
             committed += len(pending)
             pending.clear()
@@ -264,7 +272,7 @@ class SqlTenantStore:
                 progress(read)
 
         source = iter(items)
-        with self._bulk():
+        with self._bulk(), certmemo.remembering():
             while True:
                 try:
                     item = next(source, None)  # a reader of a file may raise here
@@ -291,9 +299,21 @@ class SqlTenantStore:
         self, session: SqlSession, pending: Sequence[tuple[TenantRecord, Tenant]]
     ) -> builtins.list[tuple[str, str]]:
         """Write a batch of an import in the caller's transaction, not logged:
-        the ``(id, "put")`` of the tenants that changed. :class:`ConfigError`
-        naming the tenant and the rule when one is refused (a store may
-        check the batch as a whole, see the PostgreSQL store)."""
+        the ``(id, "put")`` of the tenants that changed. Written and checked
+        as a whole (:mod:`certgate.stores.batch`); one tenant at a time when
+        the batch names a tenant twice. :class:`ConfigError` when a tenant
+        is refused (the caller rolls back and writes the batch again with
+        :meth:`_write_each`, for the one-at-a-time error)."""
+        if len({record.id for record, _ in pending}) != len(pending):
+            return self._write_each(session, pending)
+        from .batch import write_batch  # noqa: PLC0415 - imports this module
+
+        return write_batch(session, pending, self._signatures)
+
+    def _write_each(
+        self, session: SqlSession, pending: Sequence[tuple[TenantRecord, Tenant]]
+    ) -> builtins.list[tuple[str, str]]:
+        """:meth:`_write_batch` one tenant at a time (as :meth:`put`)."""
         changed: builtins.list[tuple[str, str]] = []
         for record, tenant in pending:
             if self._write(session, record, tenant):
