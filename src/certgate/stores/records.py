@@ -190,8 +190,20 @@ class TenantRecord:
         known = self.__dict__.get("_settings_json")
         if known is not None:
             return str(known)
+        memo = certmemo.active()
         try:
-            text = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
+            if memo is not None and self.policy is None:  # the same few texts, over and over
+                key = (
+                    self.crl_urls,
+                    type(self.crl_refresh),
+                    self.crl_refresh,
+                    self.crl_stale,
+                    self.require_crl,
+                    self.ca_expired,
+                )
+                text = memo.get("settings", key, self._settings_text)
+            else:
+                text = self._settings_text()
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"tenant {self.id!r}: the policy is not JSON data: {exc}") from None
         if len(text) > MAX_POLICY_JSON:
@@ -200,6 +212,9 @@ class TenantRecord:
             )
         self.__dict__["_settings_json"] = text  # a cache: the record is immutable
         return text
+
+    def _settings_text(self) -> str:
+        return json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> bytes:
         """SHA-256 over everything stored of the tenant (not ``version`` or
