@@ -1,10 +1,11 @@
 """``certgate tenants`` commands against a registry URL (``sqlite:///path``).
 
-    certgate tenants import --from SOURCE --to URL [--batch N] [--quiet]
+    certgate tenants import --from SOURCE --to URL [--batch N] [--progress] [--quiet]
         SOURCE: a TOML configuration (every tenant is loaded and checked as
         certgate would load it), a JSON-lines export (``-``: standard input)
         or another registry URL. Tenants are written in batched
-        transactions; a progress bar goes to standard error.
+        transactions; a progress bar goes to standard error when it is a
+        terminal (or with ``--progress``).
     certgate tenants export --from URL [--out FILE]
         One JSON object per line (certificates and CRLs as PEM), in id order.
     certgate tenants add ID --registry URL --host H... --root PEM... [--intermediate PEM]...
@@ -67,6 +68,11 @@ def store_parsers(sub: Any) -> None:
     )
     imp.add_argument("--to", dest="target", required=True, help="registry URL (sqlite:///path)")
     imp.add_argument("--batch", type=int, default=500, help="tenants per transaction (500)")
+    imp.add_argument(
+        "--progress",
+        action="store_true",
+        help="a progress bar even when standard error is not a terminal (a line every 10 s)",
+    )
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     exp = sub.add_parser("export", help="export a registry's tenants as JSON lines")
     exp.add_argument("--from", dest="source", required=True, help="registry URL")
@@ -90,7 +96,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         command = args.tenants_command
         if command == "import":
-            return _import(args.source, args.target, batch=args.batch, quiet=args.quiet)
+            return _import(
+                args.source,
+                args.target,
+                batch=args.batch,
+                quiet=args.quiet,
+                progress=getattr(args, "progress", False),
+            )
         if command == "export":
             return _export(args.source, args.out)
         if command == "add":
@@ -129,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
 # -- import and export --------------------------------------------------------------
 
 
-def _import(source: str, target: str, *, batch: int, quiet: bool) -> int:
+def _import(source: str, target: str, *, batch: int, quiet: bool, progress: bool = False) -> int:
+    """Import ``source`` into ``target``; a progress bar on standard error
+    when it is a terminal, or with ``progress`` (never with ``quiet``)."""
     if "://" in source:
         origin = open_store(source)
         total: int | None = origin.count()
@@ -142,7 +156,7 @@ def _import(source: str, target: str, *, batch: int, quiet: bool) -> int:
         total = None if source == "-" else _count_lines(source)
         records = records_from_jsonl(source)
     store = open_store(target, create=True)
-    bar = Progress(total, enabled=not quiet)
+    bar = Progress(total, enabled=not quiet and (progress or sys.stderr.isatty()))
     started = time.monotonic()
     try:
         result = store.import_tenants(records, batch=batch, progress=bar.update)

@@ -63,9 +63,10 @@ what is PostgreSQL's own:
   process; a forked worker (gunicorn ``--preload``) opens its own on first
   use and never touches the parent's sockets.
 * **Pinned schema and timeouts**: the schema is ``schema=`` in the URL,
-  else the connection's ``current_schema()`` when the store is opened
-  (refused when tables named like certgate's are also in another schema
-  of the search path); every connection then runs with ``search_path``
+  else the one the connection's search path finds certgate's tables in
+  when the store is opened (``current_schema()`` for a new store; refused
+  when tables named like certgate's are also in another schema of that
+  path); every connection then runs with ``search_path``
   pinned to that schema (:func:`search_path`: ``pg_catalog`` implicitly
   first), so a table or function another role creates in a schema earlier
   in its usual path shadows nothing, and
@@ -620,7 +621,9 @@ def open_database(
     (``schema=`` in the URL, else ``current_schema()`` - refused when
     tables named like certgate's are in another schema of the search path:
     which one a statement used would depend on that path), migrate it
-    (``create``) and check its version. Returns the settings with every
+    (``create``) and check its version. The schema, unless named: the one
+    where ``certgate_schema`` is found through the search path, else (a new
+    store) ``current_schema()``. Returns the settings with every
     later connection pinned to that schema (:meth:`PgSettings.pinned`) and
     whether some tenant sets its own mode. :class:`ConfigError` naming
     the URL (no password) when the database cannot be used."""
@@ -630,7 +633,12 @@ def open_database(
         with psycopg.connect(settings.conninfo, autocommit=True) as conn:
             schema = settings.schema
             if schema is None:
-                row = conn.execute("SELECT pg_catalog.current_schema()").fetchone()
+                row = conn.execute(
+                    "SELECT coalesce((SELECT n.nspname FROM pg_catalog.pg_class c "
+                    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE c.oid = pg_catalog.to_regclass('certgate_schema')), "
+                    "pg_catalog.current_schema())"
+                ).fetchone()
                 if row is None or row[0] is None:
                     raise ConfigError(f"{where}: no current schema (check search_path)")
                 schema = str(row[0])
@@ -652,7 +660,7 @@ def open_database(
 
 def _check_unshadowed(conn: psycopg.Connection[tuple[Any, ...]], schema: str, where: str) -> None:
     """Refuse a search path in which tables named like certgate's are in
-    another schema than ``schema`` (the current one)."""
+    another schema than ``schema``."""
     rows = conn.execute(
         "SELECT DISTINCT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
         "ON n.oid = c.relnamespace WHERE c.relname = ANY(%s) "
@@ -663,7 +671,7 @@ def _check_unshadowed(conn: psycopg.Connection[tuple[Any, ...]], schema: str, wh
         others = ", ".join(sorted(str(row[0]) for row in rows))
         raise ConfigError(
             f"{where}: tables named like certgate's are in schema(s) {others} of the search "
-            f"path as well as in {schema!r} (the current schema): name the schema holding "
+            f"path as well as in {schema!r}: name the schema holding "
             "certgate's tables in the URL (schema=NAME) so that no other schema can shadow them"
         )
 
