@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from certgate import ConfigError, certmemo, vetting
 from certgate.devpki import CA
 from certgate.stores import SqlTenantStore, TenantRecord, open_store
-from certgate.stores.cli import Progress
+from certgate.stores.cli import Progress, records_from_jsonl, records_from_jsonl_parallel
 from certgate.stores.records import _pem
 from certgate.stores.sqlite import sqlite_url
 from tests.store_helpers import cross_certificate
@@ -317,3 +317,47 @@ def test_the_batch_path_refuses_on_its_own(new_store: Factory, roots: list[CA], 
     with pytest.raises(ConfigError), session.transaction():
         store._write_batch(session, pending)
     assert store.count() == 0
+
+
+def test_the_parallel_reader_yields_the_same_records_and_error(
+    tmp_path: Path, roots: list[CA]
+) -> None:
+    """A large file is parsed by a second process: same records, same order,
+    and a bad line raises the same error after the records before it."""
+    source = _jsonl(tmp_path / "t.jsonl", roots, 1200)
+    assert list(records_from_jsonl_parallel(str(source))) == list(records_from_jsonl(str(source)))
+    with source.open("a") as out:
+        out.write('{"id": "bad one", "hosts": ["x.test"], "roots": []}\n')
+    got: list[TenantRecord] = []
+    with pytest.raises(ConfigError) as parallel:
+        got.extend(records_from_jsonl_parallel(str(source)))
+    with pytest.raises(ConfigError) as serial:
+        list(records_from_jsonl(str(source)))
+    assert str(parallel.value) == str(serial.value)
+    assert "line 1201" in str(parallel.value)
+    assert len(got) == 1200
+
+
+def test_cli_import_through_the_reader_process(
+    tmp_path: Path,
+    roots: list[CA],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from certgate.stores import cli
+
+    monkeypatch.setattr(cli, "PARALLEL_MIN_LINES", 10)
+    source = _jsonl(tmp_path / "t.jsonl", roots, 30)
+    with source.open("a") as out:
+        out.write('{"id": "t5", "hosts": ["t5.test"], "roots": []}\n')
+    parser = argparse.ArgumentParser()
+    cli.store_parsers(parser.add_subparsers(dest="tenants_command"))
+    url = sqlite_url(tmp_path / "p.db")
+    args = parser.parse_args(["import", "--from", str(source), "--to", url, "--batch", "7"])
+    assert cli.run(args) == 2
+    err = capsys.readouterr().err
+    assert "line 31" in err
+    assert "import stopped: 30 tenants stored before it" in err
+    assert open_store(url).count() == 30

@@ -39,18 +39,35 @@ MEMO_SIZE = 4096
 T = TypeVar("T")
 
 
+class CertFacts:
+    """What is remembered of one certificate object (each computed when
+    first asked)."""
+
+    __slots__ = ("cert", "der", "name_key", "names", "sha256")
+
+    def __init__(self, cert: x509.Certificate) -> None:
+        self.cert = cert  # referenced: its id is not reused while remembered
+        self.der: bytes | None = None
+        self.sha256: bytes | None = None
+        self.name_key: bytes | None = None
+        self.names: tuple[bytes, bytes] | None = None
+
+
 class CertMemo:
     """The tables of one import (see the module docstring)."""
 
     def __init__(self, size: int = MEMO_SIZE) -> None:
         self.size = size
         self._tables: dict[str, dict[Hashable, object]] = {}
+        self._facts: dict[int, CertFacts] = {}
         self._clean: set[Hashable] = set()
 
     def get(self, table: str, key: Hashable, make: Callable[[], T]) -> T:
         """The remembered value of ``key`` in ``table``, else ``make()``
         remembered (an exception is not)."""
-        entries = self._tables.setdefault(table, {})
+        entries = self._tables.get(table)
+        if entries is None:
+            entries = self._tables[table] = {}
         found = entries.get(key, _MISSING)
         if found is _MISSING:
             found = make()
@@ -59,13 +76,14 @@ class CertMemo:
             entries[key] = found
         return found  # type: ignore[return-value]
 
-    def by_object(self, table: str, cert: x509.Certificate, make: Callable[[], T]) -> T:
-        """As :meth:`get`, keyed by the certificate object itself (kept
-        referenced with the value, so its ``id`` is not reused meanwhile)."""
-        pair = self.get(table, id(cert), lambda: (cert, make()))
-        if pair[0] is not cert:  # pragma: no cover - the object is referenced by the entry
-            raise RuntimeError("certificate memo out of step")
-        return pair[1]
+    def facts(self, cert: x509.Certificate) -> CertFacts:
+        """The remembered facts of the certificate object ``cert``."""
+        found = self._facts.get(id(cert))
+        if found is None or found.cert is not cert:
+            if len(self._facts) >= self.size:
+                self._facts.clear()
+            found = self._facts[id(cert)] = CertFacts(cert)
+        return found
 
     def is_clean(self, key: Hashable) -> bool:
         """Whether the CA set ``key`` passed vetting with no finding."""
@@ -102,7 +120,10 @@ def der_of(cert: x509.Certificate) -> bytes:
     memo = _ACTIVE.get()
     if memo is None:
         return cert.public_bytes(Encoding.DER)
-    return memo.by_object("der", cert, lambda: cert.public_bytes(Encoding.DER))
+    facts = memo.facts(cert)
+    if facts.der is None:
+        facts.der = cert.public_bytes(Encoding.DER)
+    return facts.der
 
 
 def sha256_of(cert: x509.Certificate) -> bytes:
@@ -110,7 +131,37 @@ def sha256_of(cert: x509.Certificate) -> bytes:
     memo = _ACTIVE.get()
     if memo is None:
         return hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
-    return memo.by_object("sha256", cert, lambda: hashlib.sha256(der_of(cert)).digest())
+    facts = memo.facts(cert)
+    if facts.sha256 is None:
+        if facts.der is None:
+            facts.der = cert.public_bytes(Encoding.DER)
+        facts.sha256 = hashlib.sha256(facts.der).digest()
+    return facts.sha256
+
+
+def name_key_of(cert: x509.Certificate, make: Callable[[x509.Certificate], bytes]) -> bytes:
+    """``make(cert)`` (:func:`certgate.tenant.name_key`), remembered during an import."""
+    memo = _ACTIVE.get()
+    if memo is None:
+        return make(cert)
+    facts = memo.facts(cert)
+    if facts.name_key is None:
+        facts.name_key = make(cert)
+    return facts.name_key
+
+
+def names_of(
+    cert: x509.Certificate, make: Callable[[x509.Certificate], tuple[bytes, bytes]]
+) -> tuple[bytes, bytes]:
+    """``make(cert)`` (the DER of the subject and issuer names), remembered
+    during an import."""
+    memo = _ACTIVE.get()
+    if memo is None:
+        return make(cert)
+    facts = memo.facts(cert)
+    if facts.names is None:
+        facts.names = make(cert)
+    return facts.names
 
 
 def load_der(der: bytes) -> x509.Certificate:

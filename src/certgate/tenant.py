@@ -93,10 +93,7 @@ class Anchor:
 def name_key(cert: x509.Certificate) -> bytes:
     """SHA-256 over (subject DER, SubjectPublicKeyInfo DER), length-prefixed
     (remembered during an import: :mod:`certgate.certmemo`)."""
-    memo = certmemo.active()
-    if memo is not None:
-        return memo.by_object("name_key", cert, lambda: _name_key(cert))
-    return _name_key(cert)
+    return certmemo.name_key_of(cert, _name_key)
 
 
 def _name_key(cert: x509.Certificate) -> bytes:

@@ -72,10 +72,7 @@ class StoredCert:
     @classmethod
     def of(cls, cert: x509.Certificate, sha256: bytes, name_key: bytes) -> StoredCert:
         """A certificate at hand (the written tenant's own)."""
-        memo = certmemo.active()
-        names = (
-            _names(cert) if memo is None else memo.by_object("names", cert, lambda: _names(cert))
-        )
+        names = certmemo.names_of(cert, _names)
         return cls(sha256, names[0], names[1], name_key, None, cert)
 
 

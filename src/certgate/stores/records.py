@@ -222,7 +222,6 @@ class TenantRecord:
         known = self.__dict__.get("_digest")
         if known is not None:
             return bytes(known)
-        digest = hashlib.sha256(b"certgate-record-v1")
         parts: list[bytes] = [
             self.id.encode(),
             json.dumps(list(self.hosts)).encode(),
@@ -234,10 +233,10 @@ class TenantRecord:
             parts.append(b"%d" % len(group))
             parts.extend(group)
         parts.extend((label or "").encode() for label in self.crl_labels)
-        for part in parts:
-            digest.update(b"%d:" % len(part))
-            digest.update(part)
-        value = digest.digest()
+        # SHA-256 over the prefix and each part as b"LEN:" + part (one call)
+        value = hashlib.sha256(
+            b"certgate-record-v1" + b"".join([b"%d:%b" % (len(part), part) for part in parts])
+        ).digest()
         self.__dict__["_digest"] = value  # a cache: the record is immutable
         return value
 
