@@ -182,7 +182,8 @@ def test_tables_shadowing_the_store_are_refused_or_ignored(
         early.close()
     # opened now, without schema=: which tables a statement used would depend
     # on the path - refused, naming the fix
-    with pytest.raises(ConfigError, match=r"schema\(s\) public .* as well as in 'shadow'.*schema=NAME"):
+    shadowed_by = r"schema\(s\) public .* as well as in 'shadow'.*schema=NAME"
+    with pytest.raises(ConfigError, match=shadowed_by):
         PostgresRegistry(pg_dsn)
     with pytest.raises(ConfigError, match="schema=NAME"):
         AsyncPostgresRegistry(pg_dsn)
