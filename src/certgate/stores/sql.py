@@ -232,6 +232,15 @@ class SqlTenantStore:
         """Put every item, ``batch`` tenants per transaction; ``progress`` is
         called with the number of tenants read so far after each batch.
 
+        Each batch is written and checked as a whole (:mod:`certgate.stores.batch`:
+        hosts unique, the anchor-sharing rule against the stored tenants and
+        the rest of the batch, inside the transaction); a refused batch is
+        rolled back and written again one tenant at a time, so the error is
+        the one :meth:`put` gives. Certificate facts and clean CA sets are
+        remembered for the import (:mod:`certgate.certmemo`): a CA shared
+        by many tenants is parsed and vetted once. The change counter and
+        log get one entry per written tenant, as with :meth:`put`.
+
         Stops at the first tenant that fails (:class:`ConfigError` naming it
         and saying how many were stored before it): the tenants of earlier
         batches stay stored, the failing batch is rolled back. Importing a
