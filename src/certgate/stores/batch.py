@@ -160,43 +160,64 @@ def _check_hosts(session: SqlSession, claims: Sequence[tuple[str, Tenant]]) -> N
 
 
 def _insert(session: SqlSession, parts: Sequence[TenantRows]) -> None:
-    sql = session.dialect.sql
-    session.executemany(
-        sql(
-            "INSERT INTO tenants (id, mode, shared_anchors, settings, digest, created, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET mode = excluded.mode, "
-            "shared_anchors = excluded.shared_anchors, settings = excluded.settings, "
-            "digest = excluded.digest, updated = excluded.updated"
-        ),
+    insert_rows(
+        session,
+        "tenants (id, mode, shared_anchors, settings, digest, created, updated)",
+        ("text", "text", "boolean", "text", "bytea", "text", "text"),
         [rows.tenant for rows in parts],
+        "ON CONFLICT (id) DO UPDATE SET mode = excluded.mode, "
+        "shared_anchors = excluded.shared_anchors, settings = excluded.settings, "
+        "digest = excluded.digest, updated = excluded.updated",
     )
-    session.executemany(
-        sql("INSERT INTO hosts (pattern, tenant_id) VALUES (?, ?)"),
+    insert_rows(
+        session,
+        "hosts (pattern, tenant_id)",
+        ("text", "text"),
         [host for rows in parts for host in rows.hosts],
     )
     certs = {cert[0]: cert for rows in parts for cert in rows.certs}
-    session.executemany(
-        sql(
-            "INSERT INTO certificates (sha256, der, subject, issuer, name_key) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING"
-        ),
+    insert_rows(
+        session,
+        "certificates (sha256, der, subject, issuer, name_key)",
+        ("bytea", "bytea", "bytea", "bytea", "bytea"),
         list(certs.values()),
+        "ON CONFLICT (sha256) DO NOTHING",
     )
-    session.executemany(
-        sql(
-            "INSERT INTO tenant_certificates (tenant_id, role, position, sha256, shared) "
-            "VALUES (?, ?, ?, ?, ?)"
-        ),
+    insert_rows(
+        session,
+        "tenant_certificates (tenant_id, role, position, sha256, shared)",
+        ("text", "text", "integer", "bytea", "boolean"),
         [link for rows in parts for link in rows.links],
     )
-    crls = [crl for rows in parts for crl in rows.crls]
-    if crls:
-        session.executemany(
-            sql(
-                "INSERT INTO crls (tenant_id, position, sha256, der, label) VALUES (?, ?, ?, ?, ?)"
-            ),
-            crls,
+    insert_rows(
+        session,
+        "crls (tenant_id, position, sha256, der, label)",
+        ("text", "integer", "bytea", "bytea", "text"),
+        [crl for rows in parts for crl in rows.crls],
+    )
+
+
+def insert_rows(
+    session: SqlSession,
+    target: str,
+    types: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    tail: str = "",
+) -> None:
+    """Insert ``rows`` into ``target`` (``"table (columns)"``): in PostgreSQL
+    one statement over arrays (``unnest``, ``types``: the columns' types),
+    elsewhere ``executemany``. ``tail``: an ``ON CONFLICT`` clause."""
+    if not rows:
+        return
+    if session.dialect.paramstyle == "format":
+        arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+        session.execute(
+            f"INSERT INTO {target} SELECT * FROM unnest({arrays}) {tail}",  # noqa: S608
+            tuple(list(column) for column in zip(*rows, strict=True)),
         )
+        return
+    marks = ", ".join("?" * len(types))
+    session.executemany(f"INSERT INTO {target} VALUES ({marks}) {tail}", rows)  # noqa: S608
 
 
 class BatchQueries:

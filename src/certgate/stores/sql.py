@@ -440,14 +440,29 @@ class SqlTenantStore:
         first = last - len(changes) + 1
         now = utc_text()
         numbered = [(first + i, tenant_id, op) for i, (tenant_id, op) in enumerate(changes)]
-        session.executemany(
-            session.dialect.sql("INSERT INTO changes (seq, tenant_id, op, at) VALUES (?, ?, ?, ?)"),
-            [(seq, tenant_id, op, now) for seq, tenant_id, op in numbered],
-        )
-        session.executemany(
-            session.dialect.sql("UPDATE tenants SET version = ? WHERE id = ?"),
-            [(seq, tenant_id) for seq, tenant_id, op in numbered if op == "put"],
-        )
+        versions = [(seq, tenant_id) for seq, tenant_id, op in numbered if op == "put"]
+        if session.dialect.paramstyle == "format" and len(changes) > 1:  # one statement each
+            session.execute(
+                "INSERT INTO changes (seq, tenant_id, op, at) "
+                "SELECT *, %s FROM unnest(%s::bigint[], %s::text[], %s::text[])",
+                (now, *(list(column) for column in zip(*numbered, strict=True))),
+            )
+            if versions:
+                session.execute(
+                    "UPDATE tenants t SET version = v.seq FROM unnest(%s::bigint[], %s::text[]) "
+                    "AS v(seq, id) WHERE t.id = v.id",
+                    tuple(list(column) for column in zip(*versions, strict=True)),
+                )
+        else:
+            session.executemany(
+                session.dialect.sql(
+                    "INSERT INTO changes (seq, tenant_id, op, at) VALUES (?, ?, ?, ?)"
+                ),
+                [(seq, tenant_id, op, now) for seq, tenant_id, op in numbered],
+            )
+            session.executemany(
+                session.dialect.sql("UPDATE tenants SET version = ? WHERE id = ?"), versions
+            )
         if first // _PRUNE_EVERY != (last + 1) // _PRUNE_EVERY:
             self._sql(session, "DELETE FROM changes WHERE seq <= ?", (last - CHANGE_LOG_KEEP,))
         return last
