@@ -41,12 +41,12 @@ OWNERS_READ = 3
 
 _CERTS = "SELECT sha256, subject, issuer, name_key, der FROM certificates WHERE {column} {match}"
 _OWNERS = (
-    "SELECT s.sha, o.tenant_id FROM unnest(%s::bytea[]) AS s(sha) CROSS JOIN LATERAL "
+    "SELECT s.sha, o.tenant_id FROM unnest(%b::bytea[]) AS s(sha) CROSS JOIN LATERAL "
     "(SELECT tenant_id FROM tenant_certificates WHERE sha256 = s.sha AND role = 'root' "
     "LIMIT %s) AS o"
 )
 _OWNERS_UNSHARED = (
-    "SELECT s.sha, o.tenant_id FROM unnest(%s::bytea[]) AS s(sha) CROSS JOIN LATERAL "
+    "SELECT s.sha, o.tenant_id FROM unnest(%b::bytea[]) AS s(sha) CROSS JOIN LATERAL "
     "(SELECT tenant_id FROM tenant_certificates WHERE sha256 = s.sha AND role = 'root' "
     "AND shared = FALSE LIMIT %s) AS o"
 )
@@ -61,12 +61,13 @@ def _where_in(
     session: SqlSession, template: str, column: str, values: Sequence[Any]
 ) -> list[tuple[Any, ...]]:
     """Rows of ``template`` (a statement ending in ``WHERE {column} {match}``)
-    whose ``column`` is one of ``values``: ``= ANY(%s)`` in PostgreSQL, ``IN
+    whose ``column`` is one of ``values``: ``= ANY(%b)`` in PostgreSQL (an array
+    sent in binary), ``IN
     (?, ...)`` in chunks elsewhere."""
     if not values:
         return []
     if session.dialect.paramstyle == "format":
-        return session.execute(template.format(column=column, match="= ANY(%s)"), (list(values),))
+        return session.execute(template.format(column=column, match="= ANY(%b)"), (list(values),))
     rows: list[tuple[Any, ...]] = []
     for start in range(0, len(values), _IN_CHUNK):
         chunk = values[start : start + _IN_CHUNK]
@@ -210,7 +211,7 @@ def insert_rows(
     if not rows:
         return
     if session.dialect.paramstyle == "format":
-        arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+        arrays = ", ".join(f"%b::{kind}[]" for kind in types)  # binary: no escaping
         session.execute(
             f"INSERT INTO {target} SELECT * FROM unnest({arrays}) {tail}",  # noqa: S608
             tuple(list(column) for column in zip(*rows, strict=True)),

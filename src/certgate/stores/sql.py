@@ -444,12 +444,12 @@ class SqlTenantStore:
         if session.dialect.paramstyle == "format" and len(changes) > 1:  # one statement each
             session.execute(
                 "INSERT INTO changes (seq, tenant_id, op, at) "
-                "SELECT *, %s FROM unnest(%s::bigint[], %s::text[], %s::text[])",
+                "SELECT *, %s FROM unnest(%b::bigint[], %b::text[], %b::text[])",
                 (now, *(list(column) for column in zip(*numbered, strict=True))),
             )
             if versions:
                 session.execute(
-                    "UPDATE tenants t SET version = v.seq FROM unnest(%s::bigint[], %s::text[]) "
+                    "UPDATE tenants t SET version = v.seq FROM unnest(%b::bigint[], %b::text[]) "
                     "AS v(seq, id) WHERE t.id = v.id",
                     tuple(list(column) for column in zip(*versions, strict=True)),
                 )
