@@ -4,8 +4,9 @@ Writing tenants one at a time costs a dozen statements each (the digest,
 the hosts, the anchor rule's indexed queries): over a network that is what
 limits an import, and in-process (SQLite) the statements and the Python
 around them are most of its CPU. :func:`write_batch` writes a whole batch
-in the caller's transaction with a handful of statements (``executemany``),
-then runs the same anchor-sharing check
+in the caller's transaction with a handful of statements (one per table:
+arrays through ``unnest`` in PostgreSQL, ``executemany`` in SQLite), then
+runs the same anchor-sharing check
 (:func:`certgate.stores.anchors.check_written`) for each tenant of the
 batch, through :class:`BatchQueries`: the rows every check of the batch
 will ask for first are read once, a few statements per batch, and anything
