@@ -191,8 +191,8 @@ class PgSettings:
     statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     schema: str | None = None
-    """The schema holding the tables (``None``: the connection's
-    ``current_schema()`` when the store is opened)."""
+    """The schema holding the tables (``None``: found when the store is
+    opened, see :func:`open_database`)."""
 
     def pinned(self, schema: str) -> PgSettings:
         """These settings with every connection's ``search_path`` pinned to
@@ -617,15 +617,14 @@ def open_database(
     url: str, overrides: Mapping[str, Any] | None = None, *, create: bool = False
 ) -> tuple[PgSettings, bool]:
     """What both registries do when opened: parse ``url`` (``overrides``: the
-    keyword arguments' settings), connect once, find the schema
-    (``schema=`` in the URL, else ``current_schema()`` - refused when
-    tables named like certgate's are in another schema of the search path:
-    which one a statement used would depend on that path), migrate it
-    (``create``) and check its version. The schema, unless named: the one
-    where ``certgate_schema`` is found through the search path, else (a new
-    store) ``current_schema()``. Returns the settings with every
-    later connection pinned to that schema (:meth:`PgSettings.pinned`) and
-    whether some tenant sets its own mode. :class:`ConfigError` naming
+    keyword arguments' settings), connect once, find the schema, migrate it
+    (``create``) and check its version. The schema is ``schema=`` in the
+    URL, else the one where the search path finds ``certgate_schema``, else
+    (a new store) ``current_schema()`` - refused when tables named like
+    certgate's are in another schema of the search path (which one a
+    statement used would depend on that path). Returns the settings with
+    every later connection pinned to that schema (:meth:`PgSettings.pinned`)
+    and whether some tenant sets its own mode. :class:`ConfigError` naming
     the URL (no password) when the database cannot be used."""
     settings = parse_url(url, overrides)
     where = settings.where
