@@ -18,7 +18,8 @@ starts for a large file, tenants/s and CPU per tenant. SQLite:
 a new file in DIR; PostgreSQL: a new database on a throwaway cluster
 (tests/pg_server.py, ``fsync=off``) or on ``CERTGATE_BENCH_PG``. The
 server's own CPU (PostgreSQL) is not in the CPU figure. ``--profile FILE``
-writes a cProfile of the (first) import.
+writes a cProfile of the (first) import; ``--serial``: no reader process
+(the file parsed in the importing process, as for a small file).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-from certgate.stores import open_store  # noqa: E402
+from certgate.stores import cli, open_store  # noqa: E402
 from certgate.stores.cli import run as run_cli  # noqa: E402
 from certgate.stores.cli import store_parsers  # noqa: E402
 
@@ -140,7 +141,12 @@ def main() -> int:
     parser.add_argument("--store", default="sqlite")
     parser.add_argument("--dir", default="/tmp/certgate-bench-import")
     parser.add_argument("--profile")
+    parser.add_argument(
+        "--serial", action="store_true", help="no reader process (parse in the importing one)"
+    )
     args = parser.parse_args()
+    if args.serial:
+        cli.PARALLEL_MIN_LINES = sys.maxsize
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
