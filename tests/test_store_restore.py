@@ -73,25 +73,27 @@ def test_restore_racing_writers_never_moves_the_counter_back(
         finally:
             reader.close()
 
-    threads = [threading.Thread(target=write), threading.Thread(target=watch)]
+    threads = [threading.Thread(target=t, daemon=True) for t in (write, watch)]
     for thread in threads:
         thread.start()
-    assert wait_for(lambda: len(seen) > 20 and seen[-1] > 12)  # writers and readers running
-    before = max(seen)
-    store.restore(backup)
-    after = store.change_position()
-    assert wait_for(lambda: seen[-1] > after)  # the writer went on after the restore
-    stop.set()
-    for thread in threads:
-        thread.join(30)
+    try:
+        assert wait_for(lambda: len(seen) > 20 and seen[-1] > 12), (errors, seen[-3:])
+        before = max(seen)
+        store.restore(backup)
+        after = store.change_position()
+        assert wait_for(lambda: seen[-1] > after), (errors, seen[-3:], after)  # writes go on
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
     assert not errors, errors
     assert seen == sorted(seen), "the counter went back"
     assert after > before
     # a reader at any position it held before the restore: "everything changed"
     fresh = SqliteRegistry(store.path)
-    for position in sorted(set(seen))[:: max(1, len(set(seen)) // 20)]:
-        if position < after:
-            assert fresh.changes_since(position)[1] is None, position
+    held = sorted(p for p in set(seen) if p <= before)  # seen before the restore began
+    for position in [*held[:: max(1, len(held) // 20)], held[-1]]:
+        assert fresh.changes_since(position)[1] is None, position
     # the restored content, and the running cache dropped what it held
     assert wait_for(lambda: cache.peek_tenant_by_id("t0") is MISS)
     restored = cache.tenant_for_host("t0.test")
