@@ -64,11 +64,11 @@ def test_toml_to_a_registry_in_one_command(
 ) -> None:
     toml, cas = config
     url = store_url
-    code, out, err = run(capsys, "import", "--from", str(toml), "--to", url)
+    code, out, err = run(capsys, "import", "--from", str(toml), "--to", url, "--progress")
     assert code == 0, err
     assert "imported 2 tenant(s)" in out
     assert "2 written, 0 unchanged" in out
-    assert "2/2 tenants" in err  # the progress bar's last state
+    assert "2/2 tenants" in err  # the progress bar's last state (asked for: not a terminal)
     code, out, _ = run(capsys, "import", "--from", str(toml), "--to", url, "--quiet")
     assert "0 written, 2 unchanged" in out
     code, out, _ = run(capsys, "list", "--registry", url, "--json")
