@@ -75,7 +75,7 @@ def big_key(bits: int = 16384, e: int = E_64_BIT) -> BigKey:
     """A ``bits``-bit RSA key with public exponent ``e`` (cached per session)."""
     primes: list[int] = []
     n = 1
-    while n.bit_length() < bits - 1024:
+    while n.bit_length() <= bits - 1024:  # whole 1024-bit primes: at least `bits - 1023` bits
         numbers = rsa.generate_private_key(65537, 2048).private_numbers()
         for p in (numbers.p, numbers.q):
             if math.gcd(e, p - 1) == 1 and p not in primes:
