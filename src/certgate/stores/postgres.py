@@ -982,6 +982,8 @@ class AsyncPostgresRegistry:
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._opening: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._queries: set[asyncio.Task[TenantRecord | None]] = set()
+        """Lookups running (kept referenced; an abandoned one until it ends)."""
         self._listener: asyncio.Task[None] | None = None
         self._token = object()
         self._alive_at = -math.inf
@@ -1021,7 +1023,33 @@ class AsyncPostgresRegistry:
         return None if record is None else record.build(vetted=True)
 
     async def _one(self, statement: str, params: tuple[str, ...]) -> TenantRecord | None:
+        """One row of ``statement``, read in a task of its own. Cancelled
+        (the gate's ``registry_timeout``), the caller goes on at once while
+        the task ends in the background: psycopg catches the cancellation
+        to cancel the query on the server, which on a silent network takes
+        up to 10 s (5 s to send the cancel request, 5 s for the query to
+        end) - the request must get its 503 at the deadline, not then."""
         pool = await self._ready()
+        task = asyncio.get_running_loop().create_task(self._query(pool, statement, params))
+        self._queries.add(task)
+        task.add_done_callback(self._query_done)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()  # ends in the background (its connection is closed or returned)
+            raise
+
+    def _query_done(self, task: asyncio.Task[TenantRecord | None]) -> None:
+        self._queries.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned lookup's error is not logged by asyncio
+
+    async def _query(
+        self,
+        pool: psycopg_pool.AsyncConnectionPool[Any],
+        statement: str,
+        params: tuple[str, ...],
+    ) -> TenantRecord | None:
         try:
             for attempt in (1, 2):
                 async with pool.connection() as conn:
