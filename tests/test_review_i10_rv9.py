@@ -5,8 +5,12 @@ cache (issue 10, reviewer rv9): each finding is a test against real parts
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
+import string
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,14 @@ from tests.conftest import PKI
 from tests.pg_server import PgServer
 from tests.store_helpers import leaf_facts
 from tests.test_review_i10_rv7 import FreezingProxy, _through
+from tests.test_tenant_contexts_store import (
+    aborted,
+    allowed,
+    make_pki,
+    server,
+    tenant,
+    wait_until,
+)
 
 CLOUDFLARE = {"trusted_proxies": ["10.0.0.0/8"], "header_sources": ["cloudflare"]}
 
@@ -63,3 +75,50 @@ def test_an_async_miss_on_a_silent_network_answers_at_registry_timeout(
     reason, took = asyncio.run(run())
     assert reason is Reason.TRUST_STORE_UNAVAILABLE
     assert took < 4.0, f"503 after {took:.1f} s (registry_timeout 1 s)"
+
+
+# -- finding 2: with max_stale=None every made-up SNI blocked the loop during an outage
+
+
+def test_an_outage_costs_the_loop_one_failed_lookup_with_max_stale_none(
+    pg_private: PgServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``max_stale=None`` keeps serving cached tenants through an outage -
+    and the cache never goes stale, so TenantContexts never saw "the store
+    is down": each made-up SNI ran one lookup on the event loop's time
+    against the stopped server (up to ``pool_timeout``, 2 s, each), and a
+    client without a certificate could hold the loop - every connection of
+    the worker - for as long as it kept sending names. And every cache hit
+    between two failures re-armed the "logged once" warning: one log line
+    per made-up name."""
+    caplog.set_level(logging.WARNING, logger="certgate")
+    pki = make_pki(tmp_path)
+    dsn = pg_private.create_database()
+    writer = PostgresRegistry(dsn, create=True)
+    writer.put(tenant(pki, 0))
+    writer.close()
+    registry = open_registry(dsn, max_stale=None, poll_interval=0.2)
+    gate = CertGate(registry)
+    try:
+        with server(pki, gate) as (port, contexts):
+            registry.peek_tenant_for_host("t0.test")  # starts the poller
+            assert wait_until(lambda: registry.stats().polls > 0)  # the first poll drops all
+            assert allowed(pki, port, 0)
+            pg_private.stop()
+            assert wait_until(lambda: aborted(port, f"{_random_label()}.test"))
+            lookups = contexts.lookups
+            for _ in range(4):
+                assert aborted(port, f"{_random_label()}.test")
+                assert allowed(pki, port, 0), "cached tenants are still served (max_stale=None)"
+            assert contexts.lookups == lookups, "while down, a miss does not wait for the store"
+            logged = [r for r in caplog.records if "per-tenant handshake aborted" in r.message]
+            assert len(logged) == 1, "one log line per outage, cache hits between or not"
+            pg_private.start()
+            assert wait_until(lambda: not aborted(port, f"{_random_label()}.test"), 30.0)
+    finally:
+        registry.close()
+        registry.inner.close()
+
+
+def _random_label() -> str:
+    return "".join(random.choices(string.ascii_lowercase, k=12))

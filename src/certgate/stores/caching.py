@@ -510,8 +510,10 @@ class CachingRegistry:
             self._poll_logged = now
             logger.warning(
                 "certgate: polling the tenant store for changes failed (cached tenants are "
-                "used for at most max_stale=%s s more): %.300r",
-                self.max_stale,
+                "used %s): %.300r",
+                "until it answers again (max_stale=None)"
+                if self.max_stale is None
+                else f"for at most max_stale={self.max_stale:g} s more",
                 exc,
             )
 
