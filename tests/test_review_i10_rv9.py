@@ -122,3 +122,32 @@ def test_an_outage_costs_the_loop_one_failed_lookup_with_max_stale_none(
 
 def _random_label() -> str:
     return "".join(random.choices(string.ascii_lowercase, k=12))
+
+
+# -- finding 3: a closed first event loop made every later async miss a 503 ----------
+
+
+def test_the_async_registry_follows_a_new_loop_once_its_first_is_closed(
+    pg_dsn: str, pki: PKI
+) -> None:
+    """The async pool belongs to the loop of the first lookup. A start-up
+    check run with ``asyncio.run`` (or a test, or a server restarted in the
+    same process) bound it to a loop that then closed: every miss of the
+    server's loop was a 503 for good, with a message about WSGI."""
+    writer = PostgresRegistry(pg_dsn, create=True)
+    writer.put(pki["globex"].tenant())
+    writer.close()
+    device = pki["globex"].client()
+    registry = open_registry(pg_dsn, asynchronous=True)
+    gate = CertGate(registry, **CLOUDFLARE)  # type: ignore[arg-type]
+
+    async def miss(host: str) -> Reason | None:
+        return (await gate.adecide(leaf_facts(host, device))).reason
+
+    try:
+        assert asyncio.run(miss("api.globex.test")) is None  # a start-up check
+        assert asyncio.run(miss("nope.globex.test")) is Reason.UNKNOWN_TENANT  # the server
+        registry.clear()
+        assert asyncio.run(miss("api.globex.test")) is None
+    finally:
+        asyncio.run(registry.aclose())

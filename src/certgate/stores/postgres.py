@@ -942,7 +942,10 @@ class AsyncPostgresRegistry:
     decision memo never answers from before a change it may have missed.
 
     The pool belongs to the event loop of the first lookup (until
-    :meth:`aclose`); a lookup from any other loop raises
+    :meth:`aclose`; with ``follow_loop``, as in
+    ``open_registry(url, asynchronous=True)``, also until that loop is
+    closed - a start-up check run with ``asyncio.run`` - when the next
+    lookup's loop gets a new pool); a lookup from any other loop raises
     :class:`~certgate.errors.TrustStoreUnavailable` - a 503 naming the fix.
     Under WSGI every lookup of a coroutine registry runs in a new loop: use
     :func:`~certgate.stores.open_registry` or :class:`PostgresRegistry`
@@ -957,7 +960,13 @@ class AsyncPostgresRegistry:
         pool_max: int | None = None,
         pool_timeout: float | None = None,
         heartbeat: float | None = None,
+        follow_loop: bool = False,
     ) -> None:
+        self.follow_loop = follow_loop
+        """Whether a lookup in a new event loop, once the pool's loop is
+        closed, opens a new pool there (off for a bare registry: WSGI's
+        ``async_to_sync`` closes a loop per lookup, which must be refused,
+        not given a pool each; its cache's blocking view serves WSGI)."""
         self.settings = parse_url(
             url,
             {
@@ -1071,6 +1080,8 @@ class AsyncPostgresRegistry:
     async def _ready(self) -> psycopg_pool.AsyncConnectionPool[Any]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
+            if self.follow_loop and self._loop is not None and self._loop.is_closed():
+                self._forget_loop()  # a start-up check's asyncio.run, a server restarted
             if self._loop is not None:
                 raise TrustStoreUnavailable(
                     f"{self.where}: AsyncPostgresRegistry serves the event loop of its first "
@@ -1082,6 +1093,16 @@ class AsyncPostgresRegistry:
         assert self._opening is not None
         await asyncio.shield(self._opening)
         return self._pool
+
+    def _forget_loop(self) -> None:
+        """Drop what belonged to a closed event loop (its pool, listener and
+        tasks can never run again; closing its loop cancelled the listener,
+        which closed the pools)."""
+        self._loop = None
+        self._pool = self._opening = self._listener = None
+        self._closing = set()
+        self._queries = set()
+        self._live = False
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
