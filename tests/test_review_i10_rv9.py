@@ -151,3 +151,47 @@ def test_the_async_registry_follows_a_new_loop_once_its_first_is_closed(
         assert asyncio.run(miss("api.globex.test")) is None
     finally:
         asyncio.run(registry.aclose())
+
+
+# -- sound: cancelled misses neither poison the cache nor leak pool connections ------
+
+
+def test_cancelled_misses_leave_the_cache_and_the_pool_sound(pg_dsn: str, pki: PKI) -> None:
+    """Requests awaiting a miss cancelled at random points (client gone,
+    deadline): afterwards the pool (2 connections) still serves every
+    lookup, nothing a cancelled lookup read was remembered, and each tenant
+    is answered with its own trust only."""
+    writer = PostgresRegistry(pg_dsn, create=True)
+    for name in ("acme", "globex", "initech"):
+        writer.put(pki[name].tenant())
+    writer.close()
+    device = pki["globex"].client()
+
+    async def run() -> None:
+        registry = open_registry(f"{pg_dsn}?pool_max=2&pool_timeout=2", asynchronous=True)
+        gate = CertGate(registry, **CLOUDFLARE)  # type: ignore[arg-type]
+        answered = 0
+        try:
+            for round_ in range(5):
+                tasks = [
+                    asyncio.create_task(registry.tenant_for_host(f"n{round_}-{i}.globex.test"))
+                    for i in range(20)
+                ]
+                await asyncio.sleep(0.001 * round_)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                answered += sum(1 for task in tasks if not task.cancelled())
+            assert registry.stats().negative <= answered, "a cancelled lookup remembers nothing"
+            for host, owner in (
+                ("api.globex.test", "globex"),
+                ("pay.acme.test", "acme"),
+                ("initech.test", "initech"),
+            ):
+                decision = await asyncio.wait_for(gate.adecide(leaf_facts(host, device)), 5)
+                assert decision.tenant_id == owner
+                assert (decision.reason is None) == (owner == "globex"), host
+        finally:
+            await registry.aclose()
+
+    asyncio.run(run())
