@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from certgate import CertGate, Reason
+from certgate import CertGate, Reason, Tenant
+from certgate.devpki import CA
 from certgate.stores import open_registry
 from certgate.stores.async_caching import AsyncCachingRegistry
 from certgate.stores.postgres import PostgresRegistry
 from tests.conftest import PKI
 from tests.pg_server import PgServer
-from tests.store_helpers import leaf_facts
+from tests.store_helpers import leaf_facts, new_store, url_of
 from tests.test_review_i10_rv7 import FreezingProxy, _through
 from tests.test_tenant_contexts_store import (
     aborted,
@@ -195,3 +196,53 @@ def test_cancelled_misses_leave_the_cache_and_the_pool_sound(pg_dsn: str, pki: P
             await registry.aclose()
 
     asyncio.run(run())
+
+
+# -- finding 4: made-up names under a wildcard made every change hold the cache lock --
+
+
+def test_a_change_forgets_wildcard_found_hosts_without_a_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random names under a tenant's ``*.parent`` pattern are each a real
+    tenant host: a client fills ``max_hosts`` of them (one cheap query
+    each), and every later change of any tenant walked them all under the
+    cache lock - ~100 ms at 40,000 names, during which every cache hit (the
+    event loop's requests and handshakes) waited. They are now forgotten at
+    once; and a name another tenant then claims exactly is never answered
+    from before the change."""
+    store = new_store(tmp_path)
+    store.put(Tenant("wild", ("*.wild.test",), (CA.root("wild root").cert,)))
+    registry = open_registry(url_of(store), poll_interval=0.05)
+    try:
+        registry.peek_tenant_for_host("start.test")  # the poller starts
+        assert wait_until(lambda: registry.stats().polls > 0)
+        names = [f"{_random_label()}.wild.test" for _ in range(2000)]
+        for name in names:
+            found = registry.tenant_for_host(name)
+            assert found is not None
+            assert found.id == "wild"
+        forgotten = 0
+        forget = registry._forget_host
+
+        def counting(host: str) -> None:
+            nonlocal forgotten
+            forgotten += 1
+            forget(host)
+
+        monkeypatch.setattr(registry, "_forget_host", counting)
+        invalidations = registry.stats().invalidations
+        claimed = names[7]
+        store.put(Tenant("exact", (claimed,), (CA.root("exact root").cert,)))
+        assert wait_until(lambda: registry.stats().invalidations > invalidations)
+        assert forgotten == 0, "a change walked the wildcard-found hosts"
+        peeked = registry.peek_tenant_for_host(claimed)
+        assert not isinstance(peeked, Tenant), "answered from before the change"
+        found = registry.tenant_for_host(claimed)
+        assert found is not None
+        assert found.id == "exact"
+        other = registry.tenant_for_host(names[8])
+        assert other is not None
+        assert other.id == "wild"
+    finally:
+        registry.close()
