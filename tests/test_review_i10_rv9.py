@@ -115,6 +115,14 @@ def test_an_outage_costs_the_loop_one_failed_lookup_with_max_stale_none(
             logged = [r for r in caplog.records if "per-tenant handshake aborted" in r.message]
             assert len(logged) == 1, "one log line per outage, cache hits between or not"
             pg_private.start()
+            polls = registry.stats().polls
+            assert wait_until(lambda: registry.stats().polls > polls + 2, 30.0)
+            assert allowed(pki, port, 0)  # hits only: no miss tells the contexts it is back
+            pg_private.stop()  # a second outage is logged again
+            assert wait_until(lambda: aborted(port, f"{_random_label()}.test"))
+            logged = [r for r in caplog.records if "per-tenant handshake aborted" in r.message]
+            assert len(logged) == 2, "the next outage is logged too"
+            pg_private.start()
             assert wait_until(lambda: not aborted(port, f"{_random_label()}.test"), 30.0)
     finally:
         registry.close()

@@ -455,6 +455,8 @@ class TenantContexts:
                     timeout, "an earlier handshake lookup that timed out is still running"
                 )
             self._stuck = None
+            if stuck.exception() is None:
+                self._failing = False  # it answered in the end: a new failure is logged
         down = self._down
         if down is not None and down[0] is registry:
             if not _recovered(registry, down[1], down[2]):
@@ -462,6 +464,7 @@ class TenantContexts:
                     "the tenant store failed a handshake lookup and has not been reached since"
                 )
             self._down = None
+            self._failing = False  # reached again: a failure now is a new outage (logged)
         self.lookups += 1
         try:
             future = self._pool.submit(lambda: registry.tenant_for_host(host))
