@@ -61,7 +61,8 @@ host name):
   ``ssl_ca_certs``, for devices that connect by IP address and send no SNI).
 
 A registry lookup that raises (an outage) aborts the handshake with the
-``internal_error`` alert (logged, once until a lookup succeeds again).
+``internal_error`` alert (logged once until the store answers a lookup
+again; cache hits in between do not count).
 
 **Lookups in the handshake.** ``sni_callback`` is synchronous and runs
 inside the handshake: under uvicorn and hypercorn on the event loop thread,
@@ -82,10 +83,10 @@ certgate keeps that rare and bounded:
   5 s for a bare registry). A timeout aborts the handshake
   (``internal_error``) like an outage; while the lookup that timed out is
   still running (a hung store), further misses are aborted at once rather
-  than block the thread again, and so they are after a lookup failed with
-  the cache stale, until the cache's own poller reaches the store again
-  (each outage blocks the thread for one failed lookup, not one per
-  connection);
+  than block the thread again, and so they are after a lookup failed, until
+  the cache's own poller reaches the store again (a registry without such
+  a cache: for ``RETRY_AFTER``, 1 s) - whatever ``max_stale`` is (each
+  outage blocks the thread for one failed lookup, not one per connection);
 * other registries' answers are remembered here (at most ``max_hosts``;
   valid while the registry's ``change_token`` is the same object, or for
   ``host_ttl`` seconds for a registry without one), and an in-memory
@@ -163,6 +164,33 @@ def proxy_cas_of(source: Any) -> tuple[x509.Certificate, ...]:
     auth = getattr(getattr(source, "trust", None), "proxy_auth", None)
     roots = getattr(auth, "roots", ())
     return tuple(c for c in roots if isinstance(c, x509.Certificate))
+
+
+RETRY_AFTER = 1.0
+"""Seconds misses of a registry without a polling cache are aborted at once
+after one of its lookups failed in a handshake."""
+
+
+def _polls_of(registry: object) -> int | None:
+    """The successful polls of ``registry``'s cache (``stats().polls`` of a
+    :class:`~certgate.stores.caching.CachingRegistry`), or ``None``."""
+    stats = getattr(registry, "stats", None)
+    polls = getattr(stats(), "polls", None) if callable(stats) else None
+    return polls if isinstance(polls, int) else None
+
+
+def _recovered(registry: object, polls: int | None, failed_at: float) -> bool:
+    """Whether a miss may ask ``registry`` again after a lookup failed:
+    once its cache's poller has reached the store since (its own thread,
+    not the handshake's, finds out), or, without such a cache,
+    :data:`RETRY_AFTER` seconds later. Until then an outage costs the
+    thread of the handshake nothing per connection - whatever ``max_stale``
+    is (with ``None`` the cache never goes stale, so staleness cannot be
+    the signal)."""
+    if polls is None:
+        return time.monotonic() - failed_at >= RETRY_AFTER
+    now = _polls_of(registry)
+    return now is None or now > polls
 
 
 class _TenantSNI:
@@ -255,7 +283,9 @@ class TenantContexts:
         self.lookup_timeout = None if lookup_timeout is None else check_timeout(lookup_timeout)
         self._pool = LookupPool(name="certgate-handshake")
         self._stuck: Future[Tenant | None] | None = None
-        self._down: object | None = None
+        self._down: tuple[object, int | None, float] | None = None
+        """After a failed lookup: the registry, its cache's successful polls
+        then (``None``: no cache) and when (see :func:`_recovered`)."""
         self.lookups = 0
         """Registry lookups made off the thread of the handshake (misses)."""
 
@@ -425,14 +455,16 @@ class TenantContexts:
                     timeout, "an earlier handshake lookup that timed out is still running"
                 )
             self._stuck = None
-        fresh = getattr(registry, "is_fresh", None)  # a cache polling its store
-        if self._down is registry and callable(fresh):
-            if not fresh():
+            if stuck.exception() is None:
+                self._failing = False  # it answered in the end: a new failure is logged
+        down = self._down
+        if down is not None and down[0] is registry:
+            if not _recovered(registry, down[1], down[2]):
                 raise TrustStoreUnavailable(
-                    "the tenant store failed a handshake lookup and the cache has not "
-                    "reached it since"
+                    "the tenant store failed a handshake lookup and has not been reached since"
                 )
             self._down = None
+            self._failing = False  # reached again: a failure now is a new outage (logged)
         self.lookups += 1
         try:
             future = self._pool.submit(lambda: registry.tenant_for_host(host))
@@ -444,8 +476,7 @@ class TenantContexts:
             self._stuck = future
             raise
         except Exception:
-            if callable(fresh) and not fresh():
-                self._down = registry  # until the cache's own poller reaches the store
+            self._down = (registry, _polls_of(registry), time.monotonic())
             raise
 
     def select(self, conn: Any) -> int | None:
@@ -474,7 +505,8 @@ class TenantContexts:
                             type(exc).__name__,
                         )
                     return int(ssl.ALERT_DESCRIPTION_INTERNAL_ERROR)
-                self._failing = False
+                if self._down is None and self._stuck is None:
+                    self._failing = False  # the store answered (not only the cache)
                 if context is not None:
                     conn.context = context
                     return None

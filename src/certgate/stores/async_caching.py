@@ -192,4 +192,4 @@ def open_async_registry(url: str, **cache: Any) -> AsyncCachingRegistry:
     from .postgres import AsyncPostgresRegistry  # noqa: PLC0415 - the postgres extra
 
     feed = open_store(url)
-    return AsyncCachingRegistry(AsyncPostgresRegistry(url), feed=feed, **cache)
+    return AsyncCachingRegistry(AsyncPostgresRegistry(url, follow_loop=True), feed=feed, **cache)

@@ -1086,7 +1086,10 @@ class AsyncPostgresRegistry:
     decision memo never answers from before a change it may have missed.
 
     The pool belongs to the event loop of the first lookup (until
-    :meth:`aclose`); a lookup from any other loop raises
+    :meth:`aclose`; with ``follow_loop``, as in
+    ``open_registry(url, asynchronous=True)``, also until that loop is
+    closed - a start-up check run with ``asyncio.run`` - when the next
+    lookup's loop gets a new pool); a lookup from any other loop raises
     :class:`~certgate.errors.TrustStoreUnavailable` - a 503 naming the fix.
     Under WSGI every lookup of a coroutine registry runs in a new loop: use
     :func:`~certgate.stores.open_registry` or :class:`PostgresRegistry`
@@ -1102,7 +1105,13 @@ class AsyncPostgresRegistry:
         pool_timeout: float | None = None,
         heartbeat: float | None = None,
         statement_timeout: float | None = None,
+        follow_loop: bool = False,
     ) -> None:
+        self.follow_loop = follow_loop
+        """Whether a lookup in a new event loop, once the pool's loop is
+        closed, opens a new pool there (off for a bare registry: WSGI's
+        ``async_to_sync`` closes a loop per lookup, which must be refused,
+        not given a pool each; its cache's blocking view serves WSGI)."""
         self.settings, self._modes = open_database(
             url,
             {
@@ -1120,6 +1129,8 @@ class AsyncPostgresRegistry:
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._opening: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._queries: set[asyncio.Task[TenantRecord | None]] = set()
+        """Lookups running (kept referenced; an abandoned one until it ends)."""
         self._listener: asyncio.Task[None] | None = None
         self._token = object()
         self._alive_at = -math.inf
@@ -1159,7 +1170,33 @@ class AsyncPostgresRegistry:
         return None if record is None else record.build(vetted=True)
 
     async def _one(self, statement: str, params: tuple[str, ...]) -> TenantRecord | None:
+        """One row of ``statement``, read in a task of its own. Cancelled
+        (the gate's ``registry_timeout``), the caller goes on at once while
+        the task ends in the background: psycopg catches the cancellation
+        to cancel the query on the server, which on a silent network takes
+        up to 10 s (5 s to send the cancel request, 5 s for the query to
+        end) - the request must get its 503 at the deadline, not then."""
         pool = await self._ready()
+        task = asyncio.get_running_loop().create_task(self._query(pool, statement, params))
+        self._queries.add(task)
+        task.add_done_callback(self._query_done)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()  # ends in the background (its connection is closed or returned)
+            raise
+
+    def _query_done(self, task: asyncio.Task[TenantRecord | None]) -> None:
+        self._queries.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned lookup's error is not logged by asyncio
+
+    async def _query(
+        self,
+        pool: psycopg_pool.AsyncConnectionPool[Any],
+        statement: str,
+        params: tuple[str, ...],
+    ) -> TenantRecord | None:
         try:
             for attempt in (1, 2):
                 async with pool.connection() as conn:
@@ -1181,6 +1218,8 @@ class AsyncPostgresRegistry:
     async def _ready(self) -> psycopg_pool.AsyncConnectionPool[Any]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
+            if self.follow_loop and self._loop is not None and self._loop.is_closed():
+                self._forget_loop()  # a start-up check's asyncio.run, a server restarted
             if self._loop is not None:
                 raise TrustStoreUnavailable(
                     f"{self.where}: AsyncPostgresRegistry serves the event loop of its first "
@@ -1192,6 +1231,16 @@ class AsyncPostgresRegistry:
         assert self._opening is not None
         await asyncio.shield(self._opening)
         return self._pool
+
+    def _forget_loop(self) -> None:
+        """Drop what belonged to a closed event loop (its pool, listener and
+        tasks can never run again; closing its loop cancelled the listener,
+        which closed the pools)."""
+        self._loop = None
+        self._pool = self._opening = self._listener = None
+        self._closing = set()
+        self._queries = set()
+        self._live = False
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
