@@ -234,8 +234,11 @@ class StoreSpec:
     the store's URL (a relative SQLite path made absolute) and the cache's
     options. Two equal specs open the same registry (a reload keeps it)."""
 
-    url: str
+    url: str = field(repr=False)  # may hold a password: repr shows the label
     cache: tuple[tuple[str, Any], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"StoreSpec({self.label!r}, cache={self.cache!r})"
 
     @property
     def label(self) -> str:
@@ -254,7 +257,7 @@ class GateConfig:
 
     registry: TomlRegistry | CachingRegistry
     gate_kwargs: dict[str, Any] = field(default_factory=dict)
-    section: Mapping[str, Any] = field(default_factory=dict)
+    section: Mapping[str, Any] = field(default_factory=dict, repr=False)  # registry: a password
     files: tuple[Path, ...] = ()
     store: StoreSpec | None = None
 

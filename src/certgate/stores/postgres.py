@@ -626,6 +626,10 @@ class PostgresRegistry(SqlTenantStore):
         proc = self._proc
         if proc is not None and proc.pid == os.getpid():
             return proc
+        if self._closed:  # a pool opened now would never be closed (a reload replaced this one)
+            raise TrustStoreUnavailable(
+                f"{self.where}: this registry was closed (a reload replaced it, or gate.close())"
+            )
         with self._proc_lock:
             proc = self._proc
             if proc is None or proc.pid != os.getpid():
@@ -640,7 +644,9 @@ class PostgresRegistry(SqlTenantStore):
 
     def close(self) -> None:
         """Stop the listener and close the pool (this process's). A later
-        lookup opens a new pool; the listener stays stopped."""
+        lookup - one a request started before a reload replaced this
+        registry - raises :class:`TrustStoreUnavailable` (503): a pool opened
+        then would never be closed."""
         self._closed = True
         with self._proc_lock:
             proc, self._proc = self._proc, None

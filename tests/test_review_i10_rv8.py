@@ -1,0 +1,97 @@
+"""Review of issue 10 (rv8): ``[certgate].registry`` in TOML, reloads that swap
+stores, the CLI against stores, the expiry monitor over a store, gate.close().
+
+* a reload that replaces a PostgreSQL store (other cache options, another
+  URL) closes the old one; a lookup a request started before the swap must
+  then fail closed (503), not open a connection pool nobody ever closes;
+* no ``repr`` of what :func:`load_gate_config` returns shows the password
+  of a ``postgresql://`` URL (tracebacks with locals, error reporters).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from certgate import CertGate, Reason, Tenant
+from certgate.errors import TrustStoreUnavailable
+from certgate.config import load_gate_config, store_spec
+from certgate.devpki import CA
+from certgate.stores.caching import CachingRegistry
+from certgate.stores.postgres import PostgresRegistry
+from tests.store_helpers import leaf_facts
+
+ACME = "acme.rv8.test"
+GLOBEX = "globex.rv8.test"
+HEADERS = '[certgate]\ntrusted_proxies = ["10.0.0.0/8"]\nheader_sources = ["cloudflare"]\n'
+
+
+def pool_threads() -> int:
+    """Threads of psycopg pools (their scheduler and workers) in this process."""
+    return sum(1 for t in threading.enumerate() if t.name.startswith("certgate-certgate_changes-"))
+
+
+@pytest.fixture
+def pg_config(pg_dsn: str, tmp_path: Path) -> tuple[Path, dict[str, CA]]:
+    cas = {"acme": CA.root("Acme rv8"), "globex": CA.root("Globex rv8")}
+    store = PostgresRegistry(pg_dsn, create=True)
+    try:
+        store.put(Tenant.from_pem("acme", [ACME], roots=cas["acme"].cert_pem))
+        store.put(Tenant.from_pem("globex", [GLOBEX], roots=cas["globex"].cert_pem))
+    finally:
+        store.close()
+    path = tmp_path / "certgate.toml"
+    path.write_text(
+        HEADERS + f'registry = "{pg_dsn}"\n[certgate.registry_cache]\nmax_tenants = 100\n'
+    )
+    return path, cas
+
+
+def test_a_lookup_on_a_replaced_postgresql_store_fails_closed_without_a_new_pool(
+    pg_config: tuple[Path, dict[str, CA]], pg_dsn: str
+) -> None:
+    path, cas = pg_config
+    gate = CertGate.from_toml(path)
+    try:
+        old = gate.registry
+        assert isinstance(old, CachingRegistry)
+        old_snapshot = gate.snapshot
+        assert gate.decide(leaf_facts(ACME, cas["acme"].issue("d1"))).allowed
+        path.write_text(path.read_text().replace("100", "50"))
+        gate.reload()
+        assert gate.registry is not old
+        before = pool_threads()
+        # a request that read the old snapshot before the swap looks up an uncached host
+        with pytest.raises(TrustStoreUnavailable, match="closed"):
+            old.tenant_for_host(GLOBEX)
+        assert old.inner._proc is None  # no pool opened for the closed store
+        assert pool_threads() == before
+        # through the old snapshot's gate path: a 503, never a 500 or an answer from a new pool
+        decision = old_snapshot.decide(leaf_facts(GLOBEX, cas["globex"].issue("g1")))
+        assert decision.reason is Reason.TRUST_STORE_UNAVAILABLE
+        assert pool_threads() == before
+        # the gate itself uses the new store
+        assert gate.decide(leaf_facts(GLOBEX, cas["globex"].issue("g1"))).allowed
+    finally:
+        gate.close()
+
+
+def test_no_repr_of_a_store_config_shows_the_password(
+    pg_config: tuple[Path, dict[str, CA]], pg_dsn: str
+) -> None:
+    path, _ = pg_config
+    password = pg_dsn.split(":")[2].split("@")[0]
+    assert len(password) >= 8 and password in pg_dsn
+    spec = store_spec(path)
+    assert spec is not None
+    assert password not in repr(spec)
+    assert "postgresql" in repr(spec)
+    config = load_gate_config(path)
+    try:
+        assert password not in repr(config)
+        assert config.store == spec
+    finally:
+        config.registry.close()
+        config.registry.inner.close()
