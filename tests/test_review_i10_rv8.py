@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from certgate import CertGate, Reason, Tenant
-from certgate.errors import TrustStoreUnavailable
 from certgate.config import load_gate_config, store_spec
 from certgate.devpki import CA
+from certgate.errors import TrustStoreUnavailable
 from certgate.stores.caching import CachingRegistry
 from certgate.stores.postgres import PostgresRegistry
 from tests.store_helpers import leaf_facts
@@ -82,8 +82,9 @@ def test_no_repr_of_a_store_config_shows_the_password(
     pg_config: tuple[Path, dict[str, CA]], pg_dsn: str
 ) -> None:
     path, _ = pg_config
-    password = pg_dsn.split(":")[2].split("@")[0]
-    assert len(password) >= 8 and password in pg_dsn
+    password = pg_dsn.split(":")[2].split("@", maxsplit=1)[0]
+    assert len(password) >= 8
+    assert password in pg_dsn
     spec = store_spec(path)
     assert spec is not None
     assert password not in repr(spec)
