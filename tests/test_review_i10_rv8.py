@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from certgate import CertGate, Reason, Tenant
-from certgate.config import load_gate_config, store_spec
+from certgate.config import close_registry, load_gate_config, store_spec
 from certgate.devpki import CA
 from certgate.errors import TrustStoreUnavailable
 from certgate.stores.caching import CachingRegistry
@@ -94,5 +94,4 @@ def test_no_repr_of_a_store_config_shows_the_password(
         assert password not in repr(config)
         assert config.store == spec
     finally:
-        config.registry.close()
-        config.registry.inner.close()
+        close_registry(config.registry)

@@ -508,7 +508,7 @@ def _store_registry(path: Path, spec: StoreSpec, successor_of: object) -> Cachin
     if isinstance(successor_of, CachingRegistry) and _OPENED.get(successor_of) == spec:
         return successor_of
     try:
-        registry = open_registry(spec.url, **dict(spec.cache))
+        registry: CachingRegistry = open_registry(spec.url, asynchronous=False, **dict(spec.cache))
     except ConfigError as exc:
         raise ConfigError(f"{path}: [certgate].registry: {exc}") from None
     _OPENED[registry] = spec
