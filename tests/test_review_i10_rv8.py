@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from certgate import CertGate, Reason, Tenant
@@ -22,6 +23,7 @@ from certgate.errors import TrustStoreUnavailable
 from certgate.stores.caching import CachingRegistry
 from certgate.stores.postgres import PostgresRegistry
 from tests.store_helpers import leaf_facts
+from tests.test_reload_e2e import eventually
 
 ACME = "acme.rv8.test"
 GLOBEX = "globex.rv8.test"
@@ -95,3 +97,41 @@ def test_no_repr_of_a_store_config_shows_the_password(
         assert config.store == spec
     finally:
         close_registry(config.registry)
+
+
+def test_a_blocked_store_expiry_scan_does_not_stop_file_watch_reloads(
+    pg_config: tuple[Path, dict[str, CA]], pg_dsn: str
+) -> None:
+    """The expiry scan of a store runs off the monitor thread: while it waits
+    on the database (here a table locked by a migration-like ``LOCK TABLE``;
+    at a million tenants, minutes of parsing), the file watch and signal
+    reloads of every gate in the process - which the monitor thread runs -
+    go on."""
+    path, _ = pg_config
+    path.write_text(path.read_text().replace("[certgate]\n", "[certgate]\nwatch_interval = 0.1\n"))
+    with psycopg.connect(pg_dsn) as locker, psycopg.connect(pg_dsn, autocommit=True) as watcher:
+        locker.execute("LOCK TABLE certificates IN ACCESS EXCLUSIVE MODE")  # a transaction
+        gate = CertGate.from_toml(path)
+        try:
+            gate.start_monitor()  # what a middleware calls: start-up does not wait for the scan
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'certgate' "
+                "AND wait_event_type = 'Lock' AND query LIKE '%FROM certificates%'"
+            )
+
+            def scan_blocked() -> bool:
+                row = watcher.execute(waiting).fetchone()
+                return row is not None and row[0] >= 1
+
+            eventually(scan_blocked, "the expiry scan waits on the lock", 10.0)
+            path.write_text(
+                path.read_text().replace("[certgate]\n", '[certgate]\nrefusal_format = "text"\n')
+            )
+            eventually(
+                lambda: gate.snapshot.settings.refusal_format == "text",
+                "the file watch reloaded while the scan waits",
+                5.0,
+            )
+        finally:
+            locker.rollback()
+            gate.close()
