@@ -10,18 +10,24 @@ stores, the CLI against stores, the expiry monitor over a store, gate.close().
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sqlite3
 import threading
 from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives import hashes
 
 from certgate import CertGate, Reason, Tenant
+from certgate.cli import main
 from certgate.config import close_registry, load_gate_config, store_spec
 from certgate.devpki import CA
 from certgate.errors import TrustStoreUnavailable
 from certgate.stores.caching import CachingRegistry
 from certgate.stores.postgres import PostgresRegistry
+from certgate.stores.sqlite import SqliteRegistry, sqlite_url
 from tests.store_helpers import leaf_facts
 from tests.test_reload_e2e import eventually
 
@@ -135,3 +141,51 @@ def test_a_blocked_store_expiry_scan_does_not_stop_file_watch_reloads(
         finally:
             locker.rollback()
             gate.close()
+
+
+def test_a_damaged_certificate_row_is_named_with_its_tenant_and_the_fix_works(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row certgate did not write (a damaged file, a hand-made INSERT):
+    ``certgate expiry``/``bundle``/``config check`` and the gate's expiry
+    check say which certificate and tenant, not a bare ASN.1 parse error."""
+    db = tmp_path / "tenants.db"
+    store = SqliteRegistry(db, create=True)
+    bad_ca = CA.root("Damaged rv8")
+    store.put(Tenant.from_pem("acme", [ACME], roots=CA.root("Acme rv8").cert_pem))
+    store.put(Tenant.from_pem("damaged", [GLOBEX], roots=bad_ca.cert_pem))
+    store.close()
+    sha = bad_ca.cert.fingerprint(hashes.SHA256())
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("UPDATE certificates SET der = ? WHERE sha256 = ?", (b"\x30\x03bad", sha))
+        conn.commit()
+    url = sqlite_url(db)
+    path = tmp_path / "certgate.toml"
+    path.write_text('[certgate]\nregistry = "sqlite:///tenants.db"\n')
+    for argv in (["expiry", "--registry", url], ["bundle", "--registry", url],
+                 ["config", "check", str(path)]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert sha.hex() in err, argv
+        assert "'damaged'" in err, argv
+        assert "certgate tenants remove" in err, argv
+
+    gate = CertGate.from_toml(path)
+    try:
+        with caplog.at_level(logging.ERROR, logger="certgate"):
+            gate.start_monitor()
+            eventually(lambda: "expiry check failed" in caplog.text, "the check failed", 10.0)
+        assert sha.hex() in caplog.text
+        assert "'damaged'" in caplog.text
+    finally:
+        gate.close()
+
+    # the advice works: remove the tenant (its unused certificate goes) and add it again
+    assert main(["tenants", "remove", "damaged", "--registry", url]) == 0
+    (tmp_path / "ca.pem").write_bytes(bad_ca.cert_pem)
+    assert main(["tenants", "add", "damaged", "--registry", url, "--host", GLOBEX,
+                 "--root", str(tmp_path / "ca.pem")]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["expiry", "--registry", url]) == 0
+    assert main(["bundle", "--registry", url]) == 0
+    assert capsys.readouterr().out.count("BEGIN CERTIFICATE") == 2
