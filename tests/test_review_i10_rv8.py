@@ -24,7 +24,7 @@ from certgate import CertGate, Reason, Tenant
 from certgate.cli import main
 from certgate.config import close_registry, load_gate_config, store_spec
 from certgate.devpki import CA
-from certgate.errors import TrustStoreUnavailable
+from certgate.errors import ConfigError, TrustStoreUnavailable
 from certgate.stores.caching import CachingRegistry
 from certgate.stores.postgres import PostgresRegistry
 from certgate.stores.sqlite import SqliteRegistry, sqlite_url
@@ -189,3 +189,24 @@ def test_a_damaged_certificate_row_is_named_with_its_tenant_and_the_fix_works(
     assert main(["expiry", "--registry", url]) == 0
     assert main(["bundle", "--registry", url]) == 0
     assert capsys.readouterr().out.count("BEGIN CERTIFICATE") == 2
+
+
+def test_an_unencoded_bracket_in_a_registry_url_names_the_file_and_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """urllib's bare ``ValueError("Invalid IPv6 URL")`` named neither the
+    file, the key nor the fix (and was not a ConfigError)."""
+    url = "postgresql://app:hunter2[x@db.internal/tenants"
+    path = tmp_path / "certgate.toml"
+    path.write_text(f'[certgate]\nregistry = "{url}"\n')
+    with pytest.raises(ConfigError) as caught:
+        CertGate.from_toml(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "[certgate].registry" in message
+    assert "percent-encode" in message
+    assert "hunter2" not in message
+    assert main(["expiry", "--registry", url]) == 2
+    err = capsys.readouterr().err
+    assert "percent-encode" in err
+    assert "hunter2" not in err
