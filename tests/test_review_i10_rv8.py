@@ -210,3 +210,51 @@ def test_an_unencoded_bracket_in_a_registry_url_names_the_file_and_the_fix(
     err = capsys.readouterr().err
     assert "percent-encode" in err
     assert "hunter2" not in err
+
+
+def test_reloads_flapping_between_postgresql_stores_leave_no_connection_behind(
+    pg_config: tuple[Path, dict[str, CA]], pg_dsn: str
+) -> None:
+    """Ten reloads that each replace the store while four threads make
+    requests (cache misses included): afterwards, and after gate.close(),
+    no pool thread and no server connection of certgate is left."""
+    path, cas = pg_config
+    text = path.read_text()
+    gate = CertGate.from_toml(path)
+    acme = leaf_facts(ACME, cas["acme"].issue("d1"))
+    globex = leaf_facts(GLOBEX, cas["globex"].issue("g1"))
+    stop = threading.Event()
+    outcomes: set[object] = set()
+
+    def load() -> None:
+        while not stop.is_set():
+            for facts in (acme, globex):
+                decision = gate.decide(facts)
+                outcomes.add(decision.reason if not decision.allowed else "allowed")
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        for worker in workers:
+            worker.start()
+        for size in range(10, 20):  # each a new cache option: a new registry, the old closed
+            path.write_text(text.replace("max_tenants = 100", f"max_tenants = {size}"))
+            gate.reload()
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+        gate.close()
+    # fail closed at worst: allowed, or a 503 of a request that used a replaced store
+    assert outcomes <= {"allowed", Reason.TRUST_STORE_UNAVAILABLE}, outcomes
+    assert "allowed" in outcomes
+    eventually(lambda: pool_threads() == 0, "every pool closed", 10.0)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+
+        def certgate_connections() -> int:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'certgate' "
+                "AND datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+            return -1 if row is None else int(row[0])
+
+        eventually(lambda: certgate_connections() == 0, "no certgate connection left", 10.0)
