@@ -220,6 +220,7 @@ def test_reloads_flapping_between_postgresql_stores_leave_no_connection_behind(
     no pool thread and no server connection of certgate is left."""
     path, cas = pg_config
     text = path.read_text()
+    baseline = pool_threads()  # pools other tests of this process left open
     gate = CertGate.from_toml(path)
     acme = leaf_facts(ACME, cas["acme"].issue("d1"))
     globex = leaf_facts(GLOBEX, cas["globex"].issue("g1"))
@@ -247,7 +248,7 @@ def test_reloads_flapping_between_postgresql_stores_leave_no_connection_behind(
     # fail closed at worst: allowed, or a 503 of a request that used a replaced store
     assert outcomes <= {"allowed", Reason.TRUST_STORE_UNAVAILABLE}, outcomes
     assert "allowed" in outcomes
-    eventually(lambda: pool_threads() == 0, "every pool closed", 10.0)
+    eventually(lambda: pool_threads() <= baseline, "every pool of this gate closed", 10.0)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
 
         def certgate_connections() -> int:
