@@ -27,6 +27,7 @@ from certgate.devpki import CA
 from certgate.errors import ConfigError, TrustStoreUnavailable
 from certgate.stores.caching import CachingRegistry
 from certgate.stores.postgres import PostgresRegistry
+from certgate.stores.scan import PAGE, store_expiry
 from certgate.stores.sqlite import SqliteRegistry, sqlite_url
 from tests.store_helpers import leaf_facts
 from tests.test_reload_e2e import eventually
@@ -259,3 +260,26 @@ def test_reloads_flapping_between_postgresql_stores_leave_no_connection_behind(
             return -1 if row is None else int(row[0])
 
         eventually(lambda: certgate_connections() == 0, "no certgate connection left", 10.0)
+
+
+def test_a_scan_stops_at_the_next_page_once_its_store_is_closed(tmp_path: Path) -> None:
+    """gate.close() (or a reload replacing the store) during the expiry scan
+    of a big store: the scan thread stops at its next page instead of
+    parsing the rest of the store on a closed registry."""
+    store = SqliteRegistry(tmp_path / "tenants.db", create=True)
+    ca = CA.root("Shared rv8")
+    tenants = 2 * PAGE + 10
+    for number in range(tenants):
+        store.put(
+            Tenant.from_pem(
+                f"t{number:04d}", [f"t{number}.rv8.test"], roots=ca.cert_pem, shared_anchors=True
+            )
+        )
+    reader = SqliteRegistry(tmp_path / "tenants.db")
+    assert sum(1 for _ in store_expiry(reader, every=True)) == tenants  # the whole store
+    items = store_expiry(reader, every=True)
+    seen: list[object] = [next(items)]
+    reader.close()
+    with pytest.raises(TrustStoreUnavailable, match="closed"):
+        seen.extend(items)
+    assert len(seen) <= PAGE  # the rest of the page in hand, not the store

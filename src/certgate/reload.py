@@ -538,11 +538,13 @@ class Reloader:
                 next_trigger, self._scan_again = self._scan_again, None
 
     def _run_expiry(self, trigger: str) -> None:
+        snapshot = self.gate.snapshot
         try:
-            check_expiry(self.gate.snapshot, trigger, str(self.path))
+            check_expiry(snapshot, trigger, str(self.path))
         except Exception as exc:  # monitoring never breaks a load
-            if self._closed:  # gate.close() during a store's scan closed the store under it
-                return
+            if self._closed or snapshot.registry is not self.gate.snapshot.registry:
+                return  # the store was closed under the scan: gate.close(), or a reload
+                # that replaced it (and queued a check of the new one)
             logger.error("certgate: CA expiry check failed: %r", exc, exc_info=exc)
 
     # -- watching ---------------------------------------------------------

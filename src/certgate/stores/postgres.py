@@ -606,7 +606,7 @@ class PostgresRegistry(SqlTenantStore):
         """Seconds without a heartbeat after which the feed reads the log."""
         self._proc_lock = threading.Lock()
         self._proc: _Process | None = None
-        self._closed = False
+        self.closed = False
         try:
             with psycopg.connect(self.settings.conninfo, autocommit=True) as conn:
                 session = _OneConnection(conn)
@@ -626,7 +626,7 @@ class PostgresRegistry(SqlTenantStore):
         proc = self._proc
         if proc is not None and proc.pid == os.getpid():
             return proc
-        if self._closed:  # a pool opened now would never be closed (a reload replaced this one)
+        if self.closed:  # a pool opened now would never be closed (a reload replaced this one)
             raise TrustStoreUnavailable(
                 f"{self.where}: this registry was closed (a reload replaced it, or gate.close())"
             )
@@ -647,7 +647,7 @@ class PostgresRegistry(SqlTenantStore):
         lookup - one a request started before a reload replaced this
         registry - raises :class:`TrustStoreUnavailable` (503): a pool opened
         then would never be closed."""
-        self._closed = True
+        self.closed = True
         with self._proc_lock:
             proc, self._proc = self._proc, None
         if proc is not None and proc.pid == os.getpid():
@@ -781,7 +781,7 @@ class PostgresRegistry(SqlTenantStore):
             return feed.wakeups
 
     def _ensure_listener(self) -> _Process | None:
-        if not self.listen or self._closed:
+        if not self.listen or self.closed:
             return None
         proc = self._process()
         if proc.listener is None:

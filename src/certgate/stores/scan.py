@@ -35,7 +35,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrustStoreUnavailable
 from ..expiry import ExpiryItem, check_thresholds, level_for
 from ..text import safe_text
 from .sql import SqlTenantStore
@@ -65,7 +65,11 @@ def store_of(registry: object) -> SqlTenantStore | None:
 
 
 def _rows(store: SqlTenantStore, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    """One page, in one read snapshot."""
+    """One page, in one read snapshot; :class:`TrustStoreUnavailable` once
+    ``store`` is closed (``gate.close()``, a reload that replaced it): a scan
+    of a million tenants must not go on for minutes after."""
+    if store.closed:
+        raise TrustStoreUnavailable(f"{store.where}: the store was closed during the scan")
     session = store.session()
     with session.snapshot():
         return store._sql(session, sql, params)

@@ -154,6 +154,10 @@ class SqlTenantStore:
 
     where: str = "tenant store"
 
+    closed = False
+    """Set by ``close()``: a scan of the whole store
+    (:mod:`certgate.stores.scan`) stops at its next page."""
+
     def __init__(self) -> None:
         self._signatures = SignatureMemo()
         self._marks: dict[int, tuple[object, ...] | None] = {}
