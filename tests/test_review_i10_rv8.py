@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import sqlite3
 import threading
 from pathlib import Path
@@ -283,3 +285,41 @@ def test_a_scan_stops_at_the_next_page_once_its_store_is_closed(tmp_path: Path) 
     with pytest.raises(TrustStoreUnavailable, match="closed"):
         seen.extend(items)
     assert len(seen) <= PAGE  # the rest of the page in hand, not the store
+
+
+def test_a_worker_forked_while_the_store_opens_its_pool_is_not_deadlocked(
+    pg_config: tuple[Path, dict[str, CA]], pg_dsn: str
+) -> None:
+    """gunicorn --preload: the master's gate (expiry scan thread, poller)
+    may be opening the store's pool - holding its process lock - at the
+    moment a worker is forked. The worker inherits the lock held by a
+    thread that does not exist there: its first lookup must not wait forever."""
+    store = PostgresRegistry(pg_dsn)
+    try:
+        held = threading.Event()
+        release = threading.Event()
+
+        def opening() -> None:  # the master's thread, inside _process()
+            with store._proc_lock:
+                held.set()
+                release.wait(30)
+
+        thread = threading.Thread(target=opening)
+        thread.start()
+        held.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the worker: one lookup, under an alarm
+            signal.alarm(10)
+            code = 0
+            try:
+                code = 0 if store.tenant_for_host(ACME) is not None else 3
+            except BaseException:  # noqa: BLE001 - reported by the exit code
+                code = 4
+            os._exit(code)
+        release.set()
+        thread.join()
+        _, status = os.waitpid(pid, 0)
+        assert not os.WIFSIGNALED(status), "the forked worker hung on the inherited lock"
+        assert os.WEXITSTATUS(status) == 0
+    finally:
+        store.close()
