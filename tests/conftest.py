@@ -23,8 +23,10 @@ import pytest
 from certgate import CertGate, InMemoryRegistry, Tenant
 from certgate.devpki import CA, IssuedCert
 
-# pg_server / pg_dsn / pg_private: a real PostgreSQL (tests/pg_server.py)
-pytest_plugins = ["tests.pg_server"]
+# pg_server / pg_dsn / pg_private: a real PostgreSQL (tests/pg_server.py);
+# backend / store_url / store: one store of each kind (tests/store_backends.py);
+# files / loaded: a configuration directory and its gate (tests/reload_files.py)
+pytest_plugins = ["tests.pg_server", "tests.store_backends", "tests.reload_files"]
 
 
 @dataclass

@@ -68,11 +68,17 @@ SETTINGS = {
     "shared_buffers": "64MB",
     "log_min_messages": "warning",
     "log_connections": "off",
+    # A connection attempt cut off half-way (an event loop closed under a
+    # pool) leaves a server process waiting for the client to authenticate;
+    # DROP DATABASE anywhere in the cluster waits for it (60 s by default).
+    "authentication_timeout": "'5s'",
 }
 
 __all__ = [
     "PgServer",
+    "chown_tree",
     "find_bindir",
+    "os_user",
     "pg_cluster",
     "pg_dsn",
     "pg_private",
@@ -118,7 +124,7 @@ def require_postgres() -> Path:
     return bindir
 
 
-def _os_user() -> str | None:
+def os_user() -> str | None:
     """The user to run the server as: ``None`` (ourselves) unless root, else
     :data:`OS_USER`, created when missing."""
     if os.geteuid() != 0:
@@ -148,7 +154,8 @@ def _os_user() -> str | None:
     return OS_USER
 
 
-def _chown_tree(path: Path, user: str) -> None:
+def chown_tree(path: Path, user: str) -> None:
+    """``path`` and everything below it to ``user`` (and its group)."""
     entry = pwd.getpwnam(user)
     os.chown(path, entry.pw_uid, entry.pw_gid)
     for base, dirs, files in os.walk(path):
@@ -205,7 +212,7 @@ class PgServer:
         if template is not None and (template / "PG_VERSION").is_file():
             shutil.copytree(template, self.data, symlinks=True)
             if self.owner is not None:
-                _chown_tree(self.data, self.owner)
+                chown_tree(self.data, self.owner)
         else:
             self._run(
                 "initdb",
@@ -225,7 +232,7 @@ class PgServer:
                 _save_template(self.data, template)
         self.sockets.mkdir(mode=0o700, exist_ok=True)
         if self.owner is not None:
-            _chown_tree(self.sockets, self.owner)
+            chown_tree(self.sockets, self.owner)
 
     def _configure(self) -> None:
         settings = {
@@ -344,14 +351,14 @@ def pg_cluster(bindir: Path | None = None, *, keep: Path | None = None) -> Itera
     deleted on exit. ``keep``: the cluster's directory, reused when it holds
     one and left in place on exit (benchmarks keep their databases)."""
     bindir = bindir or require_postgres()
-    owner = _os_user()
+    owner = os_user()
     if keep is None:
         root = Path(tempfile.mkdtemp(prefix="certgate-pg-"))
     else:
         root = keep
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
     if owner is not None:
-        _chown_tree(root, owner)
+        chown_tree(root, owner)
     server = PgServer(bindir, root, owner)
     try:
         started = time.monotonic()

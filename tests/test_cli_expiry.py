@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from certgate.cli import main
 from certgate.devpki import CA
 from certgate.errors import ConfigError
 from certgate.expiry import ca_expiry
 from certgate.tenant import Tenant
+from tests.cli_config import ConfigTenant, run, write_config
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -25,35 +25,18 @@ def days(n: float) -> dt.datetime:
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four tenants: a root with 5 days left, one with 20 (its issuing CA
     has 400), one already expired, one with ten years."""
-    out = tmp_path_factory.mktemp("expiry")
-    soon = CA.root("Soon Root", not_after=days(5))
     month = CA.root("Month Root", not_after=days(20))
-    month_issuing = month.intermediate("Month Issuing", not_after=days(400))
     gone = CA.root("Gone Root", not_before=days(-100), not_after=days(-1))
-    fine = CA.root("Fine Root")
-    text = ""
-    for name, ca, inter in [
-        ("soon", soon, None),
-        ("month", month, month_issuing),
-        ("gone", gone, None),
-        ("fine", fine, None),
-    ]:
-        (out / f"{name}.pem").write_bytes(ca.cert_pem)
-        text += f'[[tenants]]\nid = "{name}"\nhosts = ["{name}.test"]\nroots = ["{name}.pem"]\n'
-        if name == "gone":  # an expired root loads only with ca_expired = "warn"
-            text += 'ca_expired = "warn"\n'
-        if inter is not None:
-            (out / f"{name}-issuing.pem").write_bytes(inter.cert_pem)
-            text += f'intermediates = ["{name}-issuing.pem"]\n'
-    path = out / "certgate.toml"
-    path.write_text(text)
-    return path
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return write_config(
+        tmp_path_factory.mktemp("expiry"),
+        [
+            ConfigTenant("soon", CA.root("Soon Root", not_after=days(5))),
+            ConfigTenant("month", month, month.intermediate("Month Issuing", not_after=days(400))),
+            # an expired root loads only with ca_expired = "warn"
+            ConfigTenant("gone", gone, extra='ca_expired = "warn"\n'),
+            ConfigTenant("fine", CA.root("Fine Root")),
+        ],
+    )
 
 
 def test_lists_late_cas_soonest_first_and_exits_1(

@@ -11,11 +11,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certgate.cli import main
 from certgate.devpki import CA
 from certgate.expiry import ca_expiry
 from certgate.pki import make_crl
 from certgate.tenant import Tenant
+from tests.cli_config import ConfigTenant, run, write_config
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -29,27 +29,18 @@ def crl_of(ca: CA, *, days: int, issued_days_ago: float = 0) -> x509.Certificate
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three tenants: a CRL with 2 days left, one with 10, one stale."""
-    out = tmp_path_factory.mktemp("crl-expiry")
-    text = ""
-    for name, crl_days, ago in (("soon", 2, 0), ("fine", 10, 0), ("stale", 7, 10)):
-        ca = CA.root(f"{name.title()} Root")
-        (out / f"{name}.pem").write_bytes(ca.cert_pem)
-        (out / f"{name}.crl").write_bytes(
-            crl_of(ca, days=crl_days, issued_days_ago=ago).public_bytes(Encoding.PEM)
-        )
-        text += (
-            f'[[tenants]]\nid = "{name}"\nhosts = ["{name}.test"]\nroots = ["{name}.pem"]\n'
-            f'crls = ["{name}.crl"]\ncrl_stale = "warn"\n\n'
-        )
-    path = out / "certgate.toml"
-    path.write_text(text)
-    return path
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return write_config(
+        tmp_path_factory.mktemp("crl-expiry"),
+        [
+            ConfigTenant(
+                name,
+                ca := CA.root(f"{name.title()} Root"),
+                crl=crl_of(ca, days=crl_days, issued_days_ago=ago),
+                extra='crl_stale = "warn"\n',
+            )
+            for name, crl_days, ago in (("soon", 2, 0), ("fine", 10, 0), ("stale", 7, 10))
+        ],
+    )
 
 
 def test_expiry_lists_crls_near_or_past_their_next_update(

@@ -17,8 +17,8 @@ from certgate.asgi import CertGateMiddleware
 from certgate.devpki import CA
 from certgate.prometheus import PrometheusObserver
 from certgate.testing import RecordingObserver
+from tests.reload_files import Files, eventually, tenant
 from tests.test_asgi import RecordingApp
-from tests.test_reload import Files, eventually, tenant
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -1,19 +1,23 @@
 """The real-PostgreSQL harness itself (tests/pg_server.py): the role's
 password is required over TCP, databases are separate, and a stopped server
-refuses connections until it is started again."""
+refuses connections until it is started again; without a server the
+PostgreSQL tests skip on a developer machine and fail under CI=true."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
 
+from tests import pg_server as harness
 from tests.pg_server import PgServer
 
 
 def test_dsn_connects_with_password_over_tcp(pg_server: PgServer, pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute("SELECT current_user, inet_server_addr()::text").fetchone()
+        timeout = conn.execute("SHOW authentication_timeout").fetchone()
     assert row == ("certgate", "127.0.0.1/32")
+    assert timeout == ("5s",)  # a drop never waits a minute for a half-open connection
     assert pg_server.startup_seconds > 0
 
 
@@ -45,3 +49,18 @@ def test_private_server_stops_and_starts(pg_private: PgServer) -> None:
     pg_private.start()
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT x FROM kept").fetchone() == (7,)
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", "Failed"), ("", "Skipped")])
+def test_without_a_server_the_tests_fail_in_ci(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: str
+) -> None:
+    """No PostgreSQL on the machine: every real-PostgreSQL test (the shared
+    store suite's ``postgresql`` params included: they go through
+    ``pg_server``) fails under CI=true, and skips loudly elsewhere."""
+    monkeypatch.setattr(harness, "find_bindir", lambda: None)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises((pytest.fail.Exception, pytest.skip.Exception)) as raised:
+        harness.require_postgres()
+    assert type(raised.value).__name__ == outcome
+    assert "REAL-POSTGRESQL TESTS NOT RUN" in str(raised.value)

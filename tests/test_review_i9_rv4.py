@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,29 +23,14 @@ from certgate.devpki import CA
 from certgate.reload import Reloader
 from certgate.rollout import Mode, Rollout
 from certgate.testing import RecordingObserver
+from tests.reload_files import A_HOST, B_HOST, Files, status, tenant
 from tests.test_asgi import RecordingApp
-from tests.test_reload import A_HOST, B_HOST, Files, status, tenant
 
 
 def reloader_of(gate: CertGate) -> Reloader:
     reloader = gate._reloader
     assert reloader is not None
     return reloader
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Files:
-    return Files(tmp_path)
-
-
-@pytest.fixture
-def loaded(files: Files) -> Iterator[tuple[Files, CertGate, CertGateMiddleware]]:
-    files.ca("a")
-    files.ca("b")
-    files.toml("", tenant("a", A_HOST, "a.pem"))
-    gate = CertGate.from_toml(files.config)
-    yield files, gate, CertGateMiddleware(RecordingApp(), gate)
-    gate.close()
 
 
 # -- finding 1: a failed reload never noticed the file it was missing ---------

@@ -24,8 +24,7 @@ from certgate.stores.async_caching import AsyncCachingRegistry
 from certgate.stores.postgres import PostgresRegistry
 from tests.conftest import PKI
 from tests.pg_server import PgServer
-from tests.store_helpers import leaf_facts, reissued
-from tests.test_store_sqlite import ISOLATION_TENANTS, REQUEST_HOSTS, UNKNOWN
+from tests.store_helpers import ISOLATION_TENANTS, REQUEST_HOSTS, UNKNOWN, leaf_facts, reissued
 from tests.test_tenant_contexts_store import (
     HANDSHAKE_FAILED,
     allowed,

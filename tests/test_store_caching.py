@@ -11,7 +11,6 @@ import string
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,7 @@ from certgate.stores import open_registry
 from certgate.stores.caching import CachingRegistry
 from certgate.stores.sqlite import SqliteRegistry
 from certgate.verifier import ChainVerifier
-from tests.store_helpers import leaf_facts, new_store, url_of
-
-
-def wait_for(predicate: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+from tests.store_helpers import leaf_facts, new_store, url_of, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -402,9 +392,9 @@ def test_a_restored_backup_is_seen_by_running_gates(tmp_path: Path, roots: list[
     # another store's copy with as many changes: a different history
     other = new_store(tmp_path, "other.db")
     other.put(Tenant("t0", ("t0.test",), (roots[7].cert,)))
-    for i in range(1, 3):
-        other.put(Tenant(f"o{i}", (f"o{i}.test",), (roots[i + 2].cert,)))
     store.put(Tenant("t1", ("t1.test",), (roots[5].cert,)))
+    for i in range(1, store.change_position()):  # a restore moved the counter past both
+        other.put(Tenant(f"o{i}", (f"o{i}.test",), (roots[i % 3 + 2].cert,), shared_anchors=True))
     assert other.change_position() == store.change_position()  # the same position
     assert wait_for(lambda: cache.peek_tenant_by_id("t1") is MISS)
     assert cache.tenant_for_host("t0.test") is restored  # cached again

@@ -98,8 +98,11 @@ def parent_domain(host: str) -> str | None:
 
 
 def _is_ip(text: str) -> bool:
+    candidate = text.strip("[]")
+    if ":" not in candidate and not candidate[-1:].isdigit():
+        return False  # neither IPv6 nor dotted IPv4 (which ends in a digit): no parse
     try:
-        ipaddress.ip_address(text.strip("[]"))
+        ipaddress.ip_address(candidate)
     except ValueError:
         return False
     return True

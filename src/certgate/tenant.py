@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.verification import Store
 
+from . import certmemo
 from .crl import STALE_MODES, Revocation, load_crls, vet_crl
 from .errors import ConfigError
 from .hosts import normalize_pattern
@@ -81,7 +82,7 @@ class Anchor:
     @classmethod
     def of(cls, cert: x509.Certificate) -> Anchor:
         """The identity of ``cert``."""
-        return cls(cert, hashlib.sha256(cert.public_bytes(Encoding.DER)).digest(), name_key(cert))
+        return cls(cert, certmemo.sha256_of(cert), name_key(cert))
 
     @property
     def subject(self) -> str:
@@ -90,7 +91,12 @@ class Anchor:
 
 
 def name_key(cert: x509.Certificate) -> bytes:
-    """SHA-256 over (subject DER, SubjectPublicKeyInfo DER), length-prefixed."""
+    """SHA-256 over (subject DER, SubjectPublicKeyInfo DER), length-prefixed
+    (remembered during an import: :mod:`certgate.certmemo`)."""
+    return certmemo.name_key_of(cert, _name_key)
+
+
+def _name_key(cert: x509.Certificate) -> bytes:
     digest = hashlib.sha256(_ANCHOR_KEY_VERSION)
     for part in (
         cert.subject.public_bytes(),
@@ -226,7 +232,7 @@ class Tenant:
         for group in (self.roots, self.intermediates):
             digest.update(b"|%d|" % len(group))
             for cert in group:
-                der = cert.public_bytes(Encoding.DER)
+                der = certmemo.der_of(cert)
                 digest.update(b"%d:" % len(der))
                 digest.update(der)
         revocation = self._revocation()

@@ -79,6 +79,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, PublicKeyAlgorithmOID
 from cryptography.x509.oid import SignatureAlgorithmOID as Sig
 
+from . import certmemo
 from .errors import ConfigError
 
 logger = logging.getLogger("certgate")
@@ -311,10 +312,28 @@ def check_cas(
 ) -> list[Finding]:
     """:func:`vet_cas`, then raise :class:`CaVettingError` (a
     :class:`ConfigError`) on the first error, or log every warning on the
-    ``certgate`` logger (unless :func:`quiet`) and return the findings."""
+    ``certgate`` logger (unless :func:`quiet`) and return the findings.
+
+    During a bulk import (:func:`certgate.certmemo.remembering`) a CA set
+    that already passed with no finding at all - the same certificates, by
+    SHA-256 of their DER, under the same date rules - is not vetted again
+    (no finding: nothing to raise or log)."""
+    memo = certmemo.active() if now is None else None
+    key: tuple[object, ...] | None = None
+    if memo is not None:
+        key = (
+            tuple(certmemo.sha256_of(cert) for cert in roots),
+            tuple(certmemo.sha256_of(cert) for cert in intermediates),
+            ca_expired,
+            _LENIENT_DATES.get(),
+        )
+        if memo.is_clean(key):
+            return []
     findings = vet_cas(
         tenant_id, roots, intermediates, ca_expired=ca_expired, sources=sources, now=now
     )
+    if memo is not None and key is not None and not findings:
+        memo.mark_clean(key)
     errors = [f for f in findings if f.level == "error"]
     if errors:
         more = len(errors) - 1

@@ -38,6 +38,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .. import certmemo
 from ..errors import ConfigError
 from ..tenant import Tenant
 
@@ -71,9 +72,15 @@ class StoredCert:
     @classmethod
     def of(cls, cert: x509.Certificate, sha256: bytes, name_key: bytes) -> StoredCert:
         """A certificate at hand (the written tenant's own)."""
-        subject = cert.subject.public_bytes()
-        issuer = subject if cert.issuer == cert.subject else cert.issuer.public_bytes()
-        return cls(sha256, subject, issuer, name_key, None, cert)
+        names = certmemo.names_of(cert, _names)
+        return cls(sha256, names[0], names[1], name_key, None, cert)
+
+
+def _names(cert: x509.Certificate) -> tuple[bytes, bytes]:
+    """The DER of ``cert``'s subject and issuer names."""
+    subject = cert.subject.public_bytes()
+    issuer = subject if cert.issuer == cert.subject else cert.issuer.public_bytes()
+    return subject, issuer
 
 
 class AnchorQueries(Protocol):

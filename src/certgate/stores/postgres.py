@@ -62,18 +62,29 @@ what is PostgreSQL's own:
 * **Processes**: the pool, the listener and every connection belong to one
   process; a forked worker (gunicorn ``--preload``) opens its own on first
   use and never touches the parent's sockets.
+* **Pinned schema and timeouts**: the schema is ``schema=`` in the URL,
+  else the one the connection's search path finds certgate's tables in
+  when the store is opened (``current_schema()`` for a new store; refused
+  when tables named like certgate's are also in another schema of that
+  path); every connection then runs with ``search_path``
+  pinned to that schema (:func:`search_path`: ``pg_catalog`` implicitly
+  first), so a table or function another role creates in a schema earlier
+  in its usual path shadows nothing, and
+  with ``statement_timeout`` (URL ``statement_timeout``, default the
+  gate's default ``registry_timeout``, 5 s) and ``lock_timeout`` (2 s): a
+  stuck statement gives a 503 and frees its lookup thread. Write
+  transactions lift both for themselves.
 
-Not done here: schemas other than the connection's ``current_schema()``
-need a ``search_path`` in the URL (``options=-csearch_path=...``), and
-``LISTEN`` needs a session, so a PgBouncer in between must run in session
-mode (without a listener - ``listen=False`` - the change feed reads the
-change log on every poll).
+Not done here: ``LISTEN`` needs a session, so a PgBouncer in between must
+run in session mode (without a listener - ``listen=False`` - the change
+feed reads the change log on every poll).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -88,6 +99,7 @@ from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 from ..errors import ConfigError, TrustStoreUnavailable
+from ..lookups import DEFAULT_REGISTRY_TIMEOUT
 from ..tenant import Tenant, check_tenant_id
 from .records import TenantRecord
 from .schema import POSTGRESQL, Dialect, SqlSession, check_readable, migrate, schema_version
@@ -109,7 +121,21 @@ DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_MAX = 4
 DEFAULT_POOL_TIMEOUT = 2.0
 DEFAULT_HEARTBEAT = 0.5
-URL_SETTINGS = ("pool_min", "pool_max", "pool_timeout", "heartbeat")
+DEFAULT_STATEMENT_TIMEOUT = DEFAULT_REGISTRY_TIMEOUT
+"""Seconds a statement of a reader may run (the gate's default
+``registry_timeout``: a lookup thread is not held longer than the gate waits)."""
+DEFAULT_LOCK_TIMEOUT = 2.0
+"""Seconds a reader's statement may wait for a lock (a restore or a
+migration holding a table): then a 503, not a stuck lookup thread."""
+URL_SETTINGS = (
+    "pool_min",
+    "pool_max",
+    "pool_timeout",
+    "heartbeat",
+    "statement_timeout",
+    "lock_timeout",
+    "schema",
+)
 """certgate's own query parameters of a ``postgresql://`` URL (the others go
 to libpq)."""
 
@@ -174,6 +200,51 @@ class PgSettings:
     pool_max: int = DEFAULT_POOL_MAX
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
     heartbeat: float = DEFAULT_HEARTBEAT
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    schema: str | None = None
+    """The schema holding the tables (``None``: found when the store is
+    opened, see :func:`open_database`)."""
+
+    def pinned(self, schema: str) -> PgSettings:
+        """These settings with every connection's ``search_path`` pinned to
+        ``schema`` then ``pg_temp`` (:func:`search_path`) and the reader
+        timeouts set (libpq ``options``; a write transaction lifts the
+        timeouts for itself)."""
+        params = psycopg.conninfo.conninfo_to_dict(self.conninfo)
+        ours = (
+            f"-c search_path={search_path(schema)} "
+            f"-c statement_timeout={round(self.statement_timeout * 1000)} "
+            f"-c lock_timeout={round(self.lock_timeout * 1000)}"
+        )
+        given = str(params.get("options") or "").strip()
+        params["options"] = f"{given} {ours}" if given else ours  # later -c settings win
+        return dataclasses.replace(
+            self, conninfo=psycopg.conninfo.make_conninfo("", **params), schema=schema
+        )
+
+
+def search_path(schema: str) -> str:
+    """The pinned ``search_path``: ``schema``, then ``pg_temp``. With
+    ``pg_catalog`` not listed, PostgreSQL searches it first, so no function
+    or operator in ``schema`` can shadow a built-in one; a table or function
+    in any other schema (another role's, earlier in its usual path) is never
+    seen; ``pg_temp`` listed last is searched after ``schema`` (and never
+    for functions); and ``CREATE TABLE`` (a migration) creates in ``schema``."""
+    return f"{_ident(schema)},pg_temp"
+
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _ident(schema: str) -> str:
+    """``schema`` quoted as an identifier (a name of :data:`_SCHEMA_NAME`)."""
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ConfigError(
+            f"schema {schema[:80]!r}: certgate's tables need a schema named with ASCII letters, "
+            "digits and _ (at most 63, not starting with a digit)"
+        )
+    return f'"{schema}"'
 
 
 def parse_url(url: str, overrides: Mapping[str, Any] | None = None) -> PgSettings:
@@ -222,7 +293,16 @@ def parse_url(url: str, overrides: Mapping[str, Any] | None = None) -> PgSetting
             ours.get("pool_timeout"), "pool_timeout", DEFAULT_POOL_TIMEOUT, where
         ),
         heartbeat=_seconds(ours.get("heartbeat"), "heartbeat", DEFAULT_HEARTBEAT, where),
+        statement_timeout=_seconds(
+            ours.get("statement_timeout"), "statement_timeout", DEFAULT_STATEMENT_TIMEOUT, where
+        ),
+        lock_timeout=_seconds(
+            ours.get("lock_timeout"), "lock_timeout", DEFAULT_LOCK_TIMEOUT, where
+        ),
+        schema=ours.get("schema"),
     )
+    if settings.schema is not None:
+        _ident(settings.schema)
     if settings.pool_min > settings.pool_max:
         raise ConfigError(
             f"{where}: pool_min ({settings.pool_min}) is larger than pool_max ({settings.pool_max})"
@@ -354,6 +434,7 @@ class PgSession:
         if self.conn is not None:
             raise RuntimeError("nested transaction")
         with self.proc.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            _lift_timeouts(conn)  # waiting for another writer is no lookup
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
             # Plans for the values at hand, even of prepared statements: a
             # generic plan of the write-time rule's queries (an owner of this
@@ -385,6 +466,15 @@ class PgSession:
                 self.conn = None
 
 
+def _lift_timeouts(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    """No statement or lock timeout for the rest of this write transaction:
+    an import's batch, a migration or the wait for another writer's lock may
+    take longer than a lookup should (the reader timeouts of
+    :meth:`PgSettings.pinned`)."""
+    conn.execute("SET LOCAL statement_timeout = 0")
+    conn.execute("SET LOCAL lock_timeout = 0")
+
+
 class _OneConnection:
     """A :class:`SqlSession` over one connection (start-up checks, migrations)."""
 
@@ -403,6 +493,7 @@ class _OneConnection:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         with self.conn.transaction():
+            _lift_timeouts(self.conn)
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
             yield
 
@@ -522,6 +613,80 @@ def _channel(schema: str) -> str:
     return CHANNEL if schema == "public" else f"{CHANNEL}:{schema}"[:63]
 
 
+CERTGATE_TABLES = (
+    "certgate_schema",
+    "tenants",
+    "hosts",
+    "certificates",
+    "tenant_certificates",
+    "crls",
+    "certgate_counter",
+    "changes",
+)
+
+
+def open_database(
+    url: str, overrides: Mapping[str, Any] | None = None, *, create: bool = False
+) -> tuple[PgSettings, bool]:
+    """What both registries do when opened: parse ``url`` (``overrides``: the
+    keyword arguments' settings), connect once, find the schema, migrate it
+    (``create``) and check its version. The schema is ``schema=`` in the
+    URL, else the one where the search path finds ``certgate_schema``, else
+    (a new store) ``current_schema()`` - refused when tables named like
+    certgate's are in another schema of the search path (which one a
+    statement used would depend on that path). Returns the settings with
+    every later connection pinned to that schema (:meth:`PgSettings.pinned`)
+    and whether some tenant sets its own mode. :class:`ConfigError` naming
+    the URL (no password) when the database cannot be used."""
+    settings = parse_url(url, overrides)
+    where = settings.where
+    try:
+        with psycopg.connect(settings.conninfo, autocommit=True) as conn:
+            schema = settings.schema
+            if schema is None:
+                row = conn.execute(
+                    "SELECT coalesce((SELECT n.nspname FROM pg_catalog.pg_class c "
+                    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE c.oid = pg_catalog.to_regclass('certgate_schema')), "
+                    "pg_catalog.current_schema())"
+                ).fetchone()
+                if row is None or row[0] is None:
+                    raise ConfigError(f"{where}: no current schema (check search_path)")
+                schema = str(row[0])
+                _check_unshadowed(conn, schema, where)
+            settings = settings.pinned(schema)
+            conn.execute(
+                "SELECT pg_catalog.set_config('search_path', %s, false)",
+                (search_path(schema),),
+            )
+            session = _OneConnection(conn)
+            if create:
+                migrate(session, where=where)
+            check_readable(schema_version(session), where)
+            modes = conn.execute("SELECT 1 FROM tenants WHERE mode IS NOT NULL LIMIT 1").fetchone()
+    except psycopg.Error as exc:
+        raise ConfigError(f"{where}: cannot use the database: {_describe(exc)}") from None
+    return settings, modes is not None
+
+
+def _check_unshadowed(conn: psycopg.Connection[tuple[Any, ...]], schema: str, where: str) -> None:
+    """Refuse a search path in which tables named like certgate's are in
+    another schema than ``schema``."""
+    rows = conn.execute(
+        "SELECT DISTINCT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.relname = ANY(%s) "
+        "AND n.nspname = ANY(pg_catalog.current_schemas(true)) AND n.nspname <> %s",
+        (list(CERTGATE_TABLES), schema),
+    ).fetchall()
+    if rows:
+        others = ", ".join(sorted(str(row[0]) for row in rows))
+        raise ConfigError(
+            f"{where}: tables named like certgate's are in schema(s) {others} of the search "
+            f"path as well as in {schema!r}: name the schema holding "
+            "certgate's tables in the URL (schema=NAME) so that no other schema can shadow them"
+        )
+
+
 class _Process:
     """One process's pool, sessions and listener (built again after ``fork``)."""
 
@@ -600,19 +765,23 @@ class PostgresRegistry(SqlTenantStore):
         pool_max: int | None = None,
         pool_timeout: float | None = None,
         heartbeat: float | None = None,
+        statement_timeout: float | None = None,
         listen: bool = True,
     ) -> None:
         super().__init__()
-        self.settings = parse_url(
+        self.settings, _ = open_database(
             url,
             {
                 "pool_min": pool_min,
                 "pool_max": pool_max,
                 "pool_timeout": pool_timeout,
                 "heartbeat": heartbeat,
+                "statement_timeout": statement_timeout,
             },
+            create=create,
         )
         self.where = self.settings.where
+        self.channel = _channel(self.settings.schema or "public")
         self.listen = listen
         self.liveness = 2 * self.settings.heartbeat + 0.5
         """Seconds without a heartbeat after which the feed reads the log."""
@@ -623,18 +792,6 @@ class PostgresRegistry(SqlTenantStore):
         at the fork, and that thread does not exist in the child)."""
         self._proc: _Process | None = None
         self.closed = False
-        try:
-            with psycopg.connect(self.settings.conninfo, autocommit=True) as conn:
-                session = _OneConnection(conn)
-                if create:
-                    migrate(session, where=self.where)
-                check_readable(schema_version(session), self.where)
-                schema = conn.execute("SELECT current_schema()").fetchone()
-        except psycopg.Error as exc:
-            raise ConfigError(f"{self.where}: cannot use the database: {_describe(exc)}") from None
-        if schema is None or schema[0] is None:
-            raise ConfigError(f"{self.where}: no current schema (check search_path)")
-        self.channel = _channel(str(schema[0]))
 
     # -- processes and sessions ------------------------------------------------
 
@@ -677,19 +834,6 @@ class PostgresRegistry(SqlTenantStore):
             proc, self._proc = self._proc, None
         if proc is not None and proc.pid == os.getpid():
             proc.close(self.settings.heartbeat + 1.0)
-
-    def _write_batch(
-        self, session: SqlSession, pending: Sequence[tuple[TenantRecord, Tenant]]
-    ) -> list[tuple[str, str]]:
-        """An import batch written and checked as a whole (see
-        :mod:`certgate.stores.postgres_batch`); one tenant at a time when
-        the batch names a tenant twice."""
-        ids = {record.id for record, _ in pending}
-        if not isinstance(session, PgSession) or len(ids) != len(pending):
-            return super()._write_batch(session, pending)
-        from .postgres_batch import write_batch  # noqa: PLC0415 - imports this module
-
-        return write_batch(session, pending, self._signatures)
 
     def _log(self, session: SqlSession, changes: list[tuple[str, str]]) -> int:
         """The change log entry of a write, remembered for the transaction's NOTIFY."""
@@ -988,27 +1132,21 @@ class AsyncPostgresRegistry:
         pool_max: int | None = None,
         pool_timeout: float | None = None,
         heartbeat: float | None = None,
+        statement_timeout: float | None = None,
     ) -> None:
-        self.settings = parse_url(
+        self.settings, self._modes = open_database(
             url,
             {
                 "pool_min": pool_min,
                 "pool_max": pool_max,
                 "pool_timeout": pool_timeout,
                 "heartbeat": heartbeat,
+                "statement_timeout": statement_timeout,
             },
         )
         self.where = self.settings.where
         self.liveness = 2 * self.settings.heartbeat + 0.5
-        try:
-            with psycopg.connect(self.settings.conninfo, autocommit=True) as conn:
-                check_readable(schema_version(_OneConnection(conn)), self.where)
-                schema = conn.execute("SELECT current_schema()").fetchone()
-                modes = conn.execute("SELECT 1 FROM tenants WHERE mode IS NOT NULL LIMIT 1")
-                self._modes = modes.fetchone() is not None
-        except psycopg.Error as exc:
-            raise ConfigError(f"{self.where}: cannot use the database: {_describe(exc)}") from None
-        self.channel = _channel(str(schema[0]) if schema and schema[0] else "public")
+        self.channel = _channel(self.settings.schema or "public")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._opening: asyncio.Task[None] | None = None

@@ -29,6 +29,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .. import certmemo
 from ..crl import load_crls
 from ..errors import ConfigError
 from ..tenant import Tenant, check_crl_url, check_tenant_id, prevetted
@@ -189,8 +190,20 @@ class TenantRecord:
         known = self.__dict__.get("_settings_json")
         if known is not None:
             return str(known)
+        memo = certmemo.active()
         try:
-            text = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
+            if memo is not None and self.policy is None:  # the same few texts, over and over
+                key = (
+                    self.crl_urls,
+                    type(self.crl_refresh),
+                    self.crl_refresh,
+                    self.crl_stale,
+                    self.require_crl,
+                    self.ca_expired,
+                )
+                text = memo.get("settings", key, self._settings_text)
+            else:
+                text = self._settings_text()
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"tenant {self.id!r}: the policy is not JSON data: {exc}") from None
         if len(text) > MAX_POLICY_JSON:
@@ -200,13 +213,15 @@ class TenantRecord:
         self.__dict__["_settings_json"] = text  # a cache: the record is immutable
         return text
 
+    def _settings_text(self) -> str:
+        return json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
+
     def digest(self) -> bytes:
         """SHA-256 over everything stored of the tenant (not ``version`` or
         the timestamps): equal digests, same tenant. Computed once."""
         known = self.__dict__.get("_digest")
         if known is not None:
             return bytes(known)
-        digest = hashlib.sha256(b"certgate-record-v1")
         parts: list[bytes] = [
             self.id.encode(),
             json.dumps(list(self.hosts)).encode(),
@@ -218,10 +233,10 @@ class TenantRecord:
             parts.append(b"%d" % len(group))
             parts.extend(group)
         parts.extend((label or "").encode() for label in self.crl_labels)
-        for part in parts:
-            digest.update(b"%d:" % len(part))
-            digest.update(part)
-        value = digest.digest()
+        # SHA-256 over the prefix and each part as b"LEN:" + part (one call)
+        value = hashlib.sha256(
+            b"certgate-record-v1" + b"".join([b"%d:%b" % (len(part), part) for part in parts])
+        ).digest()
         self.__dict__["_digest"] = value  # a cache: the record is immutable
         return value
 
@@ -364,7 +379,7 @@ class TenantRecord:
 
 def _certificate(der: bytes, where: str) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(der)
+        return certmemo.load_der(der)
     except ValueError as exc:
         raise ConfigError(f"{where} is not a DER certificate: {exc}") from None
 
@@ -401,11 +416,21 @@ def _pem_certs(
             raise ConfigError(f"{where}: {key}[{position}] holds no PEM certificate")
         for block in blocks:
             try:
-                cert = x509.load_pem_x509_certificate(block.encode("ascii"))
+                ders.append(_pem_der(block))
             except ValueError as exc:
                 raise ConfigError(f"{where}: {key}[{position}]: {exc}") from None
-            ders.append(cert.public_bytes(Encoding.DER))
     return ders
+
+
+def _pem_der(block: str) -> bytes:
+    """The DER of one PEM certificate block (``ValueError`` when it does not
+    parse); remembered during an import (:mod:`certgate.certmemo`)."""
+
+    def load() -> bytes:
+        return x509.load_pem_x509_certificate(block.encode("ascii")).public_bytes(Encoding.DER)
+
+    memo = certmemo.active()
+    return load() if memo is None else memo.get("pem", block, load)
 
 
 def _pem_crls(data: Mapping[str, Any], where: str) -> list[bytes]:

@@ -42,8 +42,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
+from .. import certmemo
 from ..errors import ConfigError, TrustStoreUnavailable
 from ..hosts import parent_domain
 from ..tenant import Tenant, check_tenant_id
@@ -119,8 +118,8 @@ class TenantRows:
         position = {"root": 0, "intermediate": 0}
         roles = ["root"] * len(tenant.roots) + ["intermediate"] * len(tenant.intermediates)
         for role, (cert, key) in zip(roles, tenant.ca_name_keys, strict=True):
-            der = cert.public_bytes(Encoding.DER)
-            stored = StoredCert.of(cert, _sha256(der), key)
+            der = certmemo.der_of(cert)
+            stored = StoredCert.of(cert, certmemo.sha256_of(cert), key)
             own.append(stored)
             certs.append((stored.sha256, der, stored.subject, stored.issuer, key))
             links.append((record.id, role, position[role], stored.sha256, tenant.shared_anchors))
@@ -237,6 +236,15 @@ class SqlTenantStore:
         """Put every item, ``batch`` tenants per transaction; ``progress`` is
         called with the number of tenants read so far after each batch.
 
+        Each batch is written and checked as a whole (:mod:`certgate.stores.batch`:
+        hosts unique, the anchor-sharing rule against the stored tenants and
+        the rest of the batch, inside the transaction); a refused batch is
+        rolled back and written again one tenant at a time, so the error is
+        the one :meth:`put` gives. Certificate facts and clean CA sets are
+        remembered for the import (:mod:`certgate.certmemo`): a CA shared
+        by many tenants is parsed and vetted once. The change counter and
+        log get one entry per written tenant, as with :meth:`put`.
+
         Stops at the first tenant that fails (:class:`ConfigError` naming it
         and saying how many were stored before it): the tenants of earlier
         batches stay stored, the failing batch is rolled back. Importing a
@@ -251,16 +259,25 @@ class SqlTenantStore:
         def flush() -> None:
             nonlocal written, committed
             session = self.session()
-            with session.transaction():
-                try:
+            try:
+                with session.transaction():
                     changed = self._write_batch(session, pending)
-                except ConfigError as exc:
-                    raise ConfigError(
-                        f"{exc} (import stopped: {committed} tenants stored before this "
-                        "batch; fix the tenant and import again)"
-                    ) from None
-                if changed:
-                    self._log(session, changed)
+                    if changed:
+                        self._log(session, changed)
+            except ConfigError:
+                # Refused as a whole: written again one tenant at a time, which
+                # either stores it (an order-dependent refusal) or names the
+                # tenant and the rule exactly as a put() of each would.
+                with session.transaction():
+                    try:
+                        changed = self._write_each(session, pending)
+                    except ConfigError as exc:
+                        raise ConfigError(
+                            f"{exc} (import stopped: {committed} tenants stored before this "
+                            "batch; fix the tenant and import again)"
+                        ) from None
+                    if changed:
+                        self._log(session, changed)
             written += len(changed)
             committed += len(pending)
             pending.clear()
@@ -268,7 +285,7 @@ class SqlTenantStore:
                 progress(read)
 
         source = iter(items)
-        with self._bulk():
+        with self._bulk(), certmemo.remembering():
             while True:
                 try:
                     item = next(source, None)  # a reader of a file may raise here
@@ -295,9 +312,21 @@ class SqlTenantStore:
         self, session: SqlSession, pending: Sequence[tuple[TenantRecord, Tenant]]
     ) -> builtins.list[tuple[str, str]]:
         """Write a batch of an import in the caller's transaction, not logged:
-        the ``(id, "put")`` of the tenants that changed. :class:`ConfigError`
-        naming the tenant and the rule when one is refused (a store may
-        check the batch as a whole, see the PostgreSQL store)."""
+        the ``(id, "put")`` of the tenants that changed. Written and checked
+        as a whole (:mod:`certgate.stores.batch`); one tenant at a time when
+        the batch names a tenant twice. :class:`ConfigError` when a tenant
+        is refused (the caller rolls back and writes the batch again with
+        :meth:`_write_each`, for the one-at-a-time error)."""
+        if len({record.id for record, _ in pending}) != len(pending):
+            return self._write_each(session, pending)
+        from .batch import write_batch  # noqa: PLC0415 - imports this module
+
+        return write_batch(session, pending, self._signatures)
+
+    def _write_each(
+        self, session: SqlSession, pending: Sequence[tuple[TenantRecord, Tenant]]
+    ) -> builtins.list[tuple[str, str]]:
+        """:meth:`_write_batch` one tenant at a time (as :meth:`put`)."""
         changed: builtins.list[tuple[str, str]] = []
         for record, tenant in pending:
             if self._write(session, record, tenant):
@@ -415,14 +444,29 @@ class SqlTenantStore:
         first = last - len(changes) + 1
         now = utc_text()
         numbered = [(first + i, tenant_id, op) for i, (tenant_id, op) in enumerate(changes)]
-        session.executemany(
-            session.dialect.sql("INSERT INTO changes (seq, tenant_id, op, at) VALUES (?, ?, ?, ?)"),
-            [(seq, tenant_id, op, now) for seq, tenant_id, op in numbered],
-        )
-        session.executemany(
-            session.dialect.sql("UPDATE tenants SET version = ? WHERE id = ?"),
-            [(seq, tenant_id) for seq, tenant_id, op in numbered if op == "put"],
-        )
+        versions = [(seq, tenant_id) for seq, tenant_id, op in numbered if op == "put"]
+        if session.dialect.paramstyle == "format" and len(changes) > 1:  # one statement each
+            session.execute(
+                "INSERT INTO changes (seq, tenant_id, op, at) "
+                "SELECT *, %s FROM unnest(%b::bigint[], %b::text[], %b::text[])",
+                (now, *(list(column) for column in zip(*numbered, strict=True))),
+            )
+            if versions:
+                session.execute(
+                    "UPDATE tenants t SET version = v.seq FROM unnest(%b::bigint[], %b::text[]) "
+                    "AS v(seq, id) WHERE t.id = v.id",
+                    tuple(list(column) for column in zip(*versions, strict=True)),
+                )
+        else:
+            session.executemany(
+                session.dialect.sql(
+                    "INSERT INTO changes (seq, tenant_id, op, at) VALUES (?, ?, ?, ?)"
+                ),
+                [(seq, tenant_id, op, now) for seq, tenant_id, op in numbered],
+            )
+            session.executemany(
+                session.dialect.sql("UPDATE tenants SET version = ? WHERE id = ?"), versions
+            )
         if first // _PRUNE_EVERY != (last + 1) // _PRUNE_EVERY:
             self._sql(session, "DELETE FROM changes WHERE seq <= ?", (last - CHANGE_LOG_KEEP,))
         return last

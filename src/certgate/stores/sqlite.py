@@ -392,14 +392,35 @@ class SqliteRegistry(SqlTenantStore):
 
     def restore(self, source: str | os.PathLike[str]) -> None:
         """Replace the store's content with the backup ``source``, in place
-        and live (SQLite's backup API, through its locks): every gate sees
-        the change at its next poll and drops its cache. Never move a file
-        over a live store instead: its ``-wal`` would be paired with the
-        wrong database. Raises :class:`ConfigError` when ``source`` is not a
-        certgate store this code can read (it is migrated after the copy)."""
+        and live, in one write transaction: the backup is copied (SQLite's
+        backup API) to a temporary file next to the store and migrated
+        there, then, under the store's write lock (``BEGIN IMMEDIATE``:
+        concurrent writers wait, readers go on reading the old content until
+        the commit), every tenant table is replaced by the copy's.
+
+        The change counter then moves strictly past both the store's and the
+        backup's last sequence number, and the change log is emptied: every
+        cache that read the store (at any position it ever handed out) is
+        told "everything changed" at its next poll, and no later write can
+        bring the counter back to a position a cache saw with other
+        contents. Never move a file over a live store instead: its ``-wal``
+        would be paired with the wrong database. Raises
+        :class:`ConfigError` when ``source`` is not a certgate store this
+        code can read."""
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"{path}: no such backup file")
+        staged = self.path.with_name(f".{self.path.name}.restore-{os.getpid()}")
+        try:
+            self._stage(path, staged)
+            self._replace_from(staged, path)
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{staged}{suffix}")
+
+    def _stage(self, path: Path, staged: Path) -> None:
+        """Copy the backup ``path`` to ``staged`` and migrate the copy."""
         src = sqlite3.connect(f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro", uri=True)
         try:
             version = schema_version(SqliteSession(src, 0))
@@ -407,7 +428,7 @@ class SqliteRegistry(SqlTenantStore):
                 raise ConfigError(f"{path}: not a certgate tenant store")
             if version > SCHEMA_VERSION:
                 check_readable(version, str(path))
-            dst = self._connect()
+            dst = sqlite3.connect(str(staged))
             try:
                 src.backup(dst)
             finally:
@@ -416,7 +437,40 @@ class SqliteRegistry(SqlTenantStore):
             raise ConfigError(f"{path}: cannot restore from it: {exc}") from None
         finally:
             src.close()
-        self._create()  # migrate a backup of an older version
+        SqliteRegistry(staged, create=True).close()  # a backup of an older version: migrated
+
+    def _replace_from(self, staged: Path, path: Path) -> None:
+        """Replace every tenant table of the store by ``staged``'s, and move
+        the counter past both (see :meth:`restore`), in one transaction."""
+        self._create()  # the live store itself up to date
+        conn = self._connect()
+        try:
+            conn.execute("ATTACH DATABASE ? AS restored", (str(staged),))
+            session = SqliteSession(conn, 0)
+            with session.transaction():
+                live = int(conn.execute("SELECT seq FROM main.certgate_counter").fetchone()[0])
+                backup = int(
+                    conn.execute("SELECT seq FROM restored.certgate_counter").fetchone()[0]
+                )
+                for table in _RESTORE_DELETE:
+                    conn.execute(f"DELETE FROM main.{table}")  # noqa: S608
+                for table in _RESTORE_COPY:
+                    columns = ", ".join(
+                        row[1] for row in conn.execute(f"PRAGMA main.table_info({table})")
+                    )
+                    conn.execute(
+                        f"INSERT INTO main.{table} ({columns}) "  # noqa: S608
+                        f"SELECT {columns} FROM restored.{table}"
+                    )
+                conn.execute(
+                    "UPDATE main.certgate_counter SET seq = ? WHERE id = 1",
+                    (max(live, backup) + 1,),
+                )
+            conn.execute("DETACH DATABASE restored")
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{path}: cannot restore from it: {exc}") from None
+        finally:
+            conn.close()
 
     def backup(self, target: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the store to ``target`` (``VACUUM INTO``:
@@ -425,6 +479,13 @@ class SqliteRegistry(SqlTenantStore):
         if target_path.exists():
             raise ConfigError(f"{target_path} exists: a backup never overwrites a file")
         self.session().execute("VACUUM INTO ?", (str(target_path),))
+
+
+_RESTORE_DELETE = ("hosts", "tenant_certificates", "crls", "changes", "tenants", "certificates")
+"""Tables a restore empties (those referring to others first)."""
+_RESTORE_COPY = ("tenants", "certificates", "hosts", "tenant_certificates", "crls")
+"""Tables a restore copies from the backup (referred-to ones first); its
+change log is not copied (a history the readers never saw)."""
 
 
 def open_url(url: str, *, create: bool = False) -> SqliteRegistry:

@@ -1,58 +1,84 @@
-"""Import batches of the PostgreSQL store, written and checked as a whole.
+"""Import batches, written and checked as a whole (both dialects).
 
-Writing tenants one at a time costs a dozen round trips each (the digest,
-the hosts, the anchor rule's indexed queries), which over a network is what
-limits an import. :func:`write_batch` writes a whole batch in the caller's
-transaction with a handful of statements, then runs the same anchor-sharing
-check (:func:`certgate.stores.anchors.check_written`) for each tenant of the
+Writing tenants one at a time costs a dozen statements each (the digest,
+the hosts, the anchor rule's indexed queries): over a network that is what
+limits an import, and in-process (SQLite) the statements and the Python
+around them are most of its CPU. :func:`write_batch` writes a whole batch
+in the caller's transaction with a handful of statements (one per table:
+arrays through ``unnest`` in PostgreSQL, ``executemany`` in SQLite), then
+runs the same anchor-sharing check
+(:func:`certgate.stores.anchors.check_written`) for each tenant of the
 batch, through :class:`BatchQueries`: the rows every check of the batch
-will ask for first are read once, in four statements, and anything further
-(deeper issuer walks) is read when asked - every answer the one a live query
-would give, since nothing is written while the checks run.
+will ask for first are read once, a few statements per batch, and anything
+further (deeper issuer walks) is read when asked - every answer the one a
+live query would give, since nothing is written while the checks run.
 
 What a batch changes against one-at-a-time writes: every tenant of the batch
 is checked against the batch as written, later tenants included. The final
 state satisfies the same rules either way (each tenant is checked against
 every other); a batch in which a tenant takes a host another tenant of the
-same batch gives up is accepted whatever their order, and the tenant named
-in an error may be the other one of the pair. A batch naming a tenant twice
-is written one tenant at a time.
+same batch gives up is accepted whatever their order. When a batch is
+refused, :meth:`~certgate.stores.sql.SqlTenantStore.import_tenants` rolls
+it back and writes it again one tenant at a time, so the error (and which
+tenant it names) is the one of one-at-a-time writes. A batch naming a
+tenant twice is written one tenant at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..errors import ConfigError
 from ..tenant import Tenant
 from .anchors import SignatureMemo, StoredCert, check_written
 from .records import TenantRecord
-from .schema import utc_text
+from .schema import SqlSession, utc_text
 from .sql import TenantRows
-
-if TYPE_CHECKING:
-    from .postgres import PgSession
 
 OWNERS_READ = 3
 """Owners read per certificate: enough for every ``root_owners`` question
 (at most two owners, one tenant excluded)."""
 
-_CERTS = "SELECT sha256, subject, issuer, name_key, der FROM certificates WHERE {column} = ANY(%s)"
+_CERTS = "SELECT sha256, subject, issuer, name_key, der FROM certificates WHERE {column} {match}"
 _OWNERS = (
-    "SELECT s.sha, o.tenant_id FROM unnest(%s::bytea[]) AS s(sha) CROSS JOIN LATERAL "
+    "SELECT s.sha, o.tenant_id FROM unnest(%b::bytea[]) AS s(sha) CROSS JOIN LATERAL "
     "(SELECT tenant_id FROM tenant_certificates WHERE sha256 = s.sha AND role = 'root' "
     "LIMIT %s) AS o"
 )
 _OWNERS_UNSHARED = (
-    "SELECT s.sha, o.tenant_id FROM unnest(%s::bytea[]) AS s(sha) CROSS JOIN LATERAL "
+    "SELECT s.sha, o.tenant_id FROM unnest(%b::bytea[]) AS s(sha) CROSS JOIN LATERAL "
     "(SELECT tenant_id FROM tenant_certificates WHERE sha256 = s.sha AND role = 'root' "
     "AND shared = FALSE LIMIT %s) AS o"
 )
+_OWNERS_ONE = (
+    "SELECT tenant_id FROM tenant_certificates WHERE sha256 = ? AND role = 'root' {shared}LIMIT ?"
+)
+_IN_CHUNK = 500
+"""Values per ``IN (...)`` list (SQLite allows 32,766 parameters)."""
+
+
+def _where_in(
+    session: SqlSession, template: str, column: str, values: Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    """Rows of ``template`` (a statement ending in ``WHERE {column} {match}``)
+    whose ``column`` is one of ``values``: ``= ANY(%b)`` in PostgreSQL (an array
+    sent in binary), ``IN
+    (?, ...)`` in chunks elsewhere."""
+    if not values:
+        return []
+    if session.dialect.paramstyle == "format":
+        return session.execute(template.format(column=column, match="= ANY(%b)"), (list(values),))
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start : start + _IN_CHUNK]
+        match = f"IN ({', '.join('?' * len(chunk))})"
+        rows += session.execute(template.format(column=column, match=match), tuple(chunk))
+    return rows
 
 
 def write_batch(
-    session: PgSession,
+    session: SqlSession,
     pending: Sequence[tuple[TenantRecord, Tenant]],
     memo: SignatureMemo,
 ) -> list[tuple[str, str]]:
@@ -62,8 +88,8 @@ def write_batch(
     ids = [record.id for record, _ in pending]
     stored = {
         str(tenant_id): bytes(digest)
-        for tenant_id, digest in session.execute(
-            "SELECT id, digest FROM tenants WHERE id = ANY(%s)", (ids,)
+        for tenant_id, digest in _where_in(
+            session, "SELECT id, digest FROM tenants WHERE {column} {match}", "id", ids
         )
     }
     work = []
@@ -76,12 +102,16 @@ def write_batch(
     replaced = [record.id for record, _, _ in work if record.id in stored]
     old: set[bytes] = set()
     if replaced:
-        rows = session.execute(
-            "SELECT sha256 FROM tenant_certificates WHERE tenant_id = ANY(%s)", (replaced,)
+        rows = _where_in(
+            session,
+            "SELECT sha256 FROM tenant_certificates WHERE {column} {match}",
+            "tenant_id",
+            replaced,
         )
         old = {bytes(row[0]) for row in rows}
         for table in ("hosts", "tenant_certificates", "crls"):
-            session.execute(f"DELETE FROM {table} WHERE tenant_id = ANY(%s)", (replaced,))  # noqa: S608
+            delete = f"DELETE FROM {table} WHERE {{column}} {{match}}"  # noqa: S608
+            _where_in(session, delete, "tenant_id", replaced)
     _check_hosts(session, [(record.id, tenant) for record, tenant, _ in work])
     now = utc_text()
     parts = [TenantRows.of(record, tenant, digest, now) for record, tenant, digest in work]
@@ -89,10 +119,12 @@ def write_batch(
     fresh = {link[3] for rows in parts for link in rows.links}
     gone = sorted(old - fresh)
     if gone:  # certificates only the old versions referred to go before the checks
-        session.execute(
-            "DELETE FROM certificates c WHERE c.sha256 = ANY(%s) AND NOT EXISTS "
-            "(SELECT 1 FROM tenant_certificates t WHERE t.sha256 = c.sha256)",
-            (gone,),
+        _where_in(
+            session,
+            "DELETE FROM certificates WHERE NOT EXISTS (SELECT 1 FROM tenant_certificates t "
+            "WHERE t.sha256 = certificates.sha256) AND {column} {match}",
+            "sha256",
+            gone,
         )
     queries = BatchQueries(session)
     queries.prefetch([cert for part in parts for cert in part.own])
@@ -101,7 +133,7 @@ def write_batch(
     return [(record.id, "put") for record, _, _ in work]
 
 
-def _check_hosts(session: PgSession, claims: Sequence[tuple[str, Tenant]]) -> None:
+def _check_hosts(session: SqlSession, claims: Sequence[tuple[str, Tenant]]) -> None:
     """Refuse a host listed twice, claimed by two tenants of the batch, or
     held by a stored tenant (one query); the messages of one-at-a-time writes."""
     claimed: dict[str, str] = {}
@@ -116,8 +148,11 @@ def _check_hosts(session: PgSession, claims: Sequence[tuple[str, Tenant]]) -> No
                 raise ConfigError(
                     f"host {pattern!r} is claimed by tenants {other!r} and {tenant_id!r}"
                 )
-    rows = session.execute(
-        "SELECT pattern, tenant_id FROM hosts WHERE pattern = ANY(%s) LIMIT 1", (list(claimed),)
+    rows = _where_in(
+        session,
+        "SELECT pattern, tenant_id FROM hosts WHERE {column} {match}",
+        "pattern",
+        list(claimed),
     )
     if rows:
         pattern, owner = rows[0]
@@ -126,36 +161,65 @@ def _check_hosts(session: PgSession, claims: Sequence[tuple[str, Tenant]]) -> No
         )
 
 
-def _insert(session: PgSession, parts: Sequence[TenantRows]) -> None:
-    session.executemany(
-        "INSERT INTO tenants (id, mode, shared_anchors, settings, digest, created, updated) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET mode = excluded.mode, "
+def _insert(session: SqlSession, parts: Sequence[TenantRows]) -> None:
+    insert_rows(
+        session,
+        "tenants (id, mode, shared_anchors, settings, digest, created, updated)",
+        ("text", "text", "boolean", "text", "bytea", "text", "text"),
+        [rows.tenant for rows in parts],
+        "ON CONFLICT (id) DO UPDATE SET mode = excluded.mode, "
         "shared_anchors = excluded.shared_anchors, settings = excluded.settings, "
         "digest = excluded.digest, updated = excluded.updated",
-        [rows.tenant for rows in parts],
     )
-    session.executemany(
-        "INSERT INTO hosts (pattern, tenant_id) VALUES (%s, %s)",
+    insert_rows(
+        session,
+        "hosts (pattern, tenant_id)",
+        ("text", "text"),
         [host for rows in parts for host in rows.hosts],
     )
     certs = {cert[0]: cert for rows in parts for cert in rows.certs}
-    session.executemany(
-        "INSERT INTO certificates (sha256, der, subject, issuer, name_key) "
-        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (sha256) DO NOTHING",
+    insert_rows(
+        session,
+        "certificates (sha256, der, subject, issuer, name_key)",
+        ("bytea", "bytea", "bytea", "bytea", "bytea"),
         list(certs.values()),
+        "ON CONFLICT (sha256) DO NOTHING",
     )
-    session.executemany(
-        "INSERT INTO tenant_certificates (tenant_id, role, position, sha256, shared) "
-        "VALUES (%s, %s, %s, %s, %s)",
+    insert_rows(
+        session,
+        "tenant_certificates (tenant_id, role, position, sha256, shared)",
+        ("text", "text", "integer", "bytea", "boolean"),
         [link for rows in parts for link in rows.links],
     )
-    crls = [crl for rows in parts for crl in rows.crls]
-    if crls:
-        session.executemany(
-            "INSERT INTO crls (tenant_id, position, sha256, der, label) "
-            "VALUES (%s, %s, %s, %s, %s)",
-            crls,
+    insert_rows(
+        session,
+        "crls (tenant_id, position, sha256, der, label)",
+        ("text", "integer", "bytea", "bytea", "text"),
+        [crl for rows in parts for crl in rows.crls],
+    )
+
+
+def insert_rows(
+    session: SqlSession,
+    target: str,
+    types: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    tail: str = "",
+) -> None:
+    """Insert ``rows`` into ``target`` (``"table (columns)"``): in PostgreSQL
+    one statement over arrays (``unnest``, ``types``: the columns' types),
+    elsewhere ``executemany``. ``tail``: an ``ON CONFLICT`` clause."""
+    if not rows:
+        return
+    if session.dialect.paramstyle == "format":
+        arrays = ", ".join(f"%b::{kind}[]" for kind in types)  # binary: no escaping
+        session.execute(
+            f"INSERT INTO {target} SELECT * FROM unnest({arrays}) {tail}",  # noqa: S608
+            tuple(list(column) for column in zip(*rows, strict=True)),
         )
+        return
+    marks = ", ".join("?" * len(types))
+    session.executemany(f"INSERT INTO {target} VALUES ({marks}) {tail}", rows)  # noqa: S608
 
 
 class BatchQueries:
@@ -163,7 +227,7 @@ class BatchQueries:
     read once per batch (:meth:`prefetch`), and reading - once - whatever
     else is asked. Valid while nothing is written (the checks only read)."""
 
-    def __init__(self, session: PgSession) -> None:
+    def __init__(self, session: SqlSession) -> None:
         self._session = session
         self._der: dict[bytes, bytes] = {}
         self._by: dict[str, dict[bytes, list[StoredCert]]] = {
@@ -197,7 +261,7 @@ class BatchQueries:
             return []
         for key in wanted:
             table[key] = []
-        rows = self._session.execute(_CERTS.format(column=column), (wanted,))
+        rows = _where_in(self._session, _CERTS, column, wanted)
         found = []
         for sha, subject, issuer, name_key, der in rows:
             cert = StoredCert(
@@ -215,19 +279,27 @@ class BatchQueries:
         for unshared in (False, True):
             for sha in wanted:
                 self._owners[(sha, unshared)] = []
-            rows = self._session.execute(
-                _OWNERS_UNSHARED if unshared else _OWNERS, (list(wanted), OWNERS_READ)
-            )
-            for sha, tenant_id in rows:
+            for sha, tenant_id in self._owner_rows(wanted, unshared):
                 owners = self._owners[(bytes(sha), unshared)]
                 if str(tenant_id) not in owners:
                     owners.append(str(tenant_id))
+
+    def _owner_rows(self, shas: Sequence[bytes], unshared: bool) -> list[tuple[Any, ...]]:
+        """``(sha256, tenant_id)`` of up to :data:`OWNERS_READ` owners of each of
+        ``shas`` (one statement in PostgreSQL, one seek per certificate elsewhere)."""
+        session = self._session
+        if session.dialect.paramstyle == "format":
+            statement = _OWNERS_UNSHARED if unshared else _OWNERS
+            return session.execute(statement, (list(shas), OWNERS_READ))
+        one = _OWNERS_ONE.format(shared="AND shared = 0 " if unshared else "")
+        return [(sha, row[0]) for sha in shas for row in session.execute(one, (sha, OWNERS_READ))]
 
     def _load(self, sha256: bytes) -> bytes:
         der = self._der.get(sha256)
         if der is None:
             rows = self._session.execute(
-                "SELECT der FROM certificates WHERE sha256 = %s", (sha256,)
+                self._session.dialect.sql("SELECT der FROM certificates WHERE sha256 = ?"),
+                (sha256,),
             )
             der = self._der[sha256] = bytes(rows[0][0])
         return der
