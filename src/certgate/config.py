@@ -527,7 +527,12 @@ def close_registry(registry: object) -> None:
     except TypeError:  # not weakly referable: not one of ours
         opened = False
     if opened:
-        inner_close = getattr(getattr(registry, "inner", None), "close", None)
+        from .stores.sql import SqlTenantStore  # noqa: PLC0415 - store configs only
+
+        inner = getattr(registry, "inner", None)
+        if isinstance(inner, SqlTenantStore):
+            inner.retired = True  # a late lookup fails closed, never opens a pool again
+        inner_close = getattr(inner, "close", None)
         if callable(inner_close):
             inner_close()
 

@@ -799,7 +799,7 @@ class PostgresRegistry(SqlTenantStore):
         proc = self._proc
         if proc is not None and proc.pid == os.getpid():
             return proc
-        if self.closed:  # a pool opened now would never be closed (a reload replaced this one)
+        if self.retired:  # a pool opened now would never be closed (a reload replaced this one)
             raise TrustStoreUnavailable(
                 f"{self.where}: this registry was closed (a reload replaced it, or gate.close())"
             )
@@ -826,9 +826,10 @@ class PostgresRegistry(SqlTenantStore):
 
     def close(self) -> None:
         """Stop the listener and close the pool (this process's). A later
-        lookup - one a request started before a reload replaced this
-        registry - raises :class:`TrustStoreUnavailable` (503): a pool opened
-        then would never be closed."""
+        lookup opens a new pool (the listener stays stopped) - unless the
+        store is :attr:`retired` (a gate let go of it): then it raises
+        :class:`TrustStoreUnavailable` (503), since that pool would never be
+        closed."""
         self.closed = True
         with self._process_lock():
             proc, self._proc = self._proc, None
