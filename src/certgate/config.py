@@ -234,8 +234,11 @@ class StoreSpec:
     the store's URL (a relative SQLite path made absolute) and the cache's
     options. Two equal specs open the same registry (a reload keeps it)."""
 
-    url: str
+    url: str = field(repr=False)  # may hold a password: repr shows the label
     cache: tuple[tuple[str, Any], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"StoreSpec({self.label!r}, cache={self.cache!r})"
 
     @property
     def label(self) -> str:
@@ -254,7 +257,7 @@ class GateConfig:
 
     registry: TomlRegistry | CachingRegistry
     gate_kwargs: dict[str, Any] = field(default_factory=dict)
-    section: Mapping[str, Any] = field(default_factory=dict)
+    section: Mapping[str, Any] = field(default_factory=dict, repr=False)  # registry: a password
     files: tuple[Path, ...] = ()
     store: StoreSpec | None = None
 
@@ -505,7 +508,7 @@ def _store_registry(path: Path, spec: StoreSpec, successor_of: object) -> Cachin
     if isinstance(successor_of, CachingRegistry) and _OPENED.get(successor_of) == spec:
         return successor_of
     try:
-        registry = open_registry(spec.url, asynchronous=False, **dict(spec.cache))
+        registry: CachingRegistry = open_registry(spec.url, asynchronous=False, **dict(spec.cache))
     except ConfigError as exc:
         raise ConfigError(f"{path}: [certgate].registry: {exc}") from None
     _OPENED[registry] = spec
@@ -524,7 +527,12 @@ def close_registry(registry: object) -> None:
     except TypeError:  # not weakly referable: not one of ours
         opened = False
     if opened:
-        inner_close = getattr(getattr(registry, "inner", None), "close", None)
+        from .stores.sql import SqlTenantStore  # noqa: PLC0415 - store configs only
+
+        inner = getattr(registry, "inner", None)
+        if isinstance(inner, SqlTenantStore):
+            inner.retired = True  # a late lookup fails closed, never opens a pool again
+        inner_close = getattr(inner, "close", None)
         if callable(inner_close):
             inner_close()
 

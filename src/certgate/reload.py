@@ -56,8 +56,10 @@ a middleware is built: at start-up, or for Starlette's ``add_middleware``
 at the app's first ASGI call - a request when there is no lifespan); each
 process (gunicorn or uvicorn worker) watches for itself. The expiry checks
 of a tenant store (a paged scan of the whole store,
-:mod:`certgate.stores.scan`) always run in the monitor thread, the load-time
-and reload ones included: neither start-up nor a reload waits for them.
+:mod:`certgate.stores.scan`) always run on a thread the monitor thread
+starts for them (one scan at a time per gate), the load-time and reload
+ones included: neither start-up, nor a reload, nor the monitor thread's
+file watches and signal reloads wait for them.
 A file watch never looks at a store's database: tenants changed there
 reach the gate through the store's change feed, without a reload.
 """
@@ -279,8 +281,9 @@ def check_expiry(snapshot: GateSnapshot, trigger: str, config: str = "") -> Trus
     ``expiry_warning_days`` and ``expiry_critical_days``, and every CRL's
     nextUpdate at ``crl_warning_days`` and ``crl_critical_days``
     (:func:`expiry_report`); observe and return the result. A tenant store
-    is scanned in pages in the calling thread (the monitor thread's, for
-    the load-time and periodic checks): see :mod:`certgate.stores.scan`."""
+    is scanned in pages in the calling thread (for the load-time, reload
+    and periodic checks: a scan thread of the gate's reloader): see
+    :mod:`certgate.stores.scan`."""
     report = expiry_report(snapshot.registry, snapshot)
     items = sorted(report.items, key=_expiry_order)
     event = TrustExpiryEvent(
@@ -491,17 +494,57 @@ class Reloader:
     """The trigger of an expiry check of a tenant store queued for the
     monitor thread (``None``: none)."""
 
+    _scan: threading.Thread | None = None
+    """The thread scanning a tenant store for expiry (``None``: none)."""
+
+    _scan_again: str | None = None
+    """The trigger of a store check asked for while :attr:`_scan` runs."""
+
     def _check_expiry(self, trigger: str, *, queued: bool = False) -> None:
         """Check expiry now - or, for a tenant store (a scan of the whole
-        store: about a minute of CPU at a million tenants), queue it for the
-        monitor thread, so that neither start-up nor a reload waits for it."""
-        if not queued and not callable(getattr(self.gate.snapshot.registry, "tenants", None)):
-            self._expiry_pending = trigger
-            MONITOR.add(self)
+        store: about a minute of CPU at a million tenants, or a wait on a
+        locked table), queue it for the monitor thread, which runs it on a
+        thread of its own (:meth:`_scan_store`): neither start-up, nor a
+        reload, nor the file watches and signal reloads the monitor thread
+        runs wait for it."""
+        if not callable(getattr(self.gate.snapshot.registry, "tenants", None)):
+            if queued:
+                self._scan_store(trigger)
+            else:
+                self._expiry_pending = trigger
+                MONITOR.add(self)
             return
+        self._run_expiry(trigger)
+
+    def _scan_store(self, trigger: str) -> None:
+        """Start the expiry scan of a tenant store on a daemon thread, one at
+        a time per gate (asked for while one runs: once more after it)."""
+        with _SCAN_LOCK:
+            running = self._scan
+            if running is not None and running.is_alive():
+                self._scan_again = trigger
+                return
+            thread = threading.Thread(
+                target=self._scan_loop, args=(trigger,), name="certgate-expiry-scan", daemon=True
+            )
+            self._scan = thread
+        thread.start()
+
+    def _scan_loop(self, trigger: str) -> None:
+        next_trigger: str | None = trigger
+        while next_trigger is not None and not self._closed:
+            self._run_expiry(next_trigger)
+            with _SCAN_LOCK:
+                next_trigger, self._scan_again = self._scan_again, None
+
+    def _run_expiry(self, trigger: str) -> None:
+        snapshot = self.gate.snapshot
         try:
-            check_expiry(self.gate.snapshot, trigger, str(self.path))
+            check_expiry(snapshot, trigger, str(self.path))
         except Exception as exc:  # monitoring never breaks a load
+            if self._closed or snapshot.registry is not self.gate.snapshot.registry:
+                return  # the store was closed under the scan: gate.close(), or a reload
+                # that replaced it (and queued a check of the new one)
             logger.error("certgate: CA expiry check failed: %r", exc, exc_info=exc)
 
     # -- watching ---------------------------------------------------------
@@ -632,6 +675,15 @@ def handshake_gate(path: str | os.PathLike[str]) -> CertGate:
     return gate
 
 
+_SCAN_LOCK = threading.Lock()
+"""Guards :attr:`Reloader._scan` and :attr:`Reloader._scan_again` (held briefly)."""
+
+
+def _new_scan_lock() -> None:
+    global _SCAN_LOCK  # noqa: PLW0603 - a forked child must not inherit a held lock
+    _SCAN_LOCK = threading.Lock()
+
+
 class _Monitor:
     """certgate's one monitor thread per process: file watches, queued
     signal reloads and periodic expiry checks of every :class:`Reloader`
@@ -719,6 +771,7 @@ MONITOR = _Monitor()
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=MONITOR._after_fork)
+    os.register_at_fork(after_in_child=_new_scan_lock)
 
 
 __all__ = [

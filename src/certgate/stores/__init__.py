@@ -92,7 +92,14 @@ def register_scheme(scheme: str, factory: str) -> None:
 
 
 def _factory(url: str) -> Callable[..., SqlTenantStore]:
-    scheme = urllib.parse.urlsplit(url).scheme
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme
+    except ValueError:  # "Invalid IPv6 URL": a "[" or "]" left unencoded (never echo the URL)
+        raise ConfigError(
+            "not a valid registry URL: a user name or password holding / ? # [ ] @ or : must "
+            "percent-encode it (sqlite:////var/lib/certgate/tenants.db, "
+            "postgresql://user@host/db)"
+        ) from None
     if scheme in ("postgresql", "postgres") and scheme not in _SCHEMES:
         raise ConfigError(f"{scheme}:// registries are not available in this certgate")
     target = _SCHEMES.get(scheme)

@@ -168,6 +168,18 @@ _RECONNECT_TIMEOUT = 10.0
 gives up that attempt; the next lookup starts a new one."""
 _MAX_BACKOFF = 1.0
 
+_FORK_GUARD = threading.Lock()
+"""Guards replacing a store's inherited ``_proc_lock`` in a forked child
+(itself made anew in every child)."""
+
+
+def _new_fork_guard() -> None:
+    global _FORK_GUARD  # noqa: PLW0603 - a forked child must not inherit a held lock
+    _FORK_GUARD = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_fork_guard)
+
 _ABANDONED: list[object] = []
 """Pools and connections inherited through ``fork``: kept referenced so that
 their finalisers never run in the child (closing them would close the
@@ -774,8 +786,12 @@ class PostgresRegistry(SqlTenantStore):
         self.liveness = 2 * self.settings.heartbeat + 0.5
         """Seconds without a heartbeat after which the feed reads the log."""
         self._proc_lock = threading.Lock()
+        self._lock_pid = os.getpid()
+        """The process ``_proc_lock`` was made in (a forked child makes its own:
+        a thread of the parent - a poller, an expiry scan - may have held it
+        at the fork, and that thread does not exist in the child)."""
         self._proc: _Process | None = None
-        self._closed = False
+        self.closed = False
 
     # -- processes and sessions ------------------------------------------------
 
@@ -783,7 +799,11 @@ class PostgresRegistry(SqlTenantStore):
         proc = self._proc
         if proc is not None and proc.pid == os.getpid():
             return proc
-        with self._proc_lock:
+        if self.retired:  # a pool opened now would never be closed (a reload replaced this one)
+            raise TrustStoreUnavailable(
+                f"{self.where}: this registry was closed (a reload replaced it, or gate.close())"
+            )
+        with self._process_lock():
             proc = self._proc
             if proc is None or proc.pid != os.getpid():
                 if proc is not None:
@@ -791,15 +811,27 @@ class PostgresRegistry(SqlTenantStore):
                 proc = self._proc = _Process(self)
             return proc
 
+    def _process_lock(self) -> threading.Lock:
+        """``_proc_lock``, made anew in a forked child (see ``_lock_pid``)."""
+        if self._lock_pid != os.getpid():
+            with _FORK_GUARD:
+                if self._lock_pid != os.getpid():
+                    self._proc_lock = threading.Lock()
+                    self._lock_pid = os.getpid()
+        return self._proc_lock
+
     def session(self) -> PgSession:
         """This thread's session (pool of this process)."""
         return self._process().session(self.channel)
 
     def close(self) -> None:
         """Stop the listener and close the pool (this process's). A later
-        lookup opens a new pool; the listener stays stopped."""
-        self._closed = True
-        with self._proc_lock:
+        lookup opens a new pool (the listener stays stopped) - unless the
+        store is :attr:`retired` (a gate let go of it): then it raises
+        :class:`TrustStoreUnavailable` (503), since that pool would never be
+        closed."""
+        self.closed = True
+        with self._process_lock():
             proc, self._proc = self._proc, None
         if proc is not None and proc.pid == os.getpid():
             proc.close(self.settings.heartbeat + 1.0)
@@ -919,7 +951,7 @@ class PostgresRegistry(SqlTenantStore):
             return feed.wakeups
 
     def _ensure_listener(self) -> _Process | None:
-        if not self.listen or self._closed:
+        if not self.listen or self.closed:
             return None
         proc = self._process()
         if proc.listener is None:

@@ -35,7 +35,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ..errors import ConfigError, TrustStoreUnavailable
 from ..expiry import ExpiryItem, check_thresholds, level_for
+from ..text import safe_text
 from .sql import SqlTenantStore
 
 PAGE = 500
@@ -63,7 +65,11 @@ def store_of(registry: object) -> SqlTenantStore | None:
 
 
 def _rows(store: SqlTenantStore, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    """One page, in one read snapshot."""
+    """One page, in one read snapshot; :class:`TrustStoreUnavailable` once
+    ``store`` is closed (``gate.close()``, a reload that replaced it): a scan
+    of a million tenants must not go on for minutes after."""
+    if store.closed:
+        raise TrustStoreUnavailable(f"{store.where}: the store was closed during the scan")
     session = store.session()
     with session.snapshot():
         return store._sql(session, sql, params)
@@ -98,8 +104,28 @@ def ca_certificates(
 
 def bundle_pem(store: SqlTenantStore) -> Iterator[str]:
     """The PEM of every CA certificate of ``store`` (see :func:`ca_certificates`)."""
-    for _sha, der in ca_certificates(store):
-        yield x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode()
+    for sha, der in ca_certificates(store):
+        yield _certificate(store, sha, der).public_bytes(Encoding.PEM).decode()
+
+
+def _certificate(store: SqlTenantStore, sha: bytes, der: bytes) -> x509.Certificate:
+    """The stored certificate ``sha``; a :class:`ConfigError` naming it and
+    the tenants using it when its DER does not parse (a damaged store, or
+    rows written by something other than certgate: certgate vets what it
+    writes)."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        rows = _rows(
+            store, "SELECT tenant_id FROM tenant_certificates WHERE sha256 = ? LIMIT 3", (sha,)
+        )
+        users = ", ".join(repr(safe_text(str(row[0]), 100)) for row in rows) or "no tenant"
+        raise ConfigError(
+            f"{store.where}: the stored CA certificate {sha.hex()} (used by {users}) does not "
+            f"parse ({safe_text(str(exc), 200)}): the store is damaged or was written by "
+            "something other than certgate: remove those tenants (`certgate tenants remove ID "
+            "--registry URL`) and add them again, or restore a backup"
+        ) from None
 
 
 class _Dates:
@@ -128,13 +154,20 @@ class _Dates:
         return self._text
 
 
-def _cert_dates(der: bytes) -> _Dates:
-    cert = x509.load_der_x509_certificate(der)
+def _cert_dates(store: SqlTenantStore, sha: bytes, der: bytes) -> _Dates:
+    cert = _certificate(store, sha, der)
     return _Dates(cert.not_valid_before_utc, cert.not_valid_after_utc, cert)
 
 
-def _crl_dates(der: bytes) -> _Dates:
-    crl = x509.load_der_x509_crl(der)
+def _crl_dates(store: SqlTenantStore, tenant_id: str, position: int, der: bytes) -> _Dates:
+    try:
+        crl = x509.load_der_x509_crl(der)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{store.where}: CRL {position} of tenant {safe_text(tenant_id, 100)!r} does not "
+            f"parse ({safe_text(str(exc), 200)}): the store is damaged or was written by "
+            "something other than certgate: remove the tenant and add it again, or restore a backup"
+        ) from None
     start = crl.last_update_utc
     # a CRL without nextUpdate is never stored (certgate.crl.vet_crl); the
     # issuer as text now: a memo must not keep CRLs (up to MAX_CRL_BYTES each)
@@ -217,7 +250,7 @@ def _cert_items(store: SqlTenantStore, levels: Levels, *, every: bool) -> Iterat
     if not every:
         late = set()
         for sha, der in ca_certificates(store, used_only=False):
-            if levels.level(_cert_dates(der), crl=False)[1] != "ok":
+            if levels.level(_cert_dates(store, sha, der), crl=False)[1] != "ok":
                 late.add(sha)
                 if len(late) > MAX_LATE_SET:
                     late = None  # too many to keep: each link's certificate is looked up
@@ -270,7 +303,7 @@ def _fill(store: SqlTenantStore, memo: _Memo, shas: set[bytes]) -> None:
             tuple(chunk),
         )
         for sha, der in rows:
-            memo.put(bytes(sha), _cert_dates(bytes(der)))
+            memo.put(bytes(sha), _cert_dates(store, bytes(sha), bytes(der)))
 
 
 def _crl_items(store: SqlTenantStore, levels: Levels, *, every: bool) -> Iterator[ExpiryItem]:
@@ -294,7 +327,7 @@ def _crl_items(store: SqlTenantStore, levels: Levels, *, every: bool) -> Iterato
                 )
                 if not ders:
                     continue  # removed since its page was read
-                dates = _crl_dates(bytes(ders[0][0]))
+                dates = _crl_dates(store, str(tenant_id), int(position), bytes(ders[0][0]))
                 memo.put(key, dates)
             days_left, level = levels.level(dates, crl=True)
             if every or level != "ok":

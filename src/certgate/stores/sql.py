@@ -153,6 +153,17 @@ class SqlTenantStore:
 
     where: str = "tenant store"
 
+    closed = False
+    """Set by ``close()``: a scan of the whole store
+    (:mod:`certgate.stores.scan`) stops at its next page."""
+
+    retired = False
+    """Set when a gate lets go of a store it opened from its TOML file (a
+    reload replaced it, ``gate.close()``: :func:`certgate.config.close_registry`):
+    a lookup still running then fails closed (503) rather than open
+    connections nobody would close (a plain ``close()`` lets a later lookup
+    reopen them)."""
+
     def __init__(self) -> None:
         self._signatures = SignatureMemo()
         self._marks: dict[int, tuple[object, ...] | None] = {}

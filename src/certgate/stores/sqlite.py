@@ -254,7 +254,9 @@ class SqliteRegistry(SqlTenantStore):
         return st.st_dev, st.st_ino
 
     def close(self) -> None:
-        """Close this thread's connection and the change feed's."""
+        """Close this thread's connection and the change feed's; a scan
+        running on another thread stops at its next page (:attr:`closed`)."""
+        self.closed = True
         self._drop_session()
         if self._locks_pid != os.getpid():
             self._after_fork()
