@@ -1,0 +1,128 @@
+"""Review of issue 10 (rv10): bulk import and store writes, against SQLite and
+a real PostgreSQL.
+
+* An import gives the answer one-at-a-time ``put()`` gives, whatever the
+  batch size: a batch in which a tenant takes a host or a root CA that a
+  tenant later in the same batch gives up is refused (as ``put()`` of the
+  records in file order refuses it) - the result must not depend on where
+  the batch boundaries fall.
+* ``certgate tenants ...`` commands close the stores they open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from certgate import ConfigError
+from certgate.devpki import CA
+from certgate.stores import SqlTenantStore, TenantRecord, open_store
+from certgate.stores.sqlite import sqlite_url
+
+Factory = Callable[[], SqlTenantStore]
+
+
+@pytest.fixture(scope="module")
+def roots() -> list[CA]:
+    return [CA.root(f"rv10 Root {i}") for i in range(4)]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    """Makes fresh, empty stores of one backend (each call another one)."""
+    made: list[SqlTenantStore] = []
+
+    def make() -> SqlTenantStore:
+        if request.param == "sqlite":
+            url = sqlite_url(tmp_path / f"s{len(made)}.db")
+        else:
+            url = request.getfixturevalue("pg_server").create_database()
+        store = open_store(url, create=True)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()  # type: ignore[attr-defined]
+
+
+def rec(tenant_id: str, hosts: tuple[str, ...], *cas: CA, shared: bool = False) -> TenantRecord:
+    return TenantRecord(
+        id=tenant_id, hosts=hosts, roots=tuple(ca.der for ca in cas), shared_anchors=shared
+    )
+
+
+Outcome = tuple[str | None, list[tuple[str, tuple[str, ...], tuple[bytes, ...]]]]
+
+
+def state(store: SqlTenantStore) -> list[tuple[str, tuple[str, ...], tuple[bytes, ...]]]:
+    return [(r.id, tuple(sorted(r.hosts)), r.roots) for r in store.export()]
+
+
+def by_put(store: SqlTenantStore, batch: list[TenantRecord]) -> Outcome:
+    for item in batch:
+        try:
+            store.put(item)
+        except ConfigError as exc:
+            return str(exc), state(store)
+    return None, state(store)
+
+
+def by_import(store: SqlTenantStore, batch: list[TenantRecord], size: int) -> Outcome:
+    try:
+        store.import_tenants(batch, batch=size)
+    except ConfigError as exc:
+        return str(exc).split(" (import stopped")[0], state(store)
+    return None, state(store)
+
+
+def scenarios(r: list[CA]) -> dict[str, tuple[list[TenantRecord], list[TenantRecord]]]:
+    """name -> (stored before, the import in file order)."""
+    a0 = rec("a", ("a.example", "moving.example"), r[0])
+    return {
+        "host taken before it is given up": (
+            [a0],
+            [rec("b", ("moving.example",), r[1]), rec("a", ("a.example",), r[0])],
+        ),
+        "host given up before it is taken": (
+            [a0],
+            [rec("a", ("a.example",), r[0]), rec("b", ("moving.example",), r[1])],
+        ),
+        "root taken before it is given up": (
+            [a0],
+            [rec("b", ("b.example",), r[0]), rec("a", ("a.example", "moving.example"), r[2])],
+        ),
+        "root given up before it is taken": (
+            [a0],
+            [rec("a", ("a.example", "moving.example"), r[2]), rec("b", ("b.example",), r[0])],
+        ),
+        "root shared before its owner declares sharing": (
+            [a0],
+            [
+                rec("b", ("b.example",), r[0], shared=True),
+                rec("a", ("a.example", "moving.example"), r[0], shared=True),
+            ],
+        ),
+        "wildcard and exact of one tenant moved": (
+            [rec("w", ("*.w.example", "x.w.example"), r[3])],
+            [rec("c", ("*.w.example",), r[1]), rec("w", ("x.w.example",), r[3])],
+        ),
+    }
+
+
+@pytest.mark.parametrize("size", [1, 2, 500])
+def test_import_answers_as_put_in_file_order(
+    new_store: Factory, roots: list[CA], size: int
+) -> None:
+    for name, (before, batch) in scenarios(roots).items():
+        expected_store = new_store()
+        for item in before:
+            expected_store.put(item)
+        expected = by_put(expected_store, batch)
+        store = new_store()
+        for item in before:
+            store.put(item)
+        got = by_import(store, batch, size)
+        assert got == expected, name
