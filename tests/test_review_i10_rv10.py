@@ -126,3 +126,71 @@ def test_import_answers_as_put_in_file_order(
             store.put(item)
         got = by_import(store, batch, size)
         assert got == expected, name
+
+
+# -- certgate tenants commands close what they open ------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url_maker(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str]:
+    made = [0]
+
+    def make() -> str:
+        made[0] += 1
+        if request.param == "sqlite":
+            return sqlite_url(tmp_path / f"c{made[0]}.db")
+        url: str = request.getfixturevalue("pg_server").create_database()
+        return url
+
+    return make
+
+
+def test_tenants_commands_close_their_stores(
+    url_maker: Callable[[], str],
+    roots: list[CA],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every store a command opens is closed when it returns, failing or not
+    (no ``cli_stores`` fixture here: the commands themselves)."""
+    from certgate.cli import main
+    from certgate.stores import cli
+
+    opened: list[SqlTenantStore] = []
+    closed: list[SqlTenantStore] = []
+
+    def tracked(url: str, *, create: bool = False) -> SqlTenantStore:
+        made = open_store(url, create=create)
+        opened.append(made)
+        real = made.close  # type: ignore[attr-defined]
+
+        def close() -> None:
+            closed.append(made)
+            real()
+
+        made.close = close  # type: ignore[attr-defined]
+        return made
+
+    monkeypatch.setattr(cli, "open_store", tracked)
+    url, other = url_maker(), url_maker()
+    pem = tmp_path / "root.pem"
+    pem.write_bytes(roots[0].cert_pem)
+    commands = [
+        ["migrate", url],
+        ["add", "--registry", url, "t1", "--host", "t1.example", "--root", str(pem)],
+        ["list", "--registry", url],
+        ["show", "--registry", url, "t1"],
+        ["show", "--registry", url, "nobody"],  # fails: closed all the same
+        ["export", "--from", url, "--out", str(tmp_path / "out.jsonl")],
+        ["import", "--from", url, "--to", other, "--quiet"],
+        ["remove", "--registry", url, "t1"],
+        ["remove", "--registry", url, "t1"],  # fails
+    ]
+    for argv in commands:
+        main(["tenants", *argv])
+        assert opened, argv
+        assert sorted(map(id, closed)) == sorted(map(id, opened)), argv
+        opened.clear()
+        closed.clear()
+    capsys.readouterr()
