@@ -13,11 +13,12 @@ will ask for first are read once, a few statements per batch, and anything
 further (deeper issuer walks) is read when asked - every answer the one a
 live query would give, since nothing is written while the checks run.
 
-What a batch changes against one-at-a-time writes: every tenant of the batch
-is checked against the batch as written, later tenants included. The final
-state satisfies the same rules either way (each tenant is checked against
-every other); a batch in which a tenant takes a host another tenant of the
-same batch gives up is accepted whatever their order. When a batch is
+A batch gives the answer of one-at-a-time writes in order: every tenant of
+a run is checked against the run as written, later tenants included, and
+a run ends before each stored tenant that gives something up (a host, a
+CA, undeclared sharing; :func:`_runs`), so a tenant cannot take what a
+tenant after it in the batch gives up (which ``put()`` in order, or an
+import with another batch size, refuses). When a batch is
 refused, :meth:`~certgate.stores.sql.SqlTenantStore.import_tenants` rolls
 it back and writes it again one tenant at a time, so the error (and which
 tenant it names) is the one of one-at-a-time writes. A batch naming a
@@ -29,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .. import certmemo
 from ..errors import ConfigError
 from ..tenant import Tenant
 from .anchors import SignatureMemo, StoredCert, check_written
@@ -92,11 +94,82 @@ def write_batch(
             session, "SELECT id, digest FROM tenants WHERE {column} {match}", "id", ids
         )
     }
-    work = []
+    work: list[_Work] = []
     for record, tenant in pending:
         digest = record.digest()
         if stored.get(record.id) != digest:
             work.append((record, tenant, digest))
+    changed: list[tuple[str, str]] = []
+    for run in _runs(session, work, set(stored)):
+        changed += _write_run(session, run, set(stored), memo)
+    return changed
+
+
+_Work = tuple[TenantRecord, Tenant, bytes]
+
+
+def _runs(session: SqlSession, work: Sequence[_Work], stored: set[str]) -> list[list[_Work]]:
+    """``work`` cut into runs written and checked one after the other, so the
+    answer is the one of :meth:`~certgate.stores.sql.SqlTenantStore.put` in
+    order: a new run starts at each stored tenant that gives up a host, a
+    root or intermediate (or its role), or starts sharing a CA it held
+    undeclared. Within a run no tenant after the first gives anything up,
+    so each state ``put()`` goes through is contained in the run's final
+    state (the rules only refuse more with more rows): the run is refused
+    exactly when one of those ``put()`` calls would be. Without the cut, a
+    tenant taking a host (or a root) that a later tenant of the same batch
+    gives up was stored, where ``put()`` - and an import with another
+    batch size - refused it."""
+    replaced = sorted({record.id for record, _, _ in work[1:] if record.id in stored})
+    if not replaced:
+        return [list(work)] if work else []
+    hosts: dict[str, set[str]] = {}
+    rows = _where_in(
+        session,
+        "SELECT tenant_id, pattern FROM hosts WHERE {column} {match}",
+        "tenant_id",
+        replaced,
+    )
+    for tenant_id, pattern in rows:
+        hosts.setdefault(str(tenant_id), set()).add(str(pattern))
+    cas: dict[str, set[tuple[bytes, str, bool]]] = {}
+    for tenant_id, sha, role, shared in _where_in(
+        session,
+        "SELECT tenant_id, sha256, role, shared FROM tenant_certificates WHERE {column} {match}",
+        "tenant_id",
+        replaced,
+    ):
+        cas.setdefault(str(tenant_id), set()).add((bytes(sha), str(role), bool(shared)))
+    runs: list[list[_Work]] = []
+    for item in work:
+        record, tenant, _ = item
+        if not runs or _gives_up(tenant, hosts.get(record.id, set()), cas.get(record.id, set())):
+            runs.append([])
+        runs[-1].append(item)
+    return runs
+
+
+def _gives_up(tenant: Tenant, hosts: set[str], cas: set[tuple[bytes, str, bool]]) -> bool:
+    """Whether ``tenant``, replacing a stored tenant with ``hosts`` and
+    ``cas`` (``(sha256, role, shared)``), drops any of them or starts
+    sharing one it held undeclared."""
+    if not hosts <= set(tenant.hosts):
+        return True
+    roles = ["root"] * len(tenant.roots) + ["intermediate"] * len(tenant.intermediates)
+    kept = {
+        (certmemo.sha256_of(cert), role)
+        for role, (cert, _) in zip(roles, tenant.ca_name_keys, strict=True)
+    }
+    return any(
+        (sha, role) not in kept or (not shared and tenant.shared_anchors)
+        for sha, role, shared in cas
+    )
+
+
+def _write_run(
+    session: SqlSession, work: Sequence[_Work], stored: set[str], memo: SignatureMemo
+) -> list[tuple[str, str]]:
+    """Write and check one run of :func:`write_batch` (see :func:`_runs`)."""
     if not work:
         return []
     replaced = [record.id for record, _, _ in work if record.id in stored]

@@ -29,12 +29,14 @@ tenant (the message names it and the rule). ``add``, ``list`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from queue import Empty
 from typing import Any, TextIO
@@ -95,8 +97,42 @@ def store_parsers(sub: Any) -> None:
     restore.add_argument("file", help="the backup to restore")
 
 
+_OPENED: ContextVar[list[SqlTenantStore] | None] = ContextVar("certgate_cli_stores", default=None)
+
+
+def _open(url: str, *, create: bool = False) -> SqlTenantStore:
+    """:func:`~certgate.stores.open_store`, closed when the running command
+    ends (:func:`run`)."""
+    store = open_store(url, create=create)
+    opened = _OPENED.get()
+    if opened is not None:
+        opened.append(store)
+    return store
+
+
+def _close_all(stores: list[SqlTenantStore]) -> None:
+    """Close every store a command opened (a PostgreSQL pool left open would
+    be collected later, possibly inside one of its own worker threads)."""
+    for store in reversed(stores):
+        close = getattr(store, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed ``tenants`` command (``args.tenants_command``)."""
+    """Run a parsed ``tenants`` command (``args.tenants_command``); every
+    store it opens is closed before it returns."""
+    opened: list[SqlTenantStore] = []
+    token = _OPENED.set(opened)
+    try:
+        return _run(args)
+    finally:
+        _OPENED.reset(token)
+        _close_all(opened)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         command = args.tenants_command
         if command == "import":
@@ -112,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         if command == "add":
             return _add(args)
         if command == "remove":
-            store = open_store(args.registry)
+            store = _open(args.registry)
             if not store.remove(args.id):
                 _error(f"certgate: no tenant {safe_text(args.id)!s} in {store.where}")
                 return EXIT_USAGE
@@ -123,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         if command == "show":
             return _show(args.registry, args.id, as_json=args.json)
         if command == "migrate":
-            store = open_store(args.url, create=True)
+            store = _open(args.url, create=True)
             _print(f"{store.where}: schema up to date, {store.count()} tenant(s)")
             return EXIT_OK
         if command == "backup":
@@ -149,7 +185,7 @@ def _import(source: str, target: str, *, batch: int, quiet: bool, progress: bool
     """Import ``source`` into ``target``; a progress bar on standard error
     when it is a terminal, or with ``progress`` (never with ``quiet``)."""
     if "://" in source:
-        origin = open_store(source)
+        origin = _open(source)
         total: int | None = origin.count()
         records: Iterator[TenantRecord] = origin.export()
     elif source.endswith(".toml"):
@@ -162,7 +198,7 @@ def _import(source: str, target: str, *, batch: int, quiet: bool, progress: bool
             records = records_from_jsonl_parallel(source)
         else:
             records = records_from_jsonl(source)
-    store = open_store(target, create=True)
+    store = _open(target, create=True)
     bar = Progress(total, enabled=not quiet and (progress or sys.stderr.isatty()))
     started = time.monotonic()
     try:
@@ -301,7 +337,7 @@ def _count_lines(path: str) -> int:
 
 
 def _export(source: str, out: str | None) -> int:
-    store = open_store(source)
+    store = _open(source)
     stream: TextIO = sys.stdout if out is None else open(out, "x", encoding="utf-8")  # noqa: SIM115
     count = 0
     try:
@@ -358,7 +394,7 @@ def _add(args: argparse.Namespace) -> int:
         ca_expired=getattr(args, "ca_expired", None) or "fail",
         ca_sources=tuple(sources),
     )
-    store = open_store(args.registry, create=True)
+    store = _open(args.registry, create=True)
     version = store.put(record)
     what = "unchanged" if version == 0 else f"version {version}"
     _print(
@@ -392,7 +428,7 @@ def _crl_file(name: str, where: str) -> bytes:
 
 
 def _list(args: argparse.Namespace) -> int:
-    store = open_store(args.registry)
+    store = _open(args.registry)
     rows = store.list(after=args.after, limit=args.limit)
     if args.json:
         print(
@@ -427,7 +463,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(url: str, tenant_id: str, *, as_json: bool) -> int:
-    store = open_store(url)
+    store = _open(url)
     record = store.get(tenant_id)
     if record is None:
         _error(f"certgate: no tenant {safe_text(tenant_id)} in {store.where}")
@@ -494,7 +530,7 @@ def describe(record: TenantRecord) -> dict[str, Any]:
 
 
 def _backup(url: str, file: str) -> int:
-    store: SqlTenantStore = open_store(url)
+    store: SqlTenantStore = _open(url)
     backup = getattr(store, "backup", None)
     if backup is None:
         raise ConfigError(f"{store.where}: back up this store with its own tools")
@@ -504,7 +540,7 @@ def _backup(url: str, file: str) -> int:
 
 
 def _restore(url: str, file: str) -> int:
-    store: SqlTenantStore = open_store(url, create=True)
+    store: SqlTenantStore = _open(url, create=True)
     restore = getattr(store, "restore", None)
     if restore is None:
         raise ConfigError(f"{store.where}: restore this store with its own tools")
