@@ -754,6 +754,8 @@ class PostgresRegistry(SqlTenantStore):
     start on first use in each process.
     """
 
+    read_errors = (psycopg.Error,)
+
     blocking = True
 
     def __init__(
@@ -863,37 +865,6 @@ class PostgresRegistry(SqlTenantStore):
         check_tenant_id(tenant_id)
         rows = self.session().execute(*id_query(tenant_id))
         return record_of(rows[0]) if rows else None
-
-    def tenant_for_host(self, host: str) -> Tenant | None:
-        try:
-            record = self.record_for_host(host)
-        except psycopg.Error as exc:
-            raise self._unavailable(exc) from None
-        self._recovered()
-        return None if record is None else record.build(vetted=True)
-
-    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
-        try:
-            record = self.get(tenant_id)
-        except ConfigError:
-            return None
-        except psycopg.Error as exc:
-            raise self._unavailable(exc) from None
-        self._recovered()
-        return None if record is None else record.build(vetted=True)
-
-    def record_by_id(self, tenant_id: str) -> TenantRecord | None:
-        """:meth:`get`, with outages as :class:`TrustStoreUnavailable`."""
-        try:
-            return self.get(tenant_id)
-        except psycopg.Error as exc:
-            raise self._unavailable(exc) from None
-
-    def tenant_modes_present(self) -> bool:
-        try:
-            return super().tenant_modes_present()
-        except psycopg.Error as exc:
-            raise self._unavailable(exc) from None
 
     # -- the change feed ---------------------------------------------------------
 

@@ -189,6 +189,15 @@ class SqlTenantStore:
             logger.error("certgate: tenant store unavailable, requests refused (503): %s", detail)
         return TrustStoreUnavailable(detail)
 
+    read_errors: tuple[type[Exception], ...] = ()
+    """The driver's exceptions of a failed read: the registry methods
+    (``tenant_for_host``, ``tenant_by_id``, ...) turn them into a 503
+    through :meth:`_unavailable`."""
+
+    def _unavailable(self, exc: BaseException) -> TrustStoreUnavailable:
+        """The 503 of a failed read (subclasses add what to drop or say)."""
+        return self._outage(type(exc).__name__)
+
     def _recovered(self) -> None:
         """Log, once, that the store answers again after an outage."""
         if self._outage_logged:
@@ -540,12 +549,19 @@ class SqlTenantStore:
 
     def tenant_modes_present(self) -> bool:
         """Whether some stored tenant sets its own ``mode`` (one indexed query)."""
-        rows = self._sql(self.session(), "SELECT 1 FROM tenants WHERE mode IS NOT NULL LIMIT 1")
+        try:
+            rows = self._sql(self.session(), "SELECT 1 FROM tenants WHERE mode IS NOT NULL LIMIT 1")
+        except self.read_errors as exc:
+            raise self._unavailable(exc) from None
         return bool(rows)
 
     def tenant_for_host(self, host: str) -> Tenant | None:
         """:class:`~certgate.registry.TrustRegistry`: the tenant serving ``host``."""
-        record = self.record_for_host(host)
+        try:
+            record = self.record_for_host(host)
+        except self.read_errors as exc:
+            raise self._unavailable(exc) from None
+        self._recovered()
         return None if record is None else record.build(vetted=True)
 
     def tenant_by_id(self, tenant_id: str) -> Tenant | None:
@@ -554,7 +570,17 @@ class SqlTenantStore:
             record = self.get(tenant_id)
         except ConfigError:
             return None  # not a valid id: no such tenant
+        except self.read_errors as exc:
+            raise self._unavailable(exc) from None
+        self._recovered()
         return None if record is None else record.build(vetted=True)
+
+    def record_by_id(self, tenant_id: str) -> TenantRecord | None:
+        """:meth:`get`, with outages as :class:`TrustStoreUnavailable`."""
+        try:
+            return self.get(tenant_id)
+        except self.read_errors as exc:
+            raise self._unavailable(exc) from None
 
     def _record(self, session: SqlSession, row: tuple[Any, ...]) -> TenantRecord:
         tenant_id, mode, shared, settings, version, created, updated = row

@@ -41,8 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, TrustStoreUnavailable
-from ..tenant import Tenant
-from .records import TenantRecord
 from .schema import SCHEMA_VERSION, SQLITE, Dialect, check_readable, migrate, schema_version
 from .sql import SqlTenantStore
 
@@ -157,6 +155,8 @@ class SqliteRegistry(SqlTenantStore):
     connection's lock. ``blocking = True``: the gate runs lookups on its
     lookup threads, bounded by ``registry_timeout``.
     """
+
+    read_errors = (sqlite3.Error, OSError)
 
     blocking = True
 
@@ -275,47 +275,15 @@ class SqliteRegistry(SqlTenantStore):
 
     # -- the registry ---------------------------------------------------------
 
-    def tenant_for_host(self, host: str) -> Tenant | None:
-        try:
-            record = self.record_for_host(host)
-        except (sqlite3.Error, OSError) as exc:
-            raise self._unavailable(exc) from None
-        self._recovered()
-        return None if record is None else record.build(vetted=True)
-
-    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
-        try:
-            record = self.get(tenant_id)
-        except ConfigError:
-            return None
-        except (sqlite3.Error, OSError) as exc:
-            raise self._unavailable(exc) from None
-        self._recovered()
-        return None if record is None else record.build(vetted=True)
-
     def tenant_id_for_host(self, host: str) -> str | None:
         """Only the id of the tenant serving ``host`` (one indexed query; for
         a cache that may hold the tenant already)."""
         try:
             tenant_id = self.id_for_host(host)
-        except (sqlite3.Error, OSError) as exc:
+        except self.read_errors as exc:
             raise self._unavailable(exc) from None
         self._recovered()
         return tenant_id
-
-    def record_by_id(self, tenant_id: str) -> TenantRecord | None:
-        """:meth:`get`, with outages as :class:`TrustStoreUnavailable`."""
-        try:
-            return self.get(tenant_id)
-        except (sqlite3.Error, OSError) as exc:
-            raise self._unavailable(exc) from None
-
-    def tenant_modes_present(self) -> bool:
-        """Whether some stored tenant sets its own mode (one indexed query)."""
-        try:
-            return super().tenant_modes_present()
-        except (sqlite3.Error, OSError) as exc:
-            raise self._unavailable(exc) from None
 
     # -- the change feed ------------------------------------------------------
 
