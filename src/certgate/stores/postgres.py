@@ -247,6 +247,21 @@ def _ident(schema: str) -> str:
     return f'"{schema}"'
 
 
+def _pool_options(settings: PgSettings) -> dict[str, Any]:
+    """The options of a connection pool (sync or async) for ``settings``:
+    autocommit connections, opened by the caller, reconnecting for at most
+    :data:`_RECONNECT_TIMEOUT` seconds."""
+    return {
+        "min_size": settings.pool_min,
+        "max_size": settings.pool_max,
+        "timeout": settings.pool_timeout,
+        "kwargs": {"autocommit": True},
+        "open": False,
+        "num_workers": 2,
+        "reconnect_timeout": _RECONNECT_TIMEOUT,
+    }
+
+
 def parse_url(url: str, overrides: Mapping[str, Any] | None = None) -> PgSettings:
     """Split ``url`` into libpq parameters and certgate's (:data:`URL_SETTINGS`;
     ``overrides``, when not ``None``, win); :class:`ConfigError` naming the
@@ -704,15 +719,7 @@ class _Process:
     def _new_pool(self) -> psycopg_pool.ConnectionPool[Any]:
         settings = self.settings
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
-            settings.conninfo,
-            min_size=settings.pool_min,
-            max_size=settings.pool_max,
-            timeout=settings.pool_timeout,
-            kwargs={"autocommit": True},
-            name=self.name,
-            open=False,
-            num_workers=2,
-            reconnect_timeout=_RECONNECT_TIMEOUT,
+            settings.conninfo, name=self.name, **_pool_options(settings)
         )
         pool.open(wait=False)
         return pool
@@ -1259,15 +1266,7 @@ class AsyncPostgresRegistry:
         settings = self.settings
         old = self._pool
         pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-            settings.conninfo,
-            min_size=settings.pool_min,
-            max_size=settings.pool_max,
-            timeout=settings.pool_timeout,
-            kwargs={"autocommit": True},
-            name=f"certgate-async-{self.channel}",
-            open=False,
-            num_workers=2,
-            reconnect_timeout=_RECONNECT_TIMEOUT,
+            settings.conninfo, name=f"certgate-async-{self.channel}", **_pool_options(settings)
         )
         assert self._loop is not None
         self._pool = pool
