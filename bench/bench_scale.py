@@ -153,12 +153,40 @@ BACKENDS: dict[str, Callable[[argparse.Namespace], Backend]] = {
 # -- tenants ----------------------------------------------------------------------
 
 
+def self_signed_root(
+    key: ec.EllipticCurvePrivateKey, name: x509.Name, serial: int
+) -> x509.Certificate:
+    """A root CA certificate that certgate's vetting accepts (critical CA
+    basic constraints and key usage, 2025-2040), self-signed with ``key``."""
+    usage = x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+        .not_valid_after(dt.datetime(2040, 1, 1, tzinfo=dt.UTC))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
 class Factory:
     """Tenant roots and devices from one shared key pair (kept in ``directory``
     so that a reused store's roots and new devices match)."""
 
-    NOT_BEFORE = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-    NOT_AFTER = dt.datetime(2040, 1, 1, tzinfo=dt.UTC)
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -190,30 +218,7 @@ class Factory:
         )
 
     def root(self, i: int, serial: int = 0) -> bytes:
-        name = self.name(i)
-        usage = x509.KeyUsage(
-            digital_signature=False,
-            content_commitment=False,
-            key_encipherment=False,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=True,
-            crl_sign=True,
-            encipher_only=False,
-            decipher_only=False,
-        )
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(i + 1 + serial * 10_000_000)
-            .not_valid_before(self.NOT_BEFORE)
-            .not_valid_after(self.NOT_AFTER)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(usage, critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
+        cert = self_signed_root(self.key, self.name(i), i + 1 + serial * 10_000_000)
         return cert.public_bytes(Encoding.DER)
 
     def device(self, i: int) -> bytes:
