@@ -103,7 +103,7 @@ from ..lookups import DEFAULT_REGISTRY_TIMEOUT
 from ..tenant import Tenant, check_tenant_id
 from .records import TenantRecord
 from .schema import POSTGRESQL, Dialect, SqlSession, check_readable, migrate, schema_version
-from .sql import MAX_CHANGES_READ, OUTAGE_LOG_EVERY, SqlTenantStore
+from .sql import MAX_CHANGES_READ, OUTAGE_LOG_EVERY, OutageReport, SqlTenantStore
 
 try:
     import psycopg
@@ -1083,7 +1083,7 @@ def open_url(url: str, *, create: bool = False) -> PostgresRegistry:
 # -- the async registry ------------------------------------------------------------
 
 
-class AsyncPostgresRegistry:
+class AsyncPostgresRegistry(OutageReport):
     """An :class:`~certgate.registry.AsyncTrustRegistry` over an
     ``AsyncConnectionPool`` (see the module docstring): for the ASGI path.
 
@@ -1145,7 +1145,6 @@ class AsyncPostgresRegistry:
         self._token = object()
         self._alive_at = -math.inf
         self._live = False
-        self._outage_logged = 0.0
         self.notifications = 0
         """Changes heard: the counter moved (for tests and metrics)."""
 
@@ -1220,9 +1219,7 @@ class AsyncPostgresRegistry:
                 await pool.check()
         except psycopg.Error as exc:
             raise self._unavailable(exc) from None
-        if self._outage_logged:
-            self._outage_logged = 0.0
-            logger.warning("certgate: tenant store %s answers again", self.where)
+        self._recovered()
         return None if row is None else record_of(row)
 
     async def _ready(self) -> psycopg_pool.AsyncConnectionPool[Any]:
@@ -1293,12 +1290,7 @@ class AsyncPostgresRegistry:
         await asyncio.gather(*closing, return_exceptions=True)
 
     def _unavailable(self, exc: BaseException) -> TrustStoreUnavailable:
-        detail = f"{self.where}: {_describe(exc)}"[:500]
-        now = time.monotonic()
-        if now - self._outage_logged >= OUTAGE_LOG_EVERY:
-            self._outage_logged = now
-            logger.error("certgate: tenant store unavailable, requests refused (503): %s", detail)
-        return TrustStoreUnavailable(detail)
+        return self._outage(_describe(exc))
 
     async def _close_pools(self) -> None:
         """Close the pool and any replaced one still closing (their workers

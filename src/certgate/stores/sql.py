@@ -146,12 +146,37 @@ class TenantRows:
         )
 
 
-class SqlTenantStore:
+class OutageReport:
+    """The one report of a store outage: a 503 per failed read, logged at
+    ERROR at most every :data:`OUTAGE_LOG_EVERY` seconds, and one line when
+    the store answers again. ``where`` names the store (no password)."""
+
+    where: str = "tenant store"
+
+    _outage_logged = 0.0
+    """When the current outage was last logged (0: no outage)."""
+
+    def _outage(self, detail: str) -> TrustStoreUnavailable:
+        """The 503 of a failed read (``detail``: what failed, no secrets); the
+        outage is logged at ERROR at most every 30 s."""
+        detail = f"{self.where}: {detail}"[:500]
+        now = time.monotonic()
+        if now - self._outage_logged >= OUTAGE_LOG_EVERY:
+            self._outage_logged = now
+            logger.error("certgate: tenant store unavailable, requests refused (503): %s", detail)
+        return TrustStoreUnavailable(detail)
+
+    def _recovered(self) -> None:
+        """Log, once, that the store answers again after an outage."""
+        if self._outage_logged:
+            self._outage_logged = 0.0
+            logger.warning("certgate: tenant store %s answers again", self.where)
+
+
+class SqlTenantStore(OutageReport):
     """A tenant store over SQL (see the module docstring). Subclasses
     implement :meth:`session`; ``where`` names the store in messages (its
     URL without a password)."""
-
-    where: str = "tenant store"
 
     closed = False
     """Set by ``close()``: a scan of the whole store
@@ -174,21 +199,6 @@ class SqlTenantStore:
         """A session for the calling thread (subclasses)."""
         raise NotImplementedError
 
-    # -- outages (the registries' reads) -----------------------------------------
-
-    _outage_logged = 0.0
-    """When the current outage was last logged (0: no outage)."""
-
-    def _outage(self, detail: str) -> TrustStoreUnavailable:
-        """The 503 of a failed read (``detail``: what failed, no secrets); the
-        outage is logged at ERROR at most every 30 s."""
-        detail = f"{self.where}: {detail}"[:500]
-        now = time.monotonic()
-        if now - self._outage_logged >= OUTAGE_LOG_EVERY:
-            self._outage_logged = now
-            logger.error("certgate: tenant store unavailable, requests refused (503): %s", detail)
-        return TrustStoreUnavailable(detail)
-
     read_errors: tuple[type[Exception], ...] = ()
     """The driver's exceptions of a failed read: the registry methods
     (``tenant_for_host``, ``tenant_by_id``, ...) turn them into a 503
@@ -197,12 +207,6 @@ class SqlTenantStore:
     def _unavailable(self, exc: BaseException) -> TrustStoreUnavailable:
         """The 503 of a failed read (subclasses add what to drop or say)."""
         return self._outage(type(exc).__name__)
-
-    def _recovered(self) -> None:
-        """Log, once, that the store answers again after an outage."""
-        if self._outage_logged:
-            self._outage_logged = 0.0
-            logger.warning("certgate: tenant store %s answers again", self.where)
 
     def _sql(
         self, session: SqlSession, text: str, params: tuple[Any, ...] = ()
